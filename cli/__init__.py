@@ -1,0 +1,1 @@
+"""The ``matd`` command line."""

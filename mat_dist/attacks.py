@@ -1,0 +1,118 @@
+"""One PGD loop over threat models, used by every training method and by the evaluator.
+
+The loop attacks M input slots at once (x has shape (B, M, C, H, W)); slot m is
+perturbed under its own threat model(s). Two choices make every method of the
+paper out of the same loop:
+
+* the gradient: ``ENSEMBLE`` differentiates sum_j CE_j once and hands slice m to
+  slot m (MAT, eq. 6: one backward pass for all M); ``PER_MEMBER`` takes slot
+  m's gradient from CE_m alone (naive MIMO AT, eq. 5: M backward passes).
+* the candidates: one threat model per slot is PGD; several is MSD (Maini et
+  al. 2020): each step tries every candidate's step from the current delta and
+  keeps, per example and slot, the one with the highest loss (one extra
+  forward pass per candidate).
+
+The loss function is the caller's: it maps x_adv (B, M, C, H, W) to
+per-example, per-slot losses (B, M). A deployed ensemble under attack is the
+case M = 1.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from mat_dist.threats import ThreatModel
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]  # x_adv (B, M, C, H, W) -> losses (B, M)
+
+
+class GradientMode(str, enum.Enum):
+    ENSEMBLE = "ensemble"      # d(sum_j CE_j)/dx: one backward pass (MAT, eq. 6)
+    PER_MEMBER = "per_member"  # dCE_m/dx_m: M backward passes (naive MIMO AT, eq. 5)
+
+
+@dataclass(frozen=True)
+class SlotAttack:
+    """The threat models slot m may step under: one for PGD, several for MSD."""
+
+    candidates: tuple[ThreatModel, ...]
+
+    @property
+    def is_msd(self) -> bool:
+        return len(self.candidates) > 1
+
+
+def input_gradients(losses: torch.Tensor, x_adv: torch.Tensor, mode: GradientMode) -> torch.Tensor:
+    """Gradient of the attack loss w.r.t. every slot, shape (B, M, C, H, W).
+
+    Losses are summed over the batch, so row b's gradient is its own loss's
+    gradient (rows interact only through BatchNorm batch statistics in train mode).
+    """
+    if mode is GradientMode.ENSEMBLE:
+        (grad,) = torch.autograd.grad(losses.sum(), x_adv)
+        return grad
+    num_slots = losses.shape[1]
+    grad = torch.empty_like(x_adv)
+    for m in range(num_slots):
+        (g,) = torch.autograd.grad(losses[:, m].sum(), x_adv, retain_graph=m < num_slots - 1)
+        grad[:, m] = g[:, m]  # the true gradient: slot m's own loss only
+    return grad
+
+
+def perturb(loss_fn: LossFn, x: torch.Tensor, slots: Sequence[SlotAttack], *, steps: int,
+            gradient: GradientMode = GradientMode.ENSEMBLE, random_start: bool = True,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run ``steps`` attack steps on x (B, M, C, H, W) in [0, 1]; return the final delta.
+
+    Every returned delta[:, m] lies in slot m's ball (for MSD: in the ball of
+    the candidate that made its last step) and x + delta lies in [0, 1].
+    Passes per call: forward K (+ K per MSD candidate), backward K (PGD
+    ensemble gradient) or M*K (per-member gradient).
+    """
+    if len(slots) != x.shape[1]:
+        raise ValueError(f"{len(slots)} slot attacks for {x.shape[1]} input slots")
+    x = x.detach()
+    delta = _start(x, slots, random_start, generator)
+    num_candidates = max(len(s.candidates) for s in slots)
+    for _ in range(steps):
+        x_adv = (x + delta).requires_grad_(True)
+        grad = input_gradients(loss_fn(x_adv), x_adv, gradient)
+        with torch.no_grad():
+            candidates = [
+                torch.stack([
+                    slot.candidates[min(c, len(slot.candidates) - 1)].step(
+                        delta[:, m], grad[:, m], x[:, m], generator)
+                    for m, slot in enumerate(slots)
+                ], dim=1)  # (B, M, C, H, W)
+                for c in range(num_candidates)
+            ]
+            delta = candidates[0] if num_candidates == 1 else _keep_worst(loss_fn, x, candidates)
+    return delta.detach()
+
+
+def _start(x: torch.Tensor, slots: Sequence[SlotAttack], random_start: bool,
+           generator: torch.Generator | None) -> torch.Tensor:
+    # MSD starts at zero as Maini et al. do: a start inside one candidate's ball
+    # would favour that norm. PGD starts uniformly inside its ball (signed).
+    if not random_start:
+        return torch.zeros_like(x)
+    return torch.stack([
+        torch.zeros_like(x[:, m]) if slot.is_msd else slot.candidates[0].random_start(x[:, m], generator)
+        for m, slot in enumerate(slots)
+    ], dim=1)
+
+
+def _keep_worst(loss_fn: LossFn, x: torch.Tensor, candidates: list[torch.Tensor]) -> torch.Tensor:
+    """MSD's choice: per example and slot, the candidate delta with the highest loss."""
+    best = candidates[0].clone()
+    best_loss = loss_fn(x + best)  # (B, M)
+    for delta in candidates[1:]:
+        loss = loss_fn(x + delta)
+        better = loss >= best_loss  # ties go to the later candidate, as in MSD's code
+        best[better] = delta[better]
+        best_loss = torch.maximum(best_loss, loss)
+    return best

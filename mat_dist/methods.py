@@ -1,0 +1,132 @@
+"""Training methods of the paper as data: a registry of small frozen dataclasses.
+
+Every method is the same recipe with different settings: how the inner
+maximisation attacks each input slot (none, PGD under slot m's threat model,
+or MSD over all threat models), which gradient drives it (the ensemble loss's
+or each sub-model's own), and which network holds the sub-models (one shared
+MIMO backbone or M separate networks). The outer minimisation is shared:
+theta steps on sum_m w_m CE_m (default) or on max_m CE_m.
+
+Passes per batch (paper Table 6, forward / backward; N = number of MSD norms):
+    standard        1 / 1
+    at, mat         K+1 / K+1
+    ensemble_at     M(K+1) / M(K+1)   (counted per network)
+    mimo_at         K+1 / MK+1
+    msd, mat_msd    (1+N)K+1 / K+1
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mat_dist.attacks import GradientMode, SlotAttack, perturb
+from mat_dist.errors import UserError
+from mat_dist.models.mimo import ModelKind
+from mat_dist.threats import Norm, ThreatModel
+
+
+class OuterLoss(str, enum.Enum):
+    SUM = "sum"  # sum_m w_m CE_m: the ensemble loss of the paper's text
+    MAX = "max"  # max_m CE_m: the paper's Algorithm 1
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    attacks: bool = True
+    msd: bool = False                 # every slot tries every threat model (MSD)
+    gradient: GradientMode = GradientMode.ENSEMBLE
+    model_kind: ModelKind = ModelKind.MIMO
+    single_model: bool = False        # a one-network baseline: M must be 1
+    same_norm: bool = False           # every sub-model under the same norm (paper Table 8)
+
+    def check(self, *, num_members: int, norms: Sequence[Norm]) -> None:
+        """Raise ``UserError`` if the sub-model count or norm list does not suit this method."""
+        if self.single_model and num_members != 1:
+            raise UserError(f"method {self.name} trains one network: set model.num_members=1 (got {num_members})")
+        if not self.attacks:
+            return
+        if self.msd:
+            if len(set(norms)) != len(norms) or len(norms) < 2:
+                raise UserError(f"method {self.name} needs at least two distinct norms in attack.norms "
+                                f"(the MSD candidates), got {[n.value for n in norms]}")
+            return
+        if len(norms) != num_members:
+            raise UserError(f"attack.norms has {len(norms)} entries but model.num_members is {num_members}; "
+                            f"method {self.name} needs one norm per sub-model")
+        if self.same_norm and len(set(norms)) != 1:
+            raise UserError(f"method {self.name} needs the same norm for every sub-model, "
+                            f"got {[n.value for n in norms]}")
+
+    def slot_attacks(self, threats: Sequence[ThreatModel], num_members: int) -> list[SlotAttack]:
+        """What each input slot is attacked with: its own threat model, or all of them (MSD)."""
+        if self.msd:
+            return [SlotAttack(tuple(threats)) for _ in range(num_members)]
+        return [SlotAttack((threat,)) for threat in threats]
+
+
+METHODS: dict[str, Method] = {
+    m.name: m for m in (
+        Method("standard", "no attack: clean training", attacks=False),
+        Method("at", "adversarial training of one network in one norm (Madry et al.)", single_model=True),
+        Method("ensemble_at", "M separate networks, network m adversarially trained in norm m",
+               model_kind=ModelKind.SEPARATE),
+        Method("mimo_at", "MIMO, slot m attacked with sub-model m's own gradient (eq. 5)",
+               gradient=GradientMode.PER_MEMBER),
+        Method("mat", "MIMO, slot m attacked in norm m with the ensemble loss's gradient (eq. 6)"),
+        Method("mat_same_norm", "MAT with one norm for every sub-model (paper Table 8)", same_norm=True),
+        Method("msd", "one network, MSD: per example the worst of the norms' steps (Maini et al.)",
+               msd=True, single_model=True),
+        Method("mat_msd", "MIMO, every slot runs MSD with the ensemble loss's gradient", msd=True),
+    )
+}
+
+
+def per_member_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per example and head: logits (B, M, K), y (B, M) -> (B, M)."""
+    b, m, k = logits.shape
+    return F.cross_entropy(logits.reshape(b * m, k), y.reshape(b * m), reduction="none").view(b, m)
+
+
+def outer_objective(member_losses: torch.Tensor, rule: OuterLoss, weights: torch.Tensor) -> torch.Tensor:
+    """The outer loss from the sub-models' batch-mean losses (M,)."""
+    if rule is OuterLoss.MAX:
+        return member_losses.max()
+    return (weights * member_losses).sum()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: torch.Tensor            # () the outer objective, with its graph
+    member_losses: torch.Tensor   # (M,) batch-mean CE per sub-model, detached
+    member_correct: torch.Tensor  # (M,) correct predictions per sub-model on its (adversarial) inputs
+
+
+def adversarial_loss(method: Method, net: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                     threats: Sequence[ThreatModel], steps: int, random_start: bool,
+                     outer: OuterLoss, weights: torch.Tensor,
+                     generator: torch.Generator | None = None,
+                     attack_net: nn.Module | None = None) -> StepResult:
+    """Inner maximisation then the outer loss for one MIMO batch.
+
+    x (B, M, C, H, W) in [0, 1], y (B, M). ``attack_net`` is the network the
+    attack differentiates (the bare module under DDP, so that attack steps do
+    not trigger gradient all-reduces); it defaults to ``net``.
+    """
+    attack_net = attack_net or net
+    if method.attacks:
+        slots = method.slot_attacks(threats, x.shape[1])
+        delta = perturb(lambda xa: per_member_ce(attack_net(xa), y), x, slots, steps=steps,
+                        gradient=method.gradient, random_start=random_start, generator=generator)
+        x = x + delta
+    logits = net(x)  # (B, M, K)
+    member_losses = per_member_ce(logits, y).mean(dim=0)  # (M,)
+    correct = (logits.argmax(dim=-1) == y).sum(dim=0)
+    return StepResult(outer_objective(member_losses, outer, weights), member_losses.detach(), correct.detach())

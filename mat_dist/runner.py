@@ -1,0 +1,205 @@
+"""One training run on this machine: the output folder, resume, checkpoints, metrics and MLflow.
+
+Output folder of a run:
+    config.yaml        the resolved config (what ran, after overrides)
+    metrics.jsonl      one JSON object per finished epoch, each epoch once
+    run.json           the MLflow run id, so --resume logs into the same run
+    checkpoints/       epoch-NNNN/ folders, the newest ``train.checkpoints_kept``
+    model.safetensors  the final model (load with ``mat_dist.load_model``)
+    report.md          the last epoch's figures
+
+Order per epoch: metrics line, then checkpoint, then MLflow. A crash between
+any two leaves a state that ``--resume`` repairs: metrics lines past the
+checkpoint are dropped and re-run, MLflow gets the epochs it lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mat_dist.checkpoint import WEIGHTS, load_latest_checkpoint, save_checkpoint, save_weights
+from mat_dist.config import RunConfig, config_from_dict, config_to_dict, config_to_yaml, read_yaml
+from mat_dist.data import DataSplits, load_splits
+from mat_dist.errors import UserError
+from mat_dist.tracking import NullTracker, Tracker, git_commit
+from mat_dist.train import BatchCallback, Trainer, resolve_device, set_threads
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+RUN_FILE = "run.json"
+REPORT_FILE = "report.md"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a crash ends the file's valid part
+    return rows
+
+
+def append_metrics(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as err:
+        raise UserError(f"output folder {folder} is not writable ({err.strerror}); choose another --output") from None
+
+
+def prepare_output(cfg: RunConfig, output: Path, *, resume: bool) -> RunConfig:
+    """Check the output folder against ``resume``; return the config the run will use."""
+    check_writable(output)
+    saved = output / CONFIG_FILE
+    has_run = saved.is_file() or (output / "checkpoints").is_dir()
+    if resume:
+        if not saved.is_file():
+            raise UserError(f"--resume: {output} holds no run (no {CONFIG_FILE}); drop --resume to start one")
+        previous = config_from_dict(read_yaml(saved))
+        if config_to_dict(previous) != config_to_dict(cfg):
+            changed = _changed_keys(config_to_dict(previous), config_to_dict(cfg))
+            raise UserError(f"--resume: the config differs from the run's in {output} ({', '.join(changed)}); "
+                            f"resume with the same config, or start a new --output")
+        return previous
+    if has_run:
+        raise UserError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+    write_atomic(saved, config_to_yaml(cfg))
+    return cfg
+
+
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _changed_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output: Path
+    metrics: list[dict[str, Any]]
+    tracking_run_id: str | None
+
+
+def start_tracker(cfg: RunConfig, output: Path, tracking_uri: str | None) -> Tracker | NullTracker:
+    if not cfg.tracking.enabled:
+        return NullTracker()
+    run_file = output / RUN_FILE
+    run_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
+    tracker = Tracker.start(uri=tracking_uri or cfg.tracking.uri, experiment=cfg.tracking.experiment,
+                            run_name=cfg.name, run_id=run_id, tags={"mat_dist.output": str(output.resolve())})
+    if run_id is None:
+        write_atomic(run_file, json.dumps({"run_id": tracker.run_id}))
+        tracker.log_params(config_to_dict(cfg))
+        commit = git_commit(Path(__file__).parent)
+        tracker.set_tags({"mat_dist.git_commit": commit or "unknown", "mat_dist.method": cfg.method.name})
+        tracker.log_artifact(output / CONFIG_FILE)
+    return tracker
+
+
+def train_local(cfg: RunConfig, output: Path, *, resume: bool = False, tracking_uri: str | None = None,
+                on_batch: BatchCallback | None = None,
+                on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                splits: DataSplits | None = None) -> RunResult:
+    """Train ``cfg`` in this process; ``output`` receives everything the module docstring lists."""
+    cfg = prepare_output(cfg, output, resume=resume)
+    set_threads(cfg.train.threads)
+    splits = splits or load_splits(cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size,
+                                   seed=cfg.seed, limit_train=cfg.data.limit_train)
+    trainer = Trainer(cfg, splits, device=resolve_device(cfg.train.device))
+    metrics_path = output / METRICS_FILE
+    if resume:
+        checkpoint = load_latest_checkpoint(output / "checkpoints", expect=trainer.spec)
+        if checkpoint is not None:
+            trainer.load_state(checkpoint.net, checkpoint.state)
+        done = trainer.progress.epoch
+        write_atomic(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                           for r in read_metrics(metrics_path) if r["epoch"] <= done))
+    tracker = start_tracker(cfg, output, tracking_uri)
+    with tracker:
+        _log_missing_epochs(tracker, read_metrics(metrics_path))
+
+        def sink(metrics: dict[str, float], trainer: Trainer) -> None:
+            append_metrics(metrics_path, metrics)
+            save_checkpoint(output / "checkpoints", net=trainer.net, state=trainer.state_dict(),
+                            keep=cfg.train.checkpoints_kept)
+            tracker.log_metrics(metrics, step=int(metrics["epoch"]))
+            if on_epoch is not None:
+                on_epoch(metrics)
+
+        trainer.fit(sink, on_batch)
+        save_weights(trainer.net, output / WEIGHTS)
+        rows = read_metrics(metrics_path)
+        write_atomic(output / REPORT_FILE, epoch_report(cfg, rows))
+        for name in (WEIGHTS, REPORT_FILE, METRICS_FILE):
+            tracker.log_artifact(output / name)
+    return RunResult(output=output, metrics=rows, tracking_run_id=tracker.run_id)
+
+
+def _log_missing_epochs(tracker: Tracker | NullTracker, rows: list[dict[str, Any]]) -> None:
+    """After a crash, give MLflow the finished epochs it has not recorded (each epoch once)."""
+    logged = tracker.logged_steps("epoch")
+    for row in rows:
+        if int(row["epoch"]) not in logged:
+            tracker.log_metrics(row, step=int(row["epoch"]))
+
+
+def epoch_report(cfg: RunConfig, rows: list[dict[str, Any]]) -> str:
+    """A markdown page with the final epoch's validation figures and the per-epoch curve."""
+    if not rows:
+        return f"# {cfg.name}\n\nNo finished epoch.\n"
+    last = rows[-1]
+    norms = [n.value for n in cfg.eval.eps]
+    lines = [
+        f"# {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, {cfg.data.name.value}",
+        "",
+        f"Per-epoch check on the first {cfg.eval.examples} validation images (held out of the training set), "
+        f"deployed ensemble, PGD-{cfg.eval.steps} at radii "
+        + ", ".join(f"{n.value} {e:g}" for n, e in cfg.eval.eps.items()) + ".",
+        "",
+        "| epoch | time (s) | train loss | clean | " + " | ".join(f"PGD {n}" for n in norms) + " |",
+        "|---:|---:|---:|---:|" + "---:|" * len(norms),
+    ]
+    for r in rows:
+        lines.append(f"| {r['epoch']} | {r['epoch_time_s']:.0f} | {r['train/loss']:.3f} | "
+                     f"{100 * r['val/clean_acc']:.1f} | "
+                     + " | ".join(f"{100 * r[f'val/robust_{n}']:.1f}" for n in norms) + " |")
+    members = [k for k in last if k.startswith("val/clean_acc_m")]
+    lines += ["", "Sub-models, clean accuracy at the last epoch: "
+              + ", ".join(f"m{k[-1]} {100 * last[k]:.1f}%" for k in sorted(members)), ""]
+    return "\n".join(lines)

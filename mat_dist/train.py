@@ -1,0 +1,247 @@
+"""The per-worker training loop. It knows nothing of Ray or MLflow.
+
+``Trainer`` owns one worker's model, optimiser and attack RNG. ``fit`` runs
+epochs and hands each epoch's metrics and a checkpointable state to a sink
+supplied by the caller: the local runner writes files and MLflow, the Ray
+Train worker reports to Ray. Under torch.distributed (DDP), each rank trains
+on its own rows of every global batch and the metrics are summed across ranks
+before the sink sees them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from mat_dist.attacks import SlotAttack, perturb
+from mat_dist.config import OptimizerName, RunConfig
+from mat_dist.data import DataSplits, MimoBatches
+from mat_dist.errors import UserError
+from mat_dist.methods import METHODS, adversarial_loss
+from mat_dist.models.mimo import DeployedEnsemble, ModelSpec, build_model, ensemble_scores
+from mat_dist.threats import L1Threat, Norm, ThreatModel, make_threat
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being finite: the epoch is not checkpointed."""
+
+
+def model_spec(cfg: RunConfig, splits: DataSplits) -> ModelSpec:
+    c, h, w = splits.train.images.shape[1:]
+    return ModelSpec(backbone=cfg.model.backbone, num_members=cfg.model.num_members, in_channels=c,
+                     image_size=(h, w), num_classes=splits.num_classes, mean=splits.mean, std=splits.std,
+                     kind=METHODS[cfg.method.name].model_kind, ensemble_output=cfg.model.ensemble_output)
+
+
+def training_threats(cfg: RunConfig, radius_scale: float = 1.0) -> list[ThreatModel]:
+    """The attack config's threat models, radii scaled by the warm-up factor in (0, 1]."""
+    a = cfg.attack
+    threats = []
+    for norm, eps, alpha in zip(a.norms, a.eps, a.alpha):
+        threat = make_threat(norm, eps=eps * radius_scale, alpha=alpha)
+        if isinstance(threat, L1Threat):
+            threat = L1Threat(eps=threat.eps, alpha=alpha, k_min=a.l1_topk[0], k_max=a.l1_topk[1])
+        threats.append(threat)
+    return threats
+
+
+def eval_threat(norm: Norm, eps: float, steps: int) -> ThreatModel:
+    """PGD threat model of the per-epoch check: step size 2.5 eps / K (Madry et al.)."""
+    return make_threat(norm, eps=eps, alpha=2.5 * eps / steps)
+
+
+def piecewise_linear(points: list[list[float]], progress: float) -> float:
+    """Value at ``progress`` in [0, 1] of the line through [share, value] points."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if progress <= x1:
+            return y0 + (y1 - y0) * (progress - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def radius_scale(warmup: float, progress: float) -> float:
+    """Radius factor of the warm-up: linear from ~0 to 1 over the first ``warmup`` share of steps."""
+    if warmup <= 0:
+        return 1.0
+    return min(1.0, max(progress, 1e-3) / warmup)  # never 0: a zero radius is no threat model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={name} but no CUDA device is visible; use train.device=cpu")
+    return device
+
+
+def set_threads(threads: int | None) -> int:
+    """Match torch's intra-op threads to the CPUs this process may run on."""
+    n = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def _sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+class EpochSink(Protocol):
+    def __call__(self, metrics: dict[str, float], trainer: "Trainer") -> None: ...
+
+
+BatchCallback = Callable[[int, int], None]  # (batch index, batches per epoch)
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # epochs finished
+    step: int = 0   # optimiser steps taken
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, splits: DataSplits, *, device: torch.device | None = None,
+                 rank: int = 0, world_size: int = 1,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
+        self.cfg = cfg
+        self.splits = splits
+        self.device = device or resolve_device(cfg.train.device)
+        self.rank, self.world_size = rank, world_size
+        self.method = METHODS[cfg.method.name]
+        self.spec = model_spec(cfg, splits)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.net = build_model(self.spec).to(self.device)
+        self.train_net = wrap(self.net) if wrap else self.net  # the DDP wrapper, when distributed
+        self.optimizer = self._make_optimizer()
+        self.batches = MimoBatches(splits.train, num_members=self.spec.num_members,
+                                   batch_size=cfg.data.batch_size, seed=cfg.seed,
+                                   input_repetition=cfg.data.input_repetition,
+                                   batch_repetition=cfg.data.batch_repetition,
+                                   rank=rank, world_size=world_size)
+        self.total_steps = cfg.train.epochs * len(self.batches)
+        self.attack_rng = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + rank)
+        weights = cfg.method.loss_weights or [1.0] * self.spec.num_members
+        self.loss_weights = torch.tensor(weights, device=self.device)
+        self.progress = Progress()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        params = self.net.parameters()
+        if o.name is OptimizerName.SGD:
+            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                   nesterov=o.nesterov)
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+
+    # ------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights that resuming needs (tensors and plain values only)."""
+        return {
+            "epoch": self.progress.epoch,
+            "step": self.progress.step,
+            "optimizer": self.optimizer.state_dict(),
+            "attack_rng": self.attack_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, net: nn.Module, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(net.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.attack_rng.set_state(state["attack_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.progress = Progress(epoch=int(state["epoch"]), step=int(state["step"]))
+
+    # ------------------------------------------------------------- loop
+
+    def fit(self, sink: EpochSink, on_batch: BatchCallback | None = None) -> None:
+        """Train the remaining epochs; ``sink`` receives each finished epoch."""
+        while self.progress.epoch < self.cfg.train.epochs:
+            start = time.perf_counter()
+            metrics = self.train_epoch(self.progress.epoch, on_batch)
+            metrics.update(self.evaluate())
+            self.progress.epoch += 1
+            metrics["epoch"] = self.progress.epoch
+            metrics["epoch_time_s"] = time.perf_counter() - start
+            sink(metrics, self)
+
+    def _current_threats(self) -> list[ThreatModel]:
+        return training_threats(self.cfg, radius_scale(self.cfg.attack.warmup, self.progress.step / self.total_steps))
+
+    def train_epoch(self, epoch: int, on_batch: BatchCallback | None = None) -> dict[str, float]:
+        cfg, m = self.cfg, self.spec.num_members
+        self.train_net.train()
+        loss_sum = torch.zeros(m, device=self.device)   # sum over batches of batch-mean CE
+        correct = torch.zeros(m, device=self.device)    # examples, per sub-model
+        seen = torch.zeros((), device=self.device)      # rows
+        outer_sum = torch.zeros((), device=self.device)
+        n_batches = len(self.batches)
+        for i, (x, y) in enumerate(self.batches.epoch(epoch)):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.optim.lr * piecewise_linear(cfg.optim.schedule, self.progress.step / self.total_steps)
+            result = adversarial_loss(
+                self.method, self.train_net, x, y, threats=self._current_threats(), steps=cfg.attack.steps,
+                random_start=cfg.attack.random_start, outer=cfg.method.outer_loss, weights=self.loss_weights,
+                generator=self.attack_rng, attack_net=self.net)
+            self.optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            self.optimizer.step()
+            self.progress.step += 1
+            loss_sum += result.member_losses
+            outer_sum += result.loss.detach()
+            correct += result.member_correct
+            seen += x.shape[0]
+            if on_batch is not None:
+                on_batch(i + 1, n_batches)
+        totals = _sum_across_ranks(torch.cat([loss_sum, correct, seen.view(1), outer_sum.view(1)]))
+        batches = n_batches * self.world_size
+        member_loss, member_correct = totals[:m] / batches, totals[m:2 * m] / totals[2 * m]
+        outer = float(totals[2 * m + 1] / batches)
+        if not math.isfinite(outer):
+            raise TrainingDiverged(f"the training loss became {outer} in epoch {epoch + 1}; the epoch was not "
+                                   f"checkpointed: lower optim.lr or the attack step sizes and --resume")
+        metrics = {"train/loss": outer, "lr": self.optimizer.param_groups[0]["lr"],
+                   "radius_scale": radius_scale(cfg.attack.warmup, self.progress.step / self.total_steps)}
+        for j in range(m):
+            metrics[f"train/loss_m{j}"] = float(member_loss[j])
+            metrics[f"train/acc_m{j}"] = float(member_correct[j])
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """Clean and PGD robust accuracy of the deployed ensemble on this rank's share of the validation slice."""
+        cfg = self.cfg.eval
+        val = self.splits.val
+        n = min(cfg.examples, len(val))
+        if n == 0:
+            return {}
+        x = val.images[:n][self.rank::self.world_size].to(self.device)
+        y = val.labels[:n][self.rank::self.world_size].to(self.device)
+        deployed = DeployedEnsemble(self.net).eval()
+        counts = {}
+        with torch.no_grad():
+            member_logits = self.net(x.unsqueeze(1).expand(-1, self.spec.num_members, *x.shape[1:]))
+            clean_ok = ensemble_scores(member_logits, self.spec.ensemble_output).argmax(1) == y
+        counts["val/clean_acc"] = clean_ok.sum()
+        for j in range(self.spec.num_members):
+            counts[f"val/clean_acc_m{j}"] = (member_logits[:, j].argmax(1) == y).sum()
+        loss_fn = lambda xa: F.cross_entropy(deployed(xa[:, 0]), y, reduction="none").unsqueeze(1)  # noqa: E731
+        for norm, eps in cfg.eps.items():
+            slot = SlotAttack((eval_threat(norm, eps, cfg.steps),))
+            delta = perturb(loss_fn, x.unsqueeze(1), [slot], steps=cfg.steps, generator=self.attack_rng)
+            with torch.no_grad():
+                robust = clean_ok & (deployed(x + delta[:, 0]).argmax(1) == y)
+            counts[f"val/robust_{norm.value}"] = robust.sum()
+        self.net.train()
+        keys = list(counts)
+        totals = _sum_across_ranks(torch.stack([counts[k].float() for k in keys]))
+        return {k: float(v) / n for k, v in zip(keys, totals)}
+

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: set up, train MAT on the embedded MNIST-5k, write the report.
+# Re-running it continues (or simply re-reports) the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export RAY_USAGE_STATS_ENABLED=0
+out=runs/mnist5k-mat
+resume=()
+[ -f "$out/config.yaml" ] && resume=(--resume)
+matd train --config mnist5k-mat --output "$out" "${resume[@]}"
+echo "report: $out/report.md"

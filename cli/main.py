@@ -34,14 +34,67 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", help="Ray cluster file (YAML path, or a shipped name: local, multi-gpu). Default: "
+        "clusters/local.yaml, a local Ray runtime with 1 worker. 'none': the in-process loop, without Ray."),
     overrides: Optional[list[str]] = typer.Argument(
         None, help="Config overrides key.sub=value, e.g. train.epochs=3 attack.eps=[5,1,0.1]."),
 ) -> None:
-    """Train a model on this machine; writes config, metrics.jsonl, checkpoints and the final model."""
+    """Train a model as a Ray Train job (DDP over the cluster file's workers); writes config, metrics.jsonl,
+    checkpoints and the final model to --output."""
     from cli.train_cmd import run_train
 
     run_train(config=config, output=output, resume=resume, tracking_uri=tracking_uri,
-              overrides=list(overrides or []))
+              overrides=list(overrides or []), cluster=cluster)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def evaluate(
+    run: Optional[Path] = typer.Option(None, "--run", help="Training run folder (its model.safetensors)."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="A .safetensors weights file or a checkpoint folder."),
+    suite: str = typer.Option("quick", "--suite", "-s", help="Suite YAML file, or a shipped suite: quick, paper, full."),
+    examples: Optional[int] = typer.Option(None, "--examples", "-n", help="Evaluate the first N test images "
+                                           "(default: the suite's)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file, as for training "
+                                          "(default: a local Ray runtime with --workers CPUs)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="CPUs of the local Ray runtime "
+                                          "(default: all of this machine's; 0: no Ray, in this process)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: <run>/eval-<suite>); "
+                                          "re-running the same command resumes it."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset (default: the run's)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder of MNIST / CIFAR-10 files."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log the evaluation to MLflow."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="Suite overrides key.sub=value, e.g. eps.linf=0.3 attacks.pgd_linf.params.steps=50."),
+) -> None:
+    """Attack a trained model with a suite, sharded over Ray; writes results.parquet, summary.json, report.md."""
+    from cli.evaluate_cmd import run_evaluate
+
+    run_evaluate(run=run, checkpoint=checkpoint, suite=suite, examples=examples, cluster=cluster, workers=workers,
+                 output=output, data=data, data_root=data_root, tracking_uri=tracking_uri, tracking=tracking,
+                 overrides=list(overrides or []))
+
+
+@app.command()
+def bench(
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    backbone: str = typer.Option("mnist_cnn", "--backbone", help="Backbone of every method's model."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Rows per batch (each row carries M images)."),
+    members: int = typer.Option(3, "--members", "-m", help="M, the sub-models of the MIMO methods."),
+    steps: int = typer.Option(10, "--steps", "-k", help="K, attack steps per batch."),
+    repeats: int = typer.Option(7, "--repeats", help="Timed rounds (after 2 warm-up rounds)."),
+    image_size: int = typer.Option(28, "--image-size", help="Input height and width (pixels)."),
+    channels: int = typer.Option(1, "--channels", help="Input channels."),
+) -> None:
+    """Time one training batch of every method, interleaved; report medians, passes and ratios."""
+    from cli.bench_cmd import run_bench
+
+    run_bench(output=output, device=device, backbone=backbone, batch_size=batch_size, members=members,
+              steps=steps, repeats=repeats, image_size=image_size, channels=channels)
 
 
 @app.command("configs")

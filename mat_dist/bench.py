@@ -1,0 +1,182 @@
+"""Benchmarks of training cost: every method side by side, against the floor, in one run.
+
+Timings are medians over interleaved repeats (method A, B, C, A, B, C, ...),
+after warm-up, so that drifts of the machine (other processes, turbo, thermal
+state) hit every method alike. Ratios compare two things measured in the same
+run. Nothing here asserts on time: the tests check that it runs and that its
+pass counts equal the paper's Table 6.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from mat_dist.methods import METHODS, OuterLoss, adversarial_loss, per_member_ce
+from mat_dist.models import ModelKind, ModelSpec, build_model
+from mat_dist.threats import Norm, ThreatModel, make_threat, L1Threat
+
+BENCH_METHODS = ("standard", "at", "ensemble_at", "mimo_at", "mat", "msd", "mat_msd")
+# Radii and step sizes of the MNIST-5k config: the cost does not depend on them
+# except through the l_1 projection's sort, which runs at any radius.
+THREAT_TABLE = {Norm.L1: (5.0, 1.0), Norm.L2: (1.0, 0.25), Norm.LINF: (0.1, 0.025)}
+NORM_ORDER = (Norm.L1, Norm.L2, Norm.LINF)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchSettings:
+    backbone: str = "mnist_cnn"
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
+    batch_size: int = 64
+    num_members: int = 3
+    steps: int = 10                                   # K
+    repeats: int = 7
+    warmup: int = 2
+    device: str = "cpu"
+
+
+def table6_passes(method: str, k: int, m: int, msd_norms: int = 3) -> tuple[int, int]:
+    """Forward / backward passes per batch of the paper's Table 6 (MSD: one forward per candidate norm)."""
+    return {
+        "standard": (1, 1), "at": (k + 1, k + 1), "mat": (k + 1, k + 1), "mat_same_norm": (k + 1, k + 1),
+        "ensemble_at": (m * (k + 1), m * (k + 1)), "mimo_at": (k + 1, m * k + 1),
+        "msd": ((1 + msd_norms) * k + 1, k + 1), "mat_msd": ((1 + msd_norms) * k + 1, k + 1),
+    }[method]
+
+
+def _threat(norm: Norm) -> ThreatModel:
+    eps, alpha = THREAT_TABLE[norm]
+    return make_threat(norm, eps=eps, alpha=alpha)
+
+
+def _members(method: str, m: int) -> int:
+    return 1 if METHODS[method].single_model else m
+
+
+def _threats(method: str, m: int) -> list[ThreatModel]:
+    spec = METHODS[method]
+    if spec.msd:
+        return [_threat(n) for n in NORM_ORDER]
+    if spec.single_model:
+        return [_threat(Norm.LINF)]
+    return [_threat(NORM_ORDER[i % 3]) for i in range(m)]
+
+
+class _Case:
+    """One method's model, optimiser and batch, ready to time one training step."""
+
+    def __init__(self, method: str, s: BenchSettings) -> None:
+        self.method = METHODS[method]
+        self.m = _members(method, s.num_members)
+        c, h, w = s.image_shape
+        self.spec = ModelSpec(backbone=s.backbone, num_members=self.m, in_channels=c, image_size=(h, w),
+                              num_classes=10, mean=(0.5,) * c, std=(0.25,) * c, kind=self.method.model_kind)
+        torch.manual_seed(0)
+        self.net = build_model(self.spec).to(s.device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-4)
+        gen = torch.Generator().manual_seed(1)
+        self.x = torch.rand(s.batch_size, self.m, c, h, w, generator=gen).to(s.device)
+        self.y = torch.randint(0, 10, (s.batch_size, self.m), generator=gen).to(s.device)
+        self.threats = _threats(method, s.num_members)
+        self.steps = s.steps
+        self.weights = torch.ones(self.m, device=s.device)
+        self.rng = torch.Generator(device=s.device).manual_seed(2)
+
+    def step(self) -> None:
+        result = adversarial_loss(self.method, self.net, self.x, self.y, threats=self.threats, steps=self.steps,
+                                  random_start=True, outer=OuterLoss.SUM, weights=self.weights, generator=self.rng)
+        self.opt.zero_grad(set_to_none=True)
+        result.loss.backward()
+        self.opt.step()
+
+    def forward_backward(self) -> None:
+        """One forward and backward pass of this model on this batch: the unit of the floor."""
+        self.opt.zero_grad(set_to_none=True)
+        per_member_ce(self.net(self.x), self.y).mean(0).sum().backward()
+
+    def count_passes(self) -> tuple[int, int]:
+        counts = [0, 0]
+        networks = list(self.net.members) if self.spec.kind is ModelKind.SEPARATE else [self.net.backbone]
+        hooks = []
+        for module in networks:
+            hooks.append(module.register_forward_hook(lambda *_: counts.__setitem__(0, counts[0] + 1)))
+            hooks.append(module.register_full_backward_hook(lambda *_: counts.__setitem__(1, counts[1] + 1)))
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the outer step's inputs need no gradient; the hook still counts
+            self.step()
+        for h in hooks:
+            h.remove()
+        return counts[0], counts[1]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_interleaved(fns: dict[str, Callable[[], None]], *, repeats: int, warmup: int,
+                     device: str) -> dict[str, list[float]]:
+    """Seconds per call of each function, measured round-robin ``repeats`` times after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(warmup + repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    median = statistics.median(samples)
+    return {"median_s": median, "min_s": min(samples), "max_s": max(samples),
+            "spread": (max(samples) - min(samples)) / median, "n": len(samples)}
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import os
+    info = {
+        "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "cpus": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(), "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def bench_methods(s: BenchSettings, methods: tuple[str, ...] = BENCH_METHODS) -> dict[str, Any]:
+    """Time per batch of each method, the floor, pass counts beside Table 6, and the ratios."""
+    cases = {name: _Case(name, s) for name in methods}
+    passes = {name: case.count_passes() for name, case in cases.items()}
+    fns: dict[str, Callable[[], None]] = {name: case.step for name, case in cases.items()}
+    mimo_unit = "mat" if "mat" in cases else None
+    if mimo_unit:
+        fns["fwd_bwd_mimo"] = cases[mimo_unit].forward_backward
+    times = time_interleaved(fns, repeats=s.repeats, warmup=s.warmup, device=s.device)
+    result: dict[str, Any] = {"settings": s.__dict__, "machine": machine_info(s.device), "methods": {}}
+    for name in methods:
+        fwd, bwd = passes[name]
+        expected = table6_passes(name, s.steps, _members(name, s.num_members))
+        result["methods"][name] = {**_stats(times[name]), "forward_passes": fwd, "backward_passes": bwd,
+                                   "table6_forward": expected[0], "table6_backward": expected[1]}
+    med = {name: statistics.median(t) for name, t in times.items()}
+    ratios: dict[str, float] = {}
+    if mimo_unit:
+        floor = (s.steps + 1) * med["fwd_bwd_mimo"]
+        result["floor"] = {"fwd_bwd_s": med["fwd_bwd_mimo"], "floor_s": floor,
+                           "definition": "(K+1) x one forward+backward of the M-member MIMO model on the batch"}
+        ratios["mat_over_floor"] = med["mat"] / floor
+        for other in ("at", "msd", "mimo_at", "ensemble_at", "mat_msd"):
+            if other in med:
+                ratios[f"mat_over_{other}"] = med["mat"] / med[other]
+    result["ratios"] = ratios
+    return result

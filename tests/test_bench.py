@@ -1,0 +1,16 @@
+"""The benchmark runs, and its pass counts equal Table 6 (no assertion on time)."""
+
+import json
+
+from mat_dist.bench import BENCH_METHODS, BenchSettings, bench_methods
+
+
+def test_bench_smoke_pass_counts_equal_table_6():
+    s = BenchSettings(image_shape=(1, 8, 8), batch_size=4, num_members=3, steps=2, repeats=1, warmup=0)
+    result = bench_methods(s)
+    assert set(result["methods"]) == set(BENCH_METHODS)
+    for name, row in result["methods"].items():
+        assert (row["forward_passes"], row["backward_passes"]) == (row["table6_forward"], row["table6_backward"]), name
+        assert row["median_s"] > 0
+    assert {"mat_over_at", "mat_over_msd", "mat_over_mimo_at", "mat_over_floor"} <= set(result["ratios"])
+    json.dumps(result)  # the CLI writes it as JSON

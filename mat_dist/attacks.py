@@ -76,21 +76,17 @@ def perturb(loss_fn: LossFn, x: torch.Tensor, slots: Sequence[SlotAttack], *, st
     if len(slots) != x.shape[1]:
         raise ValueError(f"{len(slots)} slot attacks for {x.shape[1]} input slots")
     x = x.detach()
-    delta = _start(x, slots, random_start, generator)
-    num_candidates = max(len(s.candidates) for s in slots)
+    delta = _start(x, slots, random_start, generator)  # (B, M, C, H, W), updated in place
+    msd = any(slot.is_msd for slot in slots)
     for _ in range(steps):
         x_adv = (x + delta).requires_grad_(True)
         grad = input_gradients(loss_fn(x_adv), x_adv, gradient)
         with torch.no_grad():
-            candidates = [
-                torch.stack([
-                    slot.candidates[min(c, len(slot.candidates) - 1)].step(
-                        delta[:, m], grad[:, m], x[:, m], generator)
-                    for m, slot in enumerate(slots)
-                ], dim=1)  # (B, M, C, H, W)
-                for c in range(num_candidates)
-            ]
-            delta = candidates[0] if num_candidates == 1 else _keep_worst(loss_fn, x, candidates)
+            if msd:
+                delta = _msd_step(loss_fn, x, delta, grad, slots, generator)
+            else:
+                for m, slot in enumerate(slots):
+                    delta[:, m] = slot.candidates[0].step(delta[:, m], grad[:, m], x[:, m], generator)
     return delta.detach()
 
 
@@ -106,13 +102,22 @@ def _start(x: torch.Tensor, slots: Sequence[SlotAttack], random_start: bool,
     ], dim=1)
 
 
-def _keep_worst(loss_fn: LossFn, x: torch.Tensor, candidates: list[torch.Tensor]) -> torch.Tensor:
-    """MSD's choice: per example and slot, the candidate delta with the highest loss."""
-    best = candidates[0].clone()
-    best_loss = loss_fn(x + best)  # (B, M)
-    for delta in candidates[1:]:
-        loss = loss_fn(x + delta)
+def _msd_step(loss_fn: LossFn, x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor,
+              slots: Sequence[SlotAttack], generator: torch.Generator | None) -> torch.Tensor:
+    """MSD's step: every candidate's step from the current delta; per example and slot, the
+    one with the highest loss (one forward pass per candidate)."""
+    num_candidates = max(len(s.candidates) for s in slots)
+    best, best_loss = delta, None
+    for c in range(num_candidates):
+        candidate = torch.stack([
+            slot.candidates[min(c, len(slot.candidates) - 1)].step(delta[:, m], grad[:, m], x[:, m], generator)
+            for m, slot in enumerate(slots)
+        ], dim=1)  # (B, M, C, H, W)
+        loss = loss_fn(x + candidate)  # (B, M)
+        if best_loss is None:
+            best, best_loss = candidate, loss
+            continue
         better = loss >= best_loss  # ties go to the later candidate, as in MSD's code
-        best[better] = delta[better]
+        best[better] = candidate[better]
         best_loss = torch.maximum(best_loss, loss)
     return best

@@ -192,13 +192,14 @@ def epoch_report(cfg: RunConfig, rows: list[dict[str, Any]]) -> str:
         f"deployed ensemble, PGD-{cfg.eval.steps} at radii "
         + ", ".join(f"{n.value} {e:g}" for n, e in cfg.eval.eps.items()) + ".",
         "",
-        "| epoch | time (s) | train loss | clean | " + " | ".join(f"PGD {n}" for n in norms) + " |",
-        "|---:|---:|---:|---:|" + "---:|" * len(norms),
+        "| epoch | time (s) | train loss | clean | " + " | ".join(f"PGD {n}" for n in norms) + " | all norms |",
+        "|---:|---:|---:|---:|" + "---:|" * (len(norms) + 1),
     ]
     for r in rows:
         lines.append(f"| {r['epoch']} | {r['epoch_time_s']:.0f} | {r['train/loss']:.3f} | "
                      f"{100 * r['val/clean_acc']:.1f} | "
-                     + " | ".join(f"{100 * r[f'val/robust_{n}']:.1f}" for n in norms) + " |")
+                     + " | ".join(f"{100 * r[f'val/robust_{n}']:.1f}" for n in norms)
+                     + f" | {100 * r['val/robust_all']:.1f} |")
     members = [k for k in last if k.startswith("val/clean_acc_m")]
     lines += ["", "Sub-models, clean accuracy at the last epoch: "
               + ", ".join(f"m{k[-1]} {100 * last[k]:.1f}%" for k in sorted(members)), ""]

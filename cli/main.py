@@ -78,6 +78,33 @@ def evaluate(
                  overrides=list(overrides or []))
 
 
+@app.command(context_settings={"allow_extra_args": False})
+def tune(
+    space: Optional[str] = typer.Option(
+        None, "--space", help="Search space YAML, or a shipped space: mnist5k-cpu, mnist-paper, cifar10-paper."),
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", help="Base config (file or shipped name); default: the space's base:."),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", help="Ray cluster file, as for training; its workers section is ONE trial "
+        "(1 worker: the core loop in the trial's process; more: each trial a Ray Train job). Default: local, 1 CPU."),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Random trials (per grid point); "
+                                         "default: the space's trials:."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Sweep folder (default: runs/tune-<space>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted sweep in --output; finished "
+                                "trials are not run again."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="Base config overrides key.sub=value, applied after the space's overrides."),
+) -> None:
+    """Search attack step sizes, radii, loss weights, K, lr with Ray Tune (ASHA); writes trials.csv, a plot and
+    best_config.yaml to --output."""
+    from cli.tune_cmd import run_tune
+
+    run_tune(space=space, config=config, cluster=cluster, trials=trials, output=output, resume=resume,
+             tracking_uri=tracking_uri, overrides=list(overrides or []))
+
+
 @app.command()
 def bench(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),

@@ -1,0 +1,210 @@
+"""``evaluate``: model + suite -> shards on Ray -> results.parquet, summary.json, report.md, curves, MLflow.
+
+Output folder:
+    eval.json          what this folder evaluates (model file, suite, examples); a re-run must match it
+    shards/            one Parquet file per finished shard (resume skips these)
+    results.parquet    one row per (example, attack) of the suite, on the deployed ensemble
+    transfer.parquet   one row per (example, attack, source model, target model)
+    curves.parquet, curves.csv, curves.png
+    summary.json       clean, per attack, all_linf / all_l2 / all_l1, all_attacks, transfer, warnings
+    report.md          the paper's Table 4 shape, transferability, sub-models, curves, warnings
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mat_dist.checkpoint import find_weights, load_model
+from mat_dist.data import load_splits
+from mat_dist.errors import UserError
+from mat_dist.evaluate import curves as curves_mod
+from mat_dist.evaluate import metrics, report, sanity
+from mat_dist.evaluate.runner import Chaos, ProgressFn, run_shards
+from mat_dist.evaluate.shards import merge_shards, plan_shards
+from mat_dist.evaluate.suite import Suite, plan_jobs
+
+FINGERPRINT = "eval.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalResult:
+    output: Path
+    summary: dict[str, Any]
+    warnings: list[str]
+    shards_run: int
+    shards_total: int
+    wall_time_s: float
+    tracking_run_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingOptions:
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "mat-dist"
+    parent_run_id: str | None = None   # the training run, when there is one
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_fingerprint(output: Path, fingerprint: dict[str, Any]) -> None:
+    """A folder holds one evaluation: resuming with another model, suite or example count is refused."""
+    path = output / FINGERPRINT
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != fingerprint:
+            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+            raise UserError(f"{output} holds an evaluation with another {', '.join(changed)}; "
+                            f"choose another --output (finished shards would not match)")
+        return
+    from mat_dist.runner import write_atomic
+
+    write_atomic(path, json.dumps(fingerprint, indent=1, sort_keys=True))
+
+
+def load_test_images(dataset: str, root: str | None, examples: int, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``examples`` test images of ``dataset``, checked against the model's input shape."""
+    splits = load_splits(dataset, root=root, val_size=0)
+    test = splits.test
+    if examples > len(test):
+        raise UserError(f"--examples {examples} is more than the {len(test)} test images of {dataset}; "
+                        f"use at most {len(test)}")
+    shape = tuple(test.images.shape[1:])
+    expected = (spec.in_channels, *spec.image_size)
+    if shape != expected:
+        raise UserError(f"the model takes {'x'.join(map(str, expected))} images but {dataset} has "
+                        f"{'x'.join(map(str, shape))}; pass the dataset the model was trained on (--data)")
+    return test.images[:examples].contiguous(), test.labels[:examples].contiguous()
+
+
+def evaluate(*, model_path: str | os.PathLike, suite: Suite, output: Path, dataset: str,
+             data_root: str | None = None, examples: int | None = None, workers: int = 2,
+             cluster: str | os.PathLike | None = None, on_progress: ProgressFn | None = None,
+             tracking: TrackingOptions | None = None, chaos: Chaos | None = None) -> EvalResult:
+    start = time.perf_counter()
+    weights = find_weights(Path(model_path)).resolve()
+    model = load_model(weights)  # validates the file here, before any worker sees it
+    spec = model.spec
+    n = examples or suite.examples
+    if n < 1:
+        raise UserError(f"--examples {n} must be at least 1")
+    images, labels = load_test_images(dataset, data_root, n, spec)
+    if workers < 0:
+        raise UserError(f"--workers {workers} must be 0 (in this process) or more")
+    output.mkdir(parents=True, exist_ok=True)
+    _check_fingerprint(output, {"model": str(weights), "model_sha256": file_digest(weights), "dataset": dataset,
+                                "examples": n, "suite": suite.to_dict()})
+    jobs = plan_jobs(suite, num_members=spec.num_members, examples=n)
+    shards = plan_shards(jobs, suite.shard_size)
+    shards_run = run_shards(shards, model_path=str(weights), images=images, labels=labels, out_dir=output,
+                            base_seed=suite.seed, resources=suite.resources, workers=workers, cluster=cluster,
+                            on_progress=on_progress, chaos=chaos)
+    table = merge_shards(shards, output)
+    wall = time.perf_counter() - start
+    return _write_outputs(table, suite=suite, output=output, model=model, weights=weights, dataset=dataset,
+                          images=images, labels=labels, workers=workers, wall=wall, shards_run=shards_run,
+                          shards_total=len(shards), tracking=tracking or TrackingOptions(enabled=False))
+
+
+def _write_outputs(table, *, suite: Suite, output: Path, model, weights: Path, dataset: str, images, labels,
+                   workers: int, wall: float, shards_run: int, shards_total: int,
+                   tracking: TrackingOptions) -> EvalResult:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from mat_dist.runner import write_atomic
+
+    group = table.column("group")
+    suite_rows = table.filter(pc.equal(group, "suite"))
+    transfer_rows = table.filter(pc.equal(group, "transfer"))
+    curve_rows = table.filter(pc.starts_with(group, "curve_"))
+    pq.write_table(suite_rows, output / "results.parquet")
+    summary = metrics.union_summary(suite_rows)
+    attack_info = {a.name: {"attack": a.attack, "norm": a.norm.value, "eps": a.eps, "library": a.kind.library}
+                   for a in suite.attacks}
+    transfer = {}
+    if transfer_rows.num_rows:
+        pq.write_table(transfer_rows, output / "transfer.parquet")
+        transfer = metrics.transfer_tables(transfer_rows)
+    points: list[dict[str, Any]] = []
+    figure = None
+    if curve_rows.num_rows:
+        pq.write_table(curve_rows, output / "curves.parquet")
+        points = metrics.curve_points(curve_rows)
+        curves_mod.write_curves_csv(points, output / "curves.csv")
+        figure = curves_mod.plot_curves(points, output / "curves.png", title=f"{weights.parent.name}: {suite.name}")
+    found = sanity.gradient_warnings(model, images, labels, seed=suite.seed)
+    found += sanity.black_box_warnings(summary, attack_info, suite.sanity.black_box_margin)
+    found += sanity.curve_warnings(points, max_final_accuracy=suite.sanity.max_final_accuracy,
+                                   tolerance=suite.sanity.curve_tolerance)
+    meta = {"suite": suite.name, "model": str(weights), "dataset": dataset, "num_members": model.spec.num_members,
+            "ensemble_output": model.spec.ensemble_output.value, "workers": workers, "wall_time_s": wall,
+            "machine": report.machine(), "versions": _versions()}
+    full = {**summary, "attack_info": attack_info, "transfer": transfer, "curves": points, "warnings": found,
+            "meta": meta}
+    write_atomic(output / "summary.json", json.dumps(full, indent=1))
+    write_atomic(output / "report.md", report.render(summary=summary, attack_info=attack_info, meta=meta,
+                                                     transfer=transfer, curves=points, warnings=found))
+    run_id = _log_to_mlflow(output, summary, suite, meta, figure, tracking)
+    if figure is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    return EvalResult(output=output, summary=summary, warnings=found, shards_run=shards_run,
+                      shards_total=shards_total, wall_time_s=wall, tracking_run_id=run_id)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "foolbox", "pyautoattack", "ray"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "?"
+    return out
+
+
+def metric_dict(summary: dict[str, Any]) -> dict[str, float]:
+    """Flat MLflow metrics: clean, acc/<attack>, all_<norm>, all_attacks."""
+    out = {"clean": summary["clean"]}
+    out.update({f"acc/{a}": v for a, v in summary["attacks"].items()})
+    out.update({k: v for k, v in summary.items() if k.startswith("all_")})
+    return out
+
+
+def _log_to_mlflow(output: Path, summary: dict[str, Any], suite: Suite, meta: dict[str, Any], figure,
+                   tracking: TrackingOptions) -> str | None:
+    if not tracking.enabled:
+        return None
+    from mat_dist.tracking import Tracker
+
+    tags = {"mat_dist.kind": "evaluation", "mat_dist.suite": suite.name, "mat_dist.model": meta["model"],
+            "mat_dist.output": str(output.resolve()), **tracking.extra_tags}
+    tracker = Tracker.start(uri=tracking.uri, experiment=tracking.experiment, run_name=f"evaluate-{suite.name}",
+                            parent_run_id=tracking.parent_run_id, tags=tags)
+    with tracker:
+        tracker.log_params({"suite": suite.to_dict(), "examples": summary["examples"], "workers": meta["workers"]})
+        tracker.log_metrics({**metric_dict(summary), "wall_time_s": meta["wall_time_s"]}, step=0)
+        for name in ("results.parquet", "transfer.parquet", "curves.csv", "summary.json", "report.md"):
+            if (output / name).is_file():
+                tracker.log_artifact(output / name)
+        if figure is not None:
+            tracker.log_figure(figure, "plots/curves.png")
+    return tracker.run_id

@@ -1,0 +1,106 @@
+"""report.md: the summary in the shape of the paper's Table 4, transferability, sub-models, curves, warnings."""
+
+from __future__ import annotations
+
+import csv
+import platform
+from pathlib import Path
+from typing import Any
+
+from mat_dist.threats import Norm
+
+PAPER_TABLES = Path(__file__).resolve().parent.parent / "reference" / "paper_tables.csv"
+NORM_LABEL = {Norm.LINF.value: "l_inf", Norm.L2.value: "l_2", Norm.L1.value: "l_1"}
+PAPER_EPS = {"mnist": "(0.3, 2.0, 10)", "cifar10": "(0.03, 0.5, 12)"}
+PAPER_TABLE = {"mnist": "MAT paper Table 4", "cifar10": "MAT paper Table 5"}
+
+
+def paper_values(dataset: str, method: str = "mat") -> dict[str, float]:
+    """Published numbers of ``method`` (percent) keyed by metric, for the paper's dataset of that name."""
+    key = {"mnist5k": "mnist"}.get(dataset, dataset)
+    if key not in PAPER_TABLE or not PAPER_TABLES.is_file():
+        return {}
+    with PAPER_TABLES.open() as f:
+        return {r["metric"]: float(r["value"]) for r in csv.DictReader(f)
+                if r["source"] == PAPER_TABLE[key] and r["dataset"] == key and r["method"] == method}
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}"
+
+
+def table4(summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], paper: dict[str, float]) -> list[str]:
+    head = "| attack | radius | robust accuracy (%) |" + (" paper MAT (%) |" if paper else "")
+    rule = "|---|---:|---:|" + ("---:|" if paper else "")
+    lines = [head, rule]
+
+    def row(label: str, radius: str, value: float, metric: str) -> None:
+        extra = f" {paper[metric]:.1f} |" if paper and metric in paper else (" |" if paper else "")
+        lines.append(f"| {label} | {radius} | {_pct(value)} |{extra}")
+
+    row("Clean", "", summary["clean"], "clean")
+    for norm in Norm:
+        names = [a for a, i in attack_info.items() if i["norm"] == norm.value]
+        if not names:
+            continue
+        for a in names:
+            row(f"{a} ({attack_info[a]['attack']})", f"{attack_info[a]['eps']:g}", summary["attacks"][a], a)
+        row(f"**All {NORM_LABEL[norm.value]} attacks**", "", summary[f"all_{norm.value}"], f"all_{norm.value}")
+    row("**All attacks**", "", summary["all_attacks"], "all_attacks")
+    return lines
+
+
+def transfer_lines(transfer: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for attack, t in transfer.items():
+        models = t["models"]
+        lines += ["", f"Attack `{attack}`: rows = model the adversarial examples were generated on, "
+                      f"columns = model they are scored on; n_ij (r_ij).", "",
+                  "| from \\ on | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+        for i, s in enumerate(models):
+            cells = [f"{t['counts'][i][j]} ({t['ratios'][i][j]:.2f})" if t["ratios"][i][j] == t["ratios"][i][j]
+                     else f"{t['counts'][i][j]} (-)" for j in range(len(models))]
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines += ["", "Robust accuracy of each model against the attack generated on itself (paper Table 3): "
+                  + ", ".join(f"{m} {_pct(v)}%" for m, v in t["robustness"].items())]
+    return lines
+
+
+def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], meta: dict[str, Any],
+           transfer: dict[str, Any], curves: list[dict[str, Any]], warnings: list[str]) -> str:
+    paper = paper_values(meta.get("dataset", ""))
+    lines = [
+        f"# Evaluation: suite `{meta['suite']}` on `{meta['model']}`",
+        "",
+        f"{summary['examples']} {meta['dataset']} test images (the first {summary['examples']}), "
+        f"deployed ensemble (image copied to all {meta['num_members']} heads, {meta['ensemble_output']}). "
+        f"Wall time {meta['wall_time_s']:.0f} s with {meta['workers']} Ray worker(s) on {meta['machine']}; "
+        f"torch {meta['versions']['torch']}, foolbox {meta['versions']['foolbox']}, "
+        f"pyautoattack {meta['versions']['pyautoattack']}, ray {meta['versions']['ray']}. One run.",
+        "",
+        "Every adversarial example passed the gate (prediction flipped, ||delta||_p <= eps, inside [0, 1]); "
+        "clean-misclassified images count as not robust. *All l_p attacks* is the per-example union of the "
+        "norm's attacks, *All attacks* the union over all.",
+        "",
+    ]
+    lines += table4(summary, attack_info, paper)
+    if paper:
+        key = {"mnist5k": "mnist"}.get(meta["dataset"], meta["dataset"])
+        lines += ["", f"Paper column: MAT in the paper ({PAPER_TABLE[key]}, ResNet-18, radii {PAPER_EPS[key]}, "
+                      "first 1000 test images): comparable only where the radii and the model agree."]
+    if transfer:
+        lines += ["", "## Transferability between sub-models (paper Tables 1, 2, 9-12)"]
+        lines += transfer_lines(transfer)
+    if curves:
+        lines += ["", "## Curves (paper Figures 2 and 3)", "", "See `curves.csv` and `curves.png`.", "",
+                  "| curve | attack | x | robust accuracy (%) |", "|---|---|---:|---:|"]
+        lines += [f"| {p['curve']} | {p['attack']} | {p['x']:g} | {_pct(p['robust_accuracy'])} |" for p in curves]
+    lines += ["", "## Sanity checks", ""]
+    lines += [f"- WARNING: {w}" for w in warnings] or ["- no sign of gradient masking found"]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()} {platform.system()}, {len(os.sched_getaffinity(0))} CPU cores"

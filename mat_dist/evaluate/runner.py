@@ -1,0 +1,149 @@
+"""The Ray side of the evaluator: one Ray task per shard, retried when its worker dies.
+
+This is the only evaluator module that imports Ray (inside functions: nothing
+runs at import time). Each task is thin: it calls ``shards.run_shard``, which
+loads the model from its path, attacks, gates and writes its own Parquet file
+atomically. Resume needs no state here: shards whose file exists are never
+submitted again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from mat_dist.errors import UserError
+from mat_dist.evaluate.shards import Shard, pending_shards, run_shard
+from mat_dist.evaluate.suite import Resources
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, str], None]  # (shards done, shards in all, last shard name)
+
+
+@dataclass(frozen=True)
+class Chaos:
+    """Fault injection for tests: the task of shard ``shard_name`` kills its own worker (SIGKILL)
+    the first time it runs; ``marker`` records that it did, so the retry runs normally."""
+
+    shard_name: str
+    marker: str
+
+
+class ShardsFailed(UserError):
+    """Some shards failed for good; the finished ones are kept, and re-running resumes."""
+
+
+def _shard_task(shard: Shard, model_path: str, images: torch.Tensor, labels: torch.Tensor, out_dir: str,
+                base_seed: int, threads: int, use_gpu: bool, chaos: Chaos | None) -> str:
+    if chaos is not None and shard.name == chaos.shard_name and not os.path.exists(chaos.marker):
+        Path(chaos.marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    return run_shard(shard, model_path=model_path, images=images, labels=labels, out_dir=out_dir,
+                     base_seed=base_seed, threads=threads, device=device)
+
+
+@contextlib.contextmanager
+def ray_runtime(*, workers: int, cluster: str | os.PathLike | None) -> Iterator[None]:
+    """Ray, initialised for the shards: the cluster of a cluster file, or a local runtime of ``workers`` CPUs.
+
+    An already initialised runtime (tests, notebooks) is used as it is and left
+    running; a runtime started here is shut down on exit. Cluster files are the
+    training ones (``mat_dist.distributed.load_cluster``: a file or a shipped
+    name such as ``local``) and are connected through ``distributed.connect``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if cluster is not None:
+        from mat_dist.distributed import connect, load_cluster
+
+        with connect(load_cluster(cluster), check=False):  # check=False: the evaluator asks per-shard resources
+            yield
+        return
+    from mat_dist.distributed.launch import quiet_ray_env
+
+    quiet_ray_env()
+    # address="local": always a new private runtime, never another user's cluster found on this machine.
+    # Tasks only, no Train placement groups: the dashboard is not needed (saves time and memory).
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_shards(shards: list[Shard], *, model_path: str, images: torch.Tensor, labels: torch.Tensor,
+               out_dir: Path, base_seed: int, resources: Resources, workers: int,
+               cluster: str | os.PathLike | None = None, on_progress: ProgressFn | None = None,
+               chaos: Chaos | None = None) -> int:
+    """Run every shard without a file yet; return how many ran. ``workers=0`` runs them in this process."""
+    todo = pending_shards(shards, out_dir)
+    done = len(shards) - len(todo)
+    if on_progress is not None:
+        on_progress(done, len(shards), "")
+    if not todo:
+        return 0
+    threads = max(1, int(resources.num_cpus))
+    args = dict(model_path=str(Path(model_path).resolve()), out_dir=str(out_dir.resolve()), base_seed=base_seed)
+    if workers == 0 and cluster is None:
+        for shard in todo:
+            run_shard(shard, images=images, labels=labels, threads=threads, **args)
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(shards), shard.name)
+        return len(todo)
+    return _run_on_ray(todo, images=images, labels=labels, threads=threads, resources=resources, workers=workers,
+                       cluster=cluster, on_progress=on_progress, done=done, total=len(shards), chaos=chaos, **args)
+
+
+def _run_on_ray(todo: list[Shard], *, images, labels, threads, resources: Resources, workers, cluster,
+                on_progress, done, total, chaos, model_path, out_dir, base_seed) -> int:
+    import ray
+    from ray.exceptions import RayError
+
+    with ray_runtime(workers=workers, cluster=cluster):
+        task = ray.remote(_shard_task).options(
+            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=resources.max_retries,
+            retry_exceptions=False, name="matd-eval-shard")
+        images_ref, labels_ref = ray.put(images), ray.put(labels)
+        refs = {task.remote(s, model_path, images_ref, labels_ref, out_dir, base_seed, threads,
+                            resources.num_gpus > 0, chaos): s for s in todo}
+        failures: list[tuple[Shard, BaseException]] = []
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                shard = refs[ready[0]]
+                try:
+                    ray.get(ready[0])
+                except RayError as err:
+                    failures.append((shard, err))
+                    log.error("shard %s failed:\n%s", shard.name, "".join(traceback.format_exception(err)))
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, total, shard.name)
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        if failures:
+            shard, err = failures[0]
+            cause = getattr(err, "cause", None) or err
+            first = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+            raise ShardsFailed(f"{len(failures)} of {len(todo)} shards failed (first: {shard.name}: "
+                               f"{type(cause).__name__}: {first}); finished shards are kept, "
+                               f"re-run the same command to retry the rest")
+        return len(todo)

@@ -1,0 +1,140 @@
+"""The sharded runner: same rows on 1 and 2 workers, retries of killed workers, resume, exactly-once merge."""
+
+import json
+import os
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from evaluate_helpers import RADII, ray_session, tiny_model_path, workdir
+from mat_dist.errors import UserError
+from mat_dist.evaluate.evaluator import evaluate
+from mat_dist.evaluate.runner import Chaos, ShardsFailed
+from mat_dist.evaluate.shards import SHARDS_DIR, merge_shards, plan_shards
+from mat_dist.evaluate.suite import plan_jobs, suite_from_dict
+
+N = 40
+
+
+def small_suite(**changes):
+    raw = {
+        "name": "tiny", "examples": N, "shard_size": 10, "seed": 3, "eps": RADII,
+        "resources": {"num_cpus": 1, "max_retries": 1},
+        "attacks": {
+            "pgd_linf": {"attack": "pgd", "norm": "linf", "params": {"steps": 5}},
+            "pgd_l2": {"attack": "pgd", "norm": "l2", "params": {"steps": 5}},
+            "pgd_l1": {"attack": "pgd", "norm": "l1", "params": {"steps": 5}},
+            "aa_linf": {"attack": "autoattack", "norm": "linf",
+                        "params": {"version": "custom", "attacks": ["apgd-ce"], "n_iter": 5}},
+        },
+        "transfer": {"attacks": ["pgd_linf"], "examples": 20},
+        "curves": {"attacks": ["pgd_l2"], "steps": [1, 5], "eps_scale": [0.5, 2.0], "examples": 20},
+    }
+    raw.update(changes)
+    return suite_from_dict(raw)
+
+
+def run(out, *, workers, suite=None, chaos=None):
+    return evaluate(model_path=tiny_model_path(), suite=suite or small_suite(), output=out, dataset="digits",
+                    workers=workers, chaos=chaos)
+
+
+def rows(path):
+    return pq.read_table(path).sort_by([("job", "ascending"), ("target", "ascending"),
+                                        ("example_id", "ascending")]).to_pylist()
+
+
+def test_two_ray_workers_give_the_rows_of_one_worker():
+    one, two = workdir() / "one-worker", workdir() / "two-workers"
+    first = run(one, workers=0)  # one process, shards in sequence
+    ray_session()
+    second = run(two, workers=2)
+    assert first.shards_total == second.shards_total == second.shards_run > 4
+    for name in ("results.parquet", "transfer.parquet", "curves.parquet"):
+        assert rows(one / name) == rows(two / name)
+    assert first.summary == second.summary
+    assert len(rows(one / "results.parquet")) == N * 4
+    s = first.summary
+    for attack, norm in (("pgd_linf", "linf"), ("aa_linf", "linf"), ("pgd_l2", "l2"), ("pgd_l1", "l1")):
+        assert s[f"all_{norm}"] <= s["attacks"][attack] < s["clean"]
+    assert s["all_attacks"] <= min(s["all_linf"], s["all_l2"], s["all_l1"])
+
+
+def test_outputs_of_an_evaluation():
+    out = workdir() / "one-worker"
+    if not (out / "summary.json").is_file():
+        run(out, workers=0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["attacks"]) == {"pgd_linf", "pgd_l2", "pgd_l1", "aa_linf"}
+    report = (out / "report.md").read_text()
+    assert "| **All attacks** |" in report and "| pgd_l1 (pgd) | 5 |" in report
+    assert "from \\ on" in report                                   # the transferability matrix
+    transfer = summary["transfer"]["pgd_linf"]
+    assert transfer["models"] == ["ensemble", "m0", "m1"]
+    assert all(transfer["ratios"][i][i] in (1.0,) or transfer["counts"][i][i] == 0 for i in range(3))
+    curves = (out / "curves.csv").read_text().splitlines()
+    assert curves[0] == "curve,attack,norm,x,robust_accuracy,examples" and len(curves) == 1 + 4
+    assert (out / "curves.png").stat().st_size > 1000
+    radius = [p for p in summary["curves"] if p["curve"] == "radius"]
+    assert radius[0]["robust_accuracy"] >= radius[-1]["robust_accuracy"]  # eps 0.5 vs 2.0
+
+
+def test_a_killed_worker_is_retried_and_every_row_appears_once():
+    ray_session()
+    out = workdir() / "retry"
+    suite = small_suite(transfer={}, curves={})
+    victim = plan_shards(plan_jobs(suite, num_members=2, examples=N), suite.shard_size)[5]
+    marker = workdir() / "retry-killed"
+    result = run(out, workers=2, suite=suite, chaos=Chaos(shard_name=victim.name, marker=str(marker)))
+    assert marker.exists()                                   # the worker was killed once
+    assert result.shards_run == result.shards_total
+    table = pq.read_table(out / "results.parquet")
+    keys = list(zip(table.column("example_id").to_pylist(), table.column("attack").to_pylist()))
+    assert len(keys) == len(set(keys)) == N * 4
+
+
+def test_a_run_killed_midway_resumes_without_redoing_finished_shards():
+    ray_session()
+    out = workdir() / "resume"
+    suite = small_suite(transfer={}, curves={}, resources={"num_cpus": 1, "max_retries": 0})
+    shards = plan_shards(plan_jobs(suite, num_members=2, examples=N), suite.shard_size)
+    victim = shards[2]
+    with pytest.raises(ShardsFailed, match="re-run the same command"):
+        run(out, workers=2, suite=suite, chaos=Chaos(shard_name=victim.name, marker=str(workdir() / "resume-killed")))
+    folder = out / SHARDS_DIR
+    finished = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")}
+    assert victim.file_name not in finished and len(finished) == len(shards) - 1
+    assert not list(folder.glob(".*.tmp"))                    # no half-written file left behind
+    result = run(out, workers=2, suite=suite)
+    assert result.shards_run == 1
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet") if p.name in finished} == finished
+    table = pq.read_table(out / "results.parquet")
+    keys = list(zip(table.column("example_id").to_pylist(), table.column("attack").to_pylist()))
+    assert len(keys) == len(set(keys)) == N * 4
+
+
+def test_merge_refuses_a_duplicated_or_missing_example():
+    src = workdir() / "one-worker"
+    if not (src / "summary.json").is_file():
+        run(src, workers=0)
+    suite = small_suite()
+    shards = plan_shards(plan_jobs(suite, num_members=2, examples=N), suite.shard_size)
+    out = workdir() / "dup"
+    shutil.copytree(src / SHARDS_DIR, out / SHARDS_DIR)
+    a, b = out / SHARDS_DIR / shards[0].file_name, out / SHARDS_DIR / shards[1].file_name
+    table = pq.read_table(a)
+    pq.write_table(table.set_column(0, "example_id", pq.read_table(b).column("example_id")), a)
+    with pytest.raises(RuntimeError, match="appears 2 times"):
+        merge_shards(shards, out)
+    os.unlink(a)
+    with pytest.raises(UserError, match="re-run the same command"):
+        merge_shards(shards, out)
+
+
+def test_an_output_folder_of_another_evaluation_is_refused():
+    out = workdir() / "one-worker"
+    if not (out / "summary.json").is_file():
+        run(out, workers=0)
+    with pytest.raises(UserError, match="another suite"):
+        run(out, workers=0, suite=small_suite(seed=4))

@@ -90,6 +90,8 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     threads: int | None = None        # torch CPU threads; default: the CPUs this process may use
     checkpoints_kept: int = 2         # whole checkpoints kept on disk (the newest ones)
+    diagnostics: bool = False         # per epoch, on the first batch: cross-gradient ratio and step
+                                      # disagreement of MAT's ensemble gradient (paper Figs. 1, 4)
 
 
 @dataclass(frozen=True, kw_only=True)

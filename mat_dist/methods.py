@@ -107,6 +107,7 @@ class StepResult:
     loss: torch.Tensor            # () the outer objective, with its graph
     member_losses: torch.Tensor   # (M,) batch-mean CE per sub-model, detached
     member_correct: torch.Tensor  # (M,) correct predictions per sub-model on its (adversarial) inputs
+    x_adv: torch.Tensor           # (B, M, C, H, W) the inputs the outer step saw, detached
 
 
 def adversarial_loss(method: Method, net: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -129,4 +130,5 @@ def adversarial_loss(method: Method, net: nn.Module, x: torch.Tensor, y: torch.T
     logits = net(x)  # (B, M, K)
     member_losses = per_member_ce(logits, y).mean(dim=0)  # (M,)
     correct = (logits.argmax(dim=-1) == y).sum(dim=0)
-    return StepResult(outer_objective(member_losses, outer, weights), member_losses.detach(), correct.detach())
+    return StepResult(outer_objective(member_losses, outer, weights), member_losses.detach(), correct.detach(),
+                      x.detach())

@@ -122,6 +122,10 @@ class ThreatModel:
                   generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def step_disagreement(self, approx_grad: torch.Tensor, true_grad: torch.Tensor) -> torch.Tensor:
+        """E_p per example (B,): how far the step from ``approx_grad`` differs from the true one (paper Fig. 4)."""
+        raise NotImplementedError
+
     def project(self, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -146,6 +150,10 @@ class LinfThreat(ThreatModel):
         # sign(g) maximises <v, g> over the unit l_inf ball.
         return grad.sign()
 
+    def step_disagreement(self, approx_grad, true_grad):
+        # Share of coordinates whose step sign differs.
+        return (_flat(approx_grad).sign() != _flat(true_grad).sign()).float().mean(dim=1)
+
     def project(self, delta):
         return project_linf_ball(delta, self.eps)
 
@@ -163,6 +171,10 @@ class L2Threat(ThreatModel):
         # g / ||g||_2 maximises <v, g> over the unit l_2 ball.
         norms = _flat(grad).norm(p=2, dim=1).clamp_min(_TINY)
         return grad / _per_example(norms, grad)
+
+    def step_disagreement(self, approx_grad, true_grad):
+        # 1 - cosine between the two steps' directions (0: same step, 2: opposite).
+        return 1.0 - torch.nn.functional.cosine_similarity(_flat(approx_grad), _flat(true_grad), dim=1)
 
     def project(self, delta):
         return project_l2_ball(delta, self.eps)
@@ -210,6 +222,14 @@ class L1Threat(ThreatModel):
         v = torch.zeros_like(g)
         v.scatter_(1, top, g.gather(1, top).sign() * movable / k)
         return v.reshape(grad.shape)  # ||v||_1 = 1 where k coordinates can move
+
+    def step_disagreement(self, approx_grad, true_grad):
+        # Share of the top-k coordinates (k = k_max) that the two steps do not share.
+        k = min(self.k_max, _flat(true_grad).shape[1])
+        top_a = _flat(approx_grad).abs().topk(k, dim=1).indices
+        top_t = _flat(true_grad).abs().topk(k, dim=1).indices
+        shared = (top_a.unsqueeze(2) == top_t.unsqueeze(1)).any(dim=2).float().sum(dim=1)  # (B,)
+        return 1.0 - shared / k
 
     def project(self, delta):
         return project_l1_ball(delta, self.eps)

@@ -21,11 +21,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mat_dist.attacks import SlotAttack, perturb
+from mat_dist.attacks import SlotAttack, cross_gradient_diagnostics, perturb
 from mat_dist.config import OptimizerName, RunConfig
 from mat_dist.data import DataSplits, MimoBatches
 from mat_dist.errors import UserError
-from mat_dist.methods import METHODS, adversarial_loss
+from mat_dist.methods import METHODS, adversarial_loss, per_member_ce
 from mat_dist.models.mimo import DeployedEnsemble, ModelSpec, build_model, ensemble_scores
 from mat_dist.threats import L1Threat, Norm, ThreatModel, make_threat
 
@@ -184,6 +184,7 @@ class Trainer:
         seen = torch.zeros((), device=self.device)      # rows
         outer_sum = torch.zeros((), device=self.device)
         n_batches = len(self.batches)
+        diagnostics: dict[str, float] = {}
         for i, (x, y) in enumerate(self.batches.epoch(epoch)):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             for group in self.optimizer.param_groups:
@@ -192,6 +193,8 @@ class Trainer:
                 self.method, self.train_net, x, y, threats=self._current_threats(), steps=cfg.attack.steps,
                 random_start=cfg.attack.random_start, outer=cfg.method.outer_loss, weights=self.loss_weights,
                 generator=self.attack_rng, attack_net=self.net)
+            if i == 0 and cfg.train.diagnostics and self.method.attacks and not self.method.msd:
+                diagnostics = self._diagnostics(result.x_adv, y)
             self.optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             self.optimizer.step()
@@ -214,7 +217,14 @@ class Trainer:
         for j in range(m):
             metrics[f"train/loss_m{j}"] = float(member_loss[j])
             metrics[f"train/acc_m{j}"] = float(member_correct[j])
+        metrics.update(diagnostics)
         return metrics
+
+    def _diagnostics(self, x_adv: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Cross-gradient ratio and step disagreement per sub-model at this batch's attacked inputs."""
+        found = cross_gradient_diagnostics(lambda xa: per_member_ce(self.net(xa), y), x_adv,
+                                           self._current_threats())
+        return {f"diag/{name}_m{j}": float(v) for name, values in found.items() for j, v in enumerate(values)}
 
     def evaluate(self) -> dict[str, float]:
         """Clean and PGD robust accuracy of the deployed ensemble on this rank's share of the validation slice."""

@@ -139,3 +139,30 @@ def test_standard_training_leaves_inputs_clean():
                               outer=OuterLoss.SUM, weights=torch.ones(2))
     expected = per_member_ce(net(x), y).mean(0).sum()
     torch.testing.assert_close(result.loss, expected)
+
+
+def test_cross_gradient_diagnostics_match_definitions():
+    from mat_dist.attacks import cross_gradient_diagnostics
+    net = tiny_net(3)
+    x = torch.rand(6, 3, 1, 8, 8)
+    y = torch.randint(0, 10, (6, 3))
+    loss_fn = lambda xa: per_member_ce(net(xa), y)  # noqa: E731
+    found = cross_gradient_diagnostics(loss_fn, x, THREATS)
+    xg = x.clone().requires_grad_(True)
+    true = input_gradients(loss_fn(xg), xg, GradientMode.PER_MEMBER)
+    ensemble = input_gradients(loss_fn(xg), xg, GradientMode.ENSEMBLE)
+    cross = ensemble - true
+    ratio0 = (cross[:, 0].flatten(1).norm(dim=1) / true[:, 0].flatten(1).norm(dim=1)).mean()
+    torch.testing.assert_close(found["cross_ratio"][0], ratio0)
+    sign_flip = (ensemble[:, 0].sign() != true[:, 0].sign()).float().flatten(1).mean(1).mean()  # slot 0 is l_inf
+    torch.testing.assert_close(found["disagreement"][0], sign_flip)
+    assert (found["disagreement"] >= 0).all() and (found["disagreement"][2] <= 1).all()
+
+
+def test_separate_networks_show_no_disagreement():
+    from mat_dist.attacks import cross_gradient_diagnostics
+    net = tiny_net(3, ModelKind.SEPARATE)
+    x = torch.rand(6, 3, 1, 8, 8)
+    y = torch.randint(0, 10, (6, 3))
+    found = cross_gradient_diagnostics(lambda xa: per_member_ce(net(xa), y), x, THREATS)
+    assert torch.all(found["cross_ratio"] == 0) and torch.all(found["disagreement"].abs() < 1e-6)

@@ -124,6 +124,33 @@ def bench(
               steps=steps, repeats=repeats, image_size=image_size, channels=channels)
 
 
+@app.command(context_settings={"allow_extra_args": False})
+def reproduce(
+    preset: Optional[str] = typer.Option(
+        None, "--preset", "-p", help="Preset: tiny, mnist5k-cpu, mnist-paper, cifar10-paper (--list shows them)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: "
+                                          "runs/reproduce-<preset>); re-running the same command resumes it."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file for training and evaluation "
+                                          "(default: train in this process, evaluate as the preset says)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Local Ray workers of the evaluator "
+                                          "(default: the preset's; 0: in this process)."),
+    report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Write report.md and the figures here "
+                                              "(default: --output)."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow (one parent run)."),
+    list_presets: bool = typer.Option(False, "--list", help="List the presets and exit."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="Config overrides for every method, key.sub=value, e.g. data.root=/data/mnist."),
+) -> None:
+    """Train every method of the paper, evaluate each with one suite, write a paper-shaped report with figures."""
+    from cli.reproduce_cmd import run_reproduce
+
+    run_reproduce(preset=preset, output=output, cluster=cluster, workers=workers, report_dir=report_dir,
+                  tracking_uri=tracking_uri, tracking=tracking, list_presets=list_presets,
+                  overrides=list(overrides or []))
+
+
 @app.command("configs")
 def list_configs() -> None:
     """List the configs that ship with mat-dist."""

@@ -1,4 +1,4 @@
-"""``matd train``: options -> config -> local run, with a progress bar."""
+"""``matd train``: options -> config -> a Ray Train job (``--cluster``), or the in-process loop with a progress bar."""
 
 from __future__ import annotations
 
@@ -26,12 +26,45 @@ def resolve_run_config(config: str | None, output: Path | None, resume: bool, ov
 
 
 def run_train(*, config: str | None, output: Path | None, resume: bool, tracking_uri: str | None,
-              overrides: list[str]) -> None:
+              overrides: list[str], cluster: str | None = None) -> None:
+    """``cluster``: a cluster file or shipped name; None: the embedded default (local Ray); "none": in-process."""
+    from mat_dist.distributed.cluster import IN_PROCESS, load_cluster
+
+    cluster_cfg = None if cluster == IN_PROCESS else load_cluster(cluster)  # a bad file fails before anything runs
+    cfg, output = resolve_run_config(config, output, resume, overrides)
+    if cluster_cfg is not None:
+        _run_on_ray(cfg, output, cluster_cfg, resume=resume, tracking_uri=tracking_uri)
+    else:
+        _run_in_process(cfg, output, resume=resume, tracking_uri=tracking_uri)
+
+
+def _run_on_ray(cfg, output: Path, cluster, *, resume: bool, tracking_uri: str | None) -> None:
+    from mat_dist.distributed.job import train_ray
+
+    w = cluster.workers
+    width = f"{w.min}..{w.num}" if cluster.elastic else f"{w.num}"
+    where = "a local Ray runtime" if cluster.is_local else f"Ray cluster {cluster.address}"
+    typer.echo(f"training {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, "
+               f"{cfg.train.epochs} epochs on {where}, {width} workers x ({w.cpus:g} CPU, {w.gpus:g} GPU) "
+               f"[{cluster.source}] -> {output}")
+    result = train_ray(cfg, output, cluster, resume=resume, tracking_uri=tracking_uri)
+    summary = result.worker_summary or {}
+    if summary.get("resumed_from"):
+        typer.echo(f"resumed from the checkpoint of epoch {summary['resumed_from']}")
+    typer.echo(f"done in {result.wall_s:.0f} s: {result.output / 'model.safetensors'}; "
+               f"report {result.output / 'report.md'}; Ray checkpoints {result.storage}/{result.ray_run_name}")
+
+
+def _run_in_process(cfg, output: Path, *, resume: bool, tracking_uri: str | None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from mat_dist.distributed.job import RAY_RUN_FILE
+    from mat_dist.errors import UserError
     from mat_dist.runner import train_local
 
-    cfg, output = resolve_run_config(config, output, resume, overrides)
+    if resume and (output / RAY_RUN_FILE).is_file():
+        raise UserError(f"--resume: {output} is a Ray run ({RAY_RUN_FILE}); resume it with --cluster FILE "
+                        f"(or no --cluster for the local default)")
     typer.echo(f"training {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, "
                f"{cfg.train.epochs} epochs -> {output}")
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: set up, train MAT on the embedded MNIST-5k, write the report.
-# Re-running it continues (or simply re-reports) the same run.
+# The main job: set up, train MAT on the embedded MNIST-5k, evaluate it with the
+# quick suite, write the report. Re-running it continues the same run and skips
+# the evaluation shards that are already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,4 +11,5 @@ out=runs/mnist5k-mat
 resume=()
 [ -f "$out/config.yaml" ] && resume=(--resume)
 matd train --config mnist5k-mat --output "$out" "${resume[@]}"
-echo "report: $out/report.md"
+matd evaluate --run "$out" --suite quick
+echo "report: $out/eval-quick/report.md"

@@ -1,0 +1,29 @@
+"""``matd reproduce``: options -> preset -> train, evaluate and report every method; one line per step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | None, workers: int | None,
+                  report_dir: Path | None, tracking_uri: str | None, tracking: bool, list_presets: bool,
+                  overrides: list[str]) -> None:
+    from mat_dist.reproduce.presets import PRESETS, get_preset
+
+    if list_presets:
+        for p in PRESETS.values():
+            typer.echo(f"{p.name:14s} {p.description} ({p.budget})")
+        return
+    the_preset = get_preset(preset)  # a bad name fails here, before anything is imported or written
+    from mat_dist.reproduce.pipeline import reproduce
+
+    output = output or Path("runs") / f"reproduce-{the_preset.name}"
+    typer.echo(f"reproducing with preset {the_preset.name}: {len(the_preset.methods)} methods "
+               f"({', '.join(m.name for m in the_preset.methods)}) -> {output}"
+               + (f" on cluster {cluster}" if cluster else ""))
+    result = reproduce(the_preset, output=output, cluster=cluster, overrides=overrides, tracking=tracking,
+                       tracking_uri=tracking_uri, workers=workers, report_dir=report_dir, log=typer.echo)
+    typer.echo(f"done in {result.wall_s:.0f} s: {result.report}"
+               + (f"; MLflow parent run {result.parent_run_id}" if result.parent_run_id else ""))

@@ -1,0 +1,53 @@
+"""``matd tune``: options -> search space x base config -> a Ray Tune sweep; prints the table's gist and the best config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+
+def run_tune(*, space: str | None, config: str | None, cluster: str | None, trials: int | None, output: Path | None,
+             resume: bool, tracking_uri: str | None, overrides: list[str]) -> None:
+    from mat_dist.errors import UserError
+    from mat_dist.tune.space import load_space
+
+    if space is None and not resume:
+        raise UserError("give --space FILE (a search space YAML, or a shipped name: mnist5k-cpu, mnist-paper, "
+                        "cifar10-paper)")
+    if resume and output is None:
+        raise UserError("--resume needs --output DIR, the folder of the sweep to continue")
+    if resume and (config is not None or overrides):
+        raise UserError("--resume continues the sweep with the base config it started with; drop --config and "
+                        "the overrides")
+    loaded = load_space(space) if space is not None else None  # a bad space fails before Ray starts
+    if output is None:
+        output = Path("runs") / f"tune-{Path(loaded.source).stem}"
+    if loaded is not None and not resume:
+        # Validate space x base before the (slow) Ray start: one line for a bad key or value.
+        from mat_dist.tune.sweep import base_config
+
+        loaded.check_against(loaded.base_raw(base_config(loaded, config), overrides))
+
+    from mat_dist.tune.sweep import run_sweep
+
+    typer.echo(f"{'resuming' if resume else 'starting'} sweep {output}"
+               + (f" over {', '.join(loaded.keys)} ({loaded.source})" if loaded else ""))
+    result = run_sweep(loaded, output=output, base=config, overrides=overrides, cluster=cluster, trials=trials,
+                       resume=resume, tracking_uri=tracking_uri, verbose=1)
+    rows = result.rows
+    typer.echo(f"{len(rows)} trials in {result.wall_s:.0f} s: {result.stopped_early} stopped early by ASHA, "
+               f"{sum(r['status'] == 'ERROR' for r in rows)} failed; table {output / 'trials.csv'}")
+    if result.interrupted:
+        typer.echo(f"matd: interrupted; continue with: matd tune --output {output} --resume", err=True)
+        sys.exit(130)
+    if result.best is None:
+        raise UserError(f"no trial finished an epoch; see the trials' errors under {output / 'ray'}")
+    b = result.best
+    typer.echo(f"best trial {b['trial_id']}: validation union robust accuracy {100 * b['objective']:.1f}% "
+               f"(clean {100 * b['val/clean_acc']:.1f}%) at the base config's eval radii")
+    for key, value in b.items():
+        if key.startswith("param/"):
+            typer.echo(f"  {key[6:]} = {value}")
+    typer.echo(f"best config: {result.best_config}  (matd train --config {result.best_config})")

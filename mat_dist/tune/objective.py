@@ -1,0 +1,207 @@
+"""A Tune trial: one training run of the core loop, reporting the objective after every epoch.
+
+The objective, honestly: ``val/robust_all`` of the deployed ensemble on the
+validation split (held out of the training images, never the test images),
+the per-example union over every norm's PGD at the radii of the BASE config's
+``eval.eps``. ``trial_config`` keeps ``eval`` at the base's and the space
+refuses to search it, so a trial that shrinks its training radii is still
+attacked at the same evaluation radii: a smaller training radius cannot look
+like progress. Clean accuracy is reported beside it; with ``min_clean_acc`` a
+trial under it scores 0 and is reported ``feasible: 0``.
+
+Two kinds of trial:
+- ``train_trial``: the core ``Trainer`` in the trial's own process (the trial
+  holds ``workers.cpus`` CPUs and ``workers.gpus`` GPUs of the cluster file);
+  reports with ``ray.tune.report`` and checkpoints with ``ray.tune`` checkpoints;
+- ``ray_train_trial``: the trial is a driver that runs a Ray Train TorchTrainer
+  of ``workers.num`` ranks (``mat_dist.distributed``'s worker) with a
+  ``TuneReportCallback`` that adds the objective.
+
+Each trial keeps a small folder ``<sweep>/trials/<trial id>/``: config.yaml,
+metrics.jsonl (one line per epoch, each epoch once) and starts.jsonl (one line
+per start of the trial function, with the epoch it resumed from), so a resumed
+sweep can be checked for re-run work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+OBJECTIVE = "objective"       # the metric Tune maximises
+FEASIBLE = "feasible"         # 1.0 when clean accuracy meets min_clean_acc (or there is no constraint)
+ROBUST_ALL = "val/robust_all"
+CLEAN = "val/clean_acc"
+TRIALS_DIR = "trials"
+STARTS_FILE = "starts.jsonl"
+
+
+def objective_metrics(metrics: dict[str, Any], min_clean_acc: float | None) -> dict[str, float]:
+    """The objective of one epoch's metrics: union robust accuracy, 0 when clean accuracy is under the floor."""
+    if ROBUST_ALL not in metrics or CLEAN not in metrics:
+        raise KeyError(f"the epoch's metrics lack {ROBUST_ALL} / {CLEAN}: set data.val_size and eval.examples >= 1")
+    robust, clean = float(metrics[ROBUST_ALL]), float(metrics[CLEAN])
+    feasible = min_clean_acc is None or clean >= min_clean_acc
+    return {OBJECTIVE: robust if feasible else 0.0, FEASIBLE: 1.0 if feasible else 0.0}
+
+
+def trial_folder(sweep_dir: str | os.PathLike, trial_id: str) -> Path:
+    return Path(sweep_dir) / TRIALS_DIR / trial_id
+
+
+def _append_line(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _prepare_trial(spec: dict[str, Any], params: dict[str, Any]):
+    """Trial id, its folder and its config (base + sampled values, eval untouched)."""
+    from ray import tune
+
+    from mat_dist.config import config_to_yaml
+    from mat_dist.runner import write_atomic
+    from mat_dist.tune.space import trial_config
+
+    trial_id = tune.get_context().get_trial_id()
+    folder = trial_folder(spec["sweep_dir"], trial_id)
+    cfg = trial_config(spec["base"], params, name=f"{spec['base']['name']}-{trial_id}")
+    write_atomic(folder / "config.yaml", config_to_yaml(cfg))
+    return trial_id, folder, cfg
+
+
+def _history_upto(folder: Path, epoch: int) -> list[dict[str, Any]]:
+    """The trial's metrics lines up to ``epoch`` (lines past a restored checkpoint are dropped)."""
+    from mat_dist.runner import read_metrics, write_atomic
+
+    rows = [r for r in read_metrics(folder / "metrics.jsonl") if int(r["epoch"]) <= epoch]
+    write_atomic(folder / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return rows
+
+
+# ---------------------------------------------------------------- single-process trial
+
+def train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
+    """Tune function: train the trial's config with the core ``Trainer`` in this process.
+
+    ``spec`` (built by the sweep driver; paths absolute, as Tune chdirs):
+    base (the base config as plain data), sweep_dir, threads, min_clean_acc.
+    """
+    from ray import tune
+
+    from mat_dist.checkpoint import load_checkpoint, save_checkpoint
+    from mat_dist.data import load_splits
+    from mat_dist.runner import append_metrics
+    from mat_dist.train import Trainer, resolve_device, set_threads
+
+    # One INFO line per checkpoint ("Checkpoint successfully created") is noise at one checkpoint per epoch.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    trial_id, folder, cfg = _prepare_trial(spec, params)
+    set_threads(spec["threads"])
+    splits = load_splits(cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size, seed=cfg.seed,
+                         limit_train=cfg.data.limit_train)
+    trainer = Trainer(cfg, splits, device=resolve_device(cfg.train.device))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            saved = load_checkpoint(Path(path), expect=trainer.spec)
+            trainer.load_state(saved.net, saved.state)
+    _history_upto(folder, trainer.progress.epoch)
+    _append_line(folder / STARTS_FILE, {"from_epoch": trainer.progress.epoch, "pid": os.getpid(),
+                                        "time": time.time()})
+    min_clean = spec.get("min_clean_acc")
+
+    def sink(metrics: dict[str, float], trainer: Trainer) -> None:
+        row = {**metrics, **objective_metrics(metrics, min_clean)}
+        append_metrics(folder / "metrics.jsonl", row)
+        with tempfile.TemporaryDirectory(prefix="mat-dist-trial-") as tmp:
+            ckpt = save_checkpoint(Path(tmp), net=trainer.net, state=trainer.state_dict(), keep=1)
+            # report() copies the folder into the sweep's storage before it returns.
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+
+    trainer.fit(sink)
+
+
+# ---------------------------------------------------------------- multi-worker trial
+
+def _objective_report_callback(min_clean_acc: float | None, folder: Path):
+    """A ``TuneReportCallback`` that adds the objective to rank 0's metrics before Tune sees them."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from mat_dist.runner import append_metrics
+
+    class ObjectiveReportCallback(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            first = dict(metrics[0])
+            first.update(objective_metrics(first, min_clean_acc))
+            append_metrics(folder / "metrics.jsonl", first)
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return ObjectiveReportCallback()
+
+
+def ray_train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
+    """Tune function: the trial is a Ray Train job of ``workers.num`` DDP ranks (mat_dist.distributed's worker).
+
+    The Train run's name is ``train-<trial id>``, stable across a restored
+    sweep, so Ray Train resumes the trial from its own latest checkpoint.
+    ``spec`` adds to ``train_trial``'s: cluster (the cluster file as plain data), storage.
+    """
+    import ray.util
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from mat_dist.config import config_to_dict
+    from mat_dist.distributed.cluster import cluster_from_dict
+    from mat_dist.distributed.worker import train_worker
+
+    trial_id, folder, cfg = _prepare_trial(spec, params)
+    cluster = cluster_from_dict(spec["cluster"], source=spec.get("cluster_source", "(sweep)"))
+    # The Train run resumes itself; the metrics lines past its snapshot are re-reported and re-appended.
+    resumed_from = _train_snapshot_epoch(spec["storage"], f"train-{trial_id}")
+    _history_upto(folder, resumed_from)
+    _append_line(folder / STARTS_FILE, {"from_epoch": resumed_from, "pid": os.getpid(), "time": time.time()})
+    (folder / "train").mkdir(parents=True, exist_ok=True)
+    w, f = cluster.workers, cluster.failure
+    args = {
+        # The worker writes its own metrics.jsonl (without the objective) into "output": keep it apart.
+        "config": config_to_dict(cfg), "output": str(folder / "train"), "threads": cluster.threads_per_worker,
+        "use_gpu": cluster.use_gpu, "tracking_uri": None, "tracking_run_id": None,  # the sweep's driver logs
+        "experiment": cfg.tracking.experiment, "run_name": cfg.name, "driver_ip": ray.util.get_node_ip_address(),
+    }
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=args,
+        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=(min(cluster.worker_counts), w.num) if cluster.elastic else w.num,
+            use_gpu=cluster.use_gpu,
+            resources_per_worker={"CPU": w.cpus, **({"GPU": w.gpus} if w.gpus else {})},
+            placement_strategy=w.placement.value),
+        run_config=RayRunConfig(
+            name=f"train-{trial_id}", storage_path=spec["storage"],
+            failure_config=FailureConfig(max_failures=f.max_failures,
+                                         controller_failure_limit=f.controller_failure_limit),
+            checkpoint_config=CheckpointConfig(num_to_keep=cluster.storage.checkpoints_kept),
+            worker_runtime_env={"env_vars": dict(cluster.env)} if cluster.env else None,
+            callbacks=[_objective_report_callback(spec.get("min_clean_acc"), folder)],
+            logging_config=LoggingConfig(log_level="WARNING")),
+    )
+    trainer.fit()
+
+
+def _train_snapshot_epoch(storage: str, name: str) -> int:
+    """The epoch of the latest checkpoint a previous attempt of this Train run left (0: none)."""
+    snapshot = Path(storage) / name / "checkpoint_manager_snapshot.json"
+    if not snapshot.is_file():
+        return 0
+    epochs = [int(p.name.split("-")[1]) for p in (Path(storage) / name).glob("epoch-*") if p.is_dir()
+              and p.name.split("-")[1].isdigit()]
+    return max(epochs, default=0)

@@ -1,0 +1,473 @@
+"""Search-space files: typed, validated YAML -> a Ray Tune param space over run-config keys.
+
+A space file (``tune_spaces/*.yaml``) opens with the command that runs it:
+
+    # Run: matd tune --space tune_spaces/mnist5k-cpu.yaml
+    base: mnist5k-mat            # config every trial starts from (file or shipped name); --config replaces it
+    overrides:                   # fixed changes to the base, for every trial (dotted keys)
+      train.epochs: 4
+    trials: 8                    # random samples (per grid point: Ray's num_samples); --trials replaces it
+    seed: 0                      # seeds the random search (the sweep's; trials keep the base's seed)
+    max_concurrent: null         # cap on trials at once; null: as many as the cluster holds
+    objective:
+      min_clean_acc: 0.5         # trials below this clean accuracy score 0 (infeasible); null: no constraint
+    scheduler:
+      name: asha                 # asha (early stopping on the per-epoch objective) | fifo (none)
+      grace_period: 1            # epochs every trial runs before ASHA may stop it
+      reduction_factor: 2        # ASHA keeps the best 1/reduction_factor at each rung
+    params:                      # dotted config key -> one distribution
+      attack.eps.0: {loguniform: [2.0, 8.0]}      # element 0 of a per-sub-model list
+      attack.alpha: {choice: [[1.0, 0.25, 0.025], [0.5, 0.1, 0.01]]}   # a whole list
+      method.loss_weights: {grid: [[1, 1, 1], [1, 2, 1]]}
+      attack.steps: {randint: [5, 11]}           # integers low..high-1 (high excluded, as Ray)
+      optim.lr: {uniform: [0.0005, 0.002]}
+
+Distributions: ``choice`` and ``grid`` take a list of values (grid runs every
+value, each ``trials`` times); ``uniform``, ``loguniform`` and ``randint``
+take ``[low, high]`` with low < high. Keys are checked against the RunConfig
+schema; an integer part indexes a list (``attack.eps.2``: sub-model 2's
+radius). ``eval.*``, ``seed`` and the validation data cannot be searched: the
+evaluation radii and the validation split define the objective, and a search
+that could move them would reward shrinking the test rather than improving
+the model. Every candidate value (each choice, both range bounds) is applied
+to the base config and validated there, so a bad space fails before any trial
+starts, with one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import math
+import numbers
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mat_dist.config import RunConfig, config_from_dict, read_yaml
+from mat_dist.errors import UserError
+
+# The shipped spaces: a folder of the repository, beside mat_dist/ (like clusters/).
+SHIPPED_SPACES = Path(__file__).resolve().parents[2] / "tune_spaces"
+
+# Keys a search must not move, with the reason given to the user.
+FORBIDDEN: dict[str, str] = {
+    "eval": "the evaluation attack and radii define the objective; set them in the base config",
+    "seed": "the seed is the sweep's (the space's seed: key); trials share the base config's",
+    "name": "the run name is not a hyperparameter",
+    "tracking": "tracking is not a hyperparameter",
+    "data.name": "the dataset defines the validation split the objective is measured on",
+    "data.root": "the dataset defines the validation split the objective is measured on",
+    "data.val_size": "the validation split defines the objective",
+    "train.device": "the device is the cluster file's (workers.gpus)",
+    "train.threads": "threads follow the cluster file's workers.cpus",
+}
+# Keys whose values must be > 0 (radii, step sizes, learning rate, counts) or >= 0.
+POSITIVE = ("attack.eps", "attack.alpha", "optim.lr", "attack.steps", "train.epochs", "data.batch_size",
+            "model.num_members", "attack.l1_topk")
+NON_NEGATIVE = ("method.loss_weights", "optim.weight_decay", "optim.momentum", "attack.warmup",
+                "data.input_repetition")
+
+
+class Dist(str, enum.Enum):
+    CHOICE = "choice"
+    GRID = "grid"
+    UNIFORM = "uniform"
+    LOGUNIFORM = "loguniform"
+    RANDINT = "randint"
+
+    @property
+    def is_range(self) -> bool:
+        return self in (Dist.UNIFORM, Dist.LOGUNIFORM, Dist.RANDINT)
+
+
+class Scheduler(str, enum.Enum):
+    ASHA = "asha"
+    FIFO = "fifo"
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str                    # dotted config key, e.g. "attack.eps.0"
+    dist: Dist
+    values: tuple[Any, ...] = ()  # choice / grid
+    low: float | None = None    # ranges
+    high: float | None = None
+
+    def candidates(self) -> list[Any]:
+        """Values to validate against the base config: every choice, or the range's ends."""
+        if not self.dist.is_range:
+            return list(self.values)
+        if self.dist is Dist.RANDINT:
+            return [int(self.low), int(self.high) - 1]
+        return [self.low, self.high]
+
+    def to_ray(self) -> Any:
+        from ray import tune
+
+        if self.dist is Dist.CHOICE:
+            return tune.choice(list(self.values))
+        if self.dist is Dist.GRID:
+            return tune.grid_search(list(self.values))
+        if self.dist is Dist.UNIFORM:
+            return tune.uniform(self.low, self.high)
+        if self.dist is Dist.LOGUNIFORM:
+            return tune.loguniform(self.low, self.high)
+        return tune.randint(int(self.low), int(self.high))
+
+    def describe(self) -> str:
+        if self.dist.is_range:
+            return f"{self.dist.value} [{self.low:g}, {self.high:g}]"
+        return f"{self.dist.value} {list(self.values)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectiveSpec:
+    min_clean_acc: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerSpec:
+    name: Scheduler = Scheduler.ASHA
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpace:
+    params: tuple[Param, ...]
+    base: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    trials: int = 8
+    seed: int = 0
+    max_concurrent: int | None = None
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    source: str = "(mapping)"  # where it was read from; not a YAML key
+
+    @property
+    def keys(self) -> list[str]:
+        return [p.key for p in self.params]
+
+    def ray_param_space(self) -> dict[str, Any]:
+        """Flat {dotted key: Ray domain}; a trial's config holds the sampled values under the same keys."""
+        return {p.key: p.to_ray() for p in self.params}
+
+    def base_raw(self, base: RunConfig | dict, extra_overrides: list[str] | None = None) -> dict:
+        """The base config as plain data with the space's overrides (then ``extra_overrides``) applied, validated."""
+        from mat_dist.config import apply_overrides, config_to_dict
+
+        raw = copy.deepcopy(base if isinstance(base, dict) else config_to_dict(base))
+        for key, value in self.overrides.items():
+            set_key(raw, key, value, where=f"{self.source}: overrides.{key}")
+        raw = apply_overrides(raw, list(extra_overrides or []))
+        config_from_dict(raw)  # UserError naming the key
+        return raw
+
+    def check_against(self, base_raw: dict) -> None:
+        """Apply every candidate value of every param to the base; one UserError line for the first that fails."""
+        for p in self.params:
+            for value in p.candidates():
+                raw = copy.deepcopy(base_raw)
+                where = f"{self.source}: params.{p.key}"
+                set_key(raw, p.key, value, where=where)
+                try:
+                    config_from_dict(raw)
+                except UserError as err:
+                    raise UserError(f"{where}: the value {value!r} makes an invalid config ({err}); "
+                                    f"change the {p.dist.value}") from None
+
+
+# ---------------------------------------------------------------- dotted keys
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        options = [t for t in typing.get_args(tp) if t is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return tp
+
+
+def key_type(key: str, *, where: str) -> Any:
+    """The type of config key ``key`` (dotted; integer parts index lists). UserError if no such key."""
+    tp: Any = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        tp = _strip_optional(tp)
+        so_far = ".".join(parts[:i])
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            names = [f.name for f in dataclasses.fields(tp)]
+            if part not in names:
+                here = f" in {so_far}" if so_far else ""
+                raise UserError(f"{where}: unknown config key {key!r} (no {part!r}{here}; known keys here: "
+                                f"{', '.join(names)})")
+            tp = hints[part]
+        elif typing.get_origin(tp) is list:
+            if not part.isdigit():
+                raise UserError(f"{where}: {so_far} is a list; index it with a number ({so_far}.0, {so_far}.1, "
+                                f"...), not {part!r}")
+            (tp,) = typing.get_args(tp)
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            raise UserError(f"{where}: {so_far} is a single value; it has no part {part!r}")
+    if dataclasses.is_dataclass(_strip_optional(tp)):
+        raise UserError(f"{where}: {key} is a whole section; search its fields ({key}.<field>)")
+    return tp
+
+
+def set_key(raw: dict, key: str, value: Any, *, where: str) -> None:
+    """Set dotted ``key`` in plain config data; an integer part replaces one element of a list."""
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node[int(part)] if isinstance(node, list) and part.isdigit() else None
+        if isinstance(node, dict):
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}  # a section the base leaves at its defaults
+            nxt = node[part]
+        if nxt is None:
+            raise UserError(f"{where}: cannot set {key}: {'.'.join(parts[:i + 1])} is not a section or list")
+        node = nxt
+    last = parts[-1]
+    value = plain(value)
+    if isinstance(node, list):
+        index = int(last)
+        if index >= len(node):
+            raise UserError(f"{where}: {key} indexes element {index} but the base config's "
+                            f"{'.'.join(parts[:-1])} has {len(node)} elements")
+        node[index] = value
+    else:
+        node[last] = value
+
+
+def get_key(raw: dict, key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars (Ray samples them) -> Python numbers, so the typed config accepts them."""
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def _forbidden(key: str) -> str | None:
+    for prefix, reason in FORBIDDEN.items():
+        if key == prefix or key.startswith(prefix + "."):
+            return reason
+    return None
+
+
+def _base_key(key: str) -> str:
+    """``attack.eps.2`` -> ``attack.eps``: the key without list indices."""
+    return ".".join(p for p in key.split(".") if not p.isdigit())
+
+
+# ---------------------------------------------------------------- parsing
+
+_TOP_KEYS = ("base", "overrides", "trials", "seed", "max_concurrent", "objective", "scheduler", "params")
+
+
+def _number(value: Any, where: str) -> float:
+    """A range bound: YAML reads ``1e-4`` (no dot) as a string, so numeric strings are accepted too."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{where}: bound {value!r} is not a finite number")
+    return value
+
+
+def _flatten_numbers(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return [x for v in value for x in _flatten_numbers(v)]
+    return [value]
+
+
+def _parse_param(key: Any, spec: Any, source: str) -> Param:
+    where = f"{source}: params.{key}"
+    if not isinstance(key, str) or not key:
+        raise UserError(f"{source}: params has a key {key!r} that is not a dotted config key")
+    reason = _forbidden(key)
+    if reason is not None:
+        raise UserError(f"{where}: {key} cannot be searched ({reason})")
+    leaf = key_type(key, where=where)
+    names = ", ".join(d.value for d in Dist)
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise UserError(f"{where}: give exactly one distribution as a mapping, e.g. {{uniform: [0.1, 1.0]}} "
+                        f"(one of {names})")
+    ((name, arg),) = spec.items()
+    try:
+        dist = Dist(name)
+    except ValueError:
+        raise UserError(f"{where}: unknown distribution {name!r}; use one of {names}") from None
+    base_key = _base_key(key)
+    positive = any(base_key == k for k in POSITIVE)
+    non_negative = any(base_key == k for k in NON_NEGATIVE)
+    if dist.is_range:
+        if not isinstance(arg, list) or len(arg) != 2:
+            raise UserError(f"{where}: {dist.value} takes [low, high], got {arg!r}")
+        low, high = (_number(v, where) for v in arg)
+        if low >= high:
+            raise UserError(f"{where}: empty range [{low:g}, {high:g}]: low must be below high")
+        if dist is not Dist.RANDINT and _strip_optional(leaf) is int:
+            raise UserError(f"{where}: {key} is an integer; {dist.value} draws real numbers: use randint or choice")
+        if dist is not Dist.RANDINT:
+            low, high = float(low), float(high)
+        if dist is Dist.RANDINT and (low != int(low) or high != int(high)):
+            raise UserError(f"{where}: randint bounds must be integers, got [{low:g}, {high:g}]")
+        if dist is Dist.LOGUNIFORM and low <= 0:
+            raise UserError(f"{where}: loguniform needs a positive low bound, got {low:g}")
+        if positive and low <= 0:
+            raise UserError(f"{where}: low bound {low:g} must be positive ({base_key} is a radius, step size, "
+                            f"rate or count)")
+        if non_negative and low < 0:
+            raise UserError(f"{where}: low bound {low:g} must be >= 0")
+        return Param(key=key, dist=dist, low=low, high=high)
+    if not isinstance(arg, list) or not arg:
+        raise UserError(f"{where}: {dist.value} takes a non-empty list of values, got {arg!r}")
+    for v in _flatten_numbers(arg):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if positive and v <= 0:
+                raise UserError(f"{where}: value {v:g} must be positive ({base_key} is a radius, step size, "
+                                f"rate or count)")
+            if non_negative and v < 0:
+                raise UserError(f"{where}: value {v:g} must be >= 0")
+    return Param(key=key, dist=dist, values=tuple(arg))
+
+
+def _int(raw: dict, key: str, source: str, default: int | None, *, minimum: int, allow_none: bool = False):
+    value = raw.get(key, default)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{source}: {key} must be an integer >= {minimum}" + (" or null" if allow_none else "")
+                        + f", got {value!r}")
+    return value
+
+
+def _section(raw: Any, name: str, allowed: tuple[str, ...], source: str) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: {name} must be a mapping, got {raw!r}")
+    for k in raw:
+        if k not in allowed:
+            raise UserError(f"{source}: unknown key {name}.{k}; known keys here: {', '.join(allowed)}")
+    return raw
+
+
+def space_from_dict(raw: Any, *, source: str = "(mapping)") -> SearchSpace:
+    """Validate parsed YAML into a ``SearchSpace`` (keys checked against the schema, not yet a base config)."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source} must be a YAML mapping with a params: section")
+    for k in raw:
+        if k not in _TOP_KEYS:
+            raise UserError(f"{source}: unknown key {k!r}; known keys: {', '.join(_TOP_KEYS)}")
+    params_raw = raw.get("params")
+    if not isinstance(params_raw, dict) or not params_raw:
+        raise UserError(f"{source}: params must map config keys to distributions (at least one), "
+                        f"e.g. params: {{optim.lr: {{loguniform: [0.0001, 0.01]}}}}")
+    params = tuple(_parse_param(k, v, source) for k, v in params_raw.items())
+    keys = [p.key for p in params]
+    for a in keys:
+        for b in keys:
+            if a != b and b.startswith(a + "."):
+                raise UserError(f"{source}: params {a} and {b} overlap; search the whole list or its elements")
+    base = raw.get("base")
+    if base is not None and not isinstance(base, str):
+        raise UserError(f"{source}: base must be a config file or shipped config name, got {base!r}")
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+        raise UserError(f"{source}: overrides must map dotted config keys to values")
+    for k in overrides:
+        if k in keys:
+            raise UserError(f"{source}: {k} is both fixed (overrides) and searched (params); keep one")
+    obj = _section(raw.get("objective"), "objective", ("min_clean_acc",), source)
+    min_clean = obj.get("min_clean_acc")
+    if min_clean is not None and (isinstance(min_clean, bool) or not isinstance(min_clean, (int, float))
+                                  or not 0 <= min_clean <= 1):
+        raise UserError(f"{source}: objective.min_clean_acc must be a share in [0, 1] or null, got {min_clean!r}")
+    sch = _section(raw.get("scheduler"), "scheduler", ("name", "grace_period", "reduction_factor"), source)
+    try:
+        sched_name = Scheduler(sch.get("name", "asha"))
+    except ValueError:
+        raise UserError(f"{source}: scheduler.name {sch.get('name')!r} is unknown; use asha or fifo") from None
+    grace = _int(sch, "grace_period", source, 1, minimum=1)
+    rf = sch.get("reduction_factor", 2)
+    if isinstance(rf, bool) or not isinstance(rf, (int, float)) or rf <= 1:
+        raise UserError(f"{source}: scheduler.reduction_factor must be a number above 1, got {rf!r}")
+    return SearchSpace(
+        params=params, base=base, overrides=dict(overrides),
+        trials=_int(raw, "trials", source, 8, minimum=1),
+        seed=_int(raw, "seed", source, 0, minimum=0),
+        max_concurrent=_int(raw, "max_concurrent", source, None, minimum=1, allow_none=True),
+        objective=ObjectiveSpec(min_clean_acc=None if min_clean is None else float(min_clean)),
+        scheduler=SchedulerSpec(name=sched_name, grace_period=grace, reduction_factor=float(rf)),
+        source=source,
+    )
+
+
+def resolve_space_path(name_or_path: str | os.PathLike) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_SPACES / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in SHIPPED_SPACES.glob("*.yaml"))) or "none found"
+    raise UserError(f"search space {str(name_or_path)!r} is neither a file nor a shipped space ({known})")
+
+
+def load_space(name_or_path: str | os.PathLike) -> SearchSpace:
+    """Read a space file (path or shipped name, e.g. ``mnist5k-cpu``); UserError with one line if it is bad."""
+    path = resolve_space_path(name_or_path)
+    return space_from_dict(read_yaml(path), source=str(path))
+
+
+def space_to_dict(space: SearchSpace) -> dict[str, Any]:
+    """Plain YAML-able data that ``space_from_dict`` reads back to an equal space."""
+    params = {}
+    for p in space.params:
+        params[p.key] = {p.dist.value: [p.low, p.high] if p.dist.is_range else list(p.values)}
+    return {
+        "base": space.base, "overrides": dict(space.overrides), "trials": space.trials, "seed": space.seed,
+        "max_concurrent": space.max_concurrent,
+        "objective": {"min_clean_acc": space.objective.min_clean_acc},
+        "scheduler": {"name": space.scheduler.name.value, "grace_period": space.scheduler.grace_period,
+                      "reduction_factor": space.scheduler.reduction_factor},
+        "params": params,
+    }
+
+
+def trial_config(base_raw: dict, params: dict[str, Any], *, name: str | None = None) -> RunConfig:
+    """The config of one trial: the base with the sampled values set; eval radii stay the base's."""
+    raw = copy.deepcopy(base_raw)
+    for key, value in params.items():
+        if _forbidden(key):  # the space refused it already; a hand-built param dict gets the same rule
+            raise UserError(f"trial parameter {key} cannot be searched ({_forbidden(key)})")
+        set_key(raw, key, value, where=f"trial parameter {key}")
+    if name is not None:
+        raw["name"] = name
+    cfg = config_from_dict(raw)
+    base_eval = config_from_dict(base_raw).eval
+    if cfg.eval != base_eval:  # cannot happen through set_key on allowed keys; the objective depends on it
+        raise AssertionError("a trial's evaluation settings differ from the base config's")
+    return cfg

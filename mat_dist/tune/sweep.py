@@ -1,0 +1,425 @@
+"""The driver of ``matd tune``: a Ray Tune sweep over a search space, with ASHA, MLflow and the best config.
+
+    run_sweep(load_space("mnist5k-cpu"), output=Path("runs/tune-mnist5k-cpu"))
+
+Order, each step failing fast with one line before the next, slower one:
+space x base config (every candidate value validated) -> cluster file ->
+the sweep folder (``sweep.json``; ``--resume`` reads it back) -> connect to
+Ray, size the trials and their concurrency from the cluster's resources ->
+the MLflow parent run, created here before any trial starts -> ``Tuner.fit()``
+(or ``Tuner.restore(..., resume_errored=True).fit()``) -> the table of all
+trials, the plot of the objective against each searched value, and the best
+trial's config, written to the sweep folder and logged to the parent run.
+
+Sweep folder:
+    sweep.json              the space, the base config (with the space's overrides), the cluster,
+                            the parent MLflow run id: what --resume continues
+    ray/sweep/              Ray Tune's experiment (trial checkpoints, experiment state)
+    trials/<trial id>/      config.yaml, metrics.jsonl, starts.jsonl of each trial
+    trial_runs.json         trial id -> MLflow run id
+    trials.csv              one row per trial (status, epochs, stopped early, objective, searched values)
+    objective_vs_params.png the final objective of each trial against each searched value
+    best_config.yaml        the best trial's config, for ``matd train --config`` as it is
+    summary.json            the best trial, counts, wall time
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from mat_dist.config import RunConfig, config_to_yaml, load_config
+from mat_dist.errors import UserError
+from mat_dist.runner import read_metrics, write_atomic
+from mat_dist.tune.objective import CLEAN, FEASIBLE, OBJECTIVE, ROBUST_ALL, STARTS_FILE, trial_folder
+from mat_dist.tune.space import Dist, Scheduler, SearchSpace, space_from_dict, space_to_dict, trial_config
+
+SWEEP_FILE = "sweep.json"
+EXPERIMENT = "sweep"            # Ray Tune experiment name: fixed, so --resume finds it
+TABLE_FILE = "trials.csv"
+PLOT_FILE = "objective_vs_params.png"
+BEST_FILE = "best_config.yaml"
+SUMMARY_FILE = "summary.json"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    output: Path
+    rows: list[dict[str, Any]]          # one per trial, as in trials.csv
+    best: dict[str, Any] | None         # the best row
+    best_config: Path | None
+    interrupted: bool                   # trials left unfinished: continue with --resume
+    wall_s: float
+    parent_run_id: str | None
+
+    @property
+    def stopped_early(self) -> int:
+        return sum(1 for r in self.rows if r["stopped_early"])
+
+
+# ---------------------------------------------------------------- sweep folder
+
+def _load_saved(output: Path) -> dict[str, Any]:
+    path = output / SWEEP_FILE
+    if not path.is_file():
+        raise UserError(f"--resume: {output} holds no sweep (no {SWEEP_FILE}); start one without --resume")
+    return json.loads(path.read_text())
+
+
+def base_config(space: SearchSpace, base: str | RunConfig | None) -> RunConfig:
+    if isinstance(base, RunConfig):
+        return base
+    name = base or space.base
+    if name is None:
+        raise UserError(f"{space.source} names no base config (base:); pass --config FILE or a shipped name")
+    return load_config(name)
+
+
+def _absolute_data_root(raw: dict) -> dict:
+    """Trials run in a Ray session folder: the data folder must be absolute."""
+    root = raw.get("data", {}).get("root")
+    if root:
+        raw["data"]["root"] = str(Path(root).expanduser().resolve())
+    return raw
+
+
+def _max_epochs(space: SearchSpace, base_raw: dict) -> int:
+    """ASHA's max_t: the base's epochs, or the largest searched value of train.epochs."""
+    for p in space.params:
+        if p.key == "train.epochs":
+            return int(max(p.candidates()))
+    return int(base_raw["train"]["epochs"])
+
+
+# ---------------------------------------------------------------- resources
+
+@dataclass(frozen=True)
+class TrialShape:
+    kind: str                       # "process": the core loop in the trial; "ray_train": a DDP job per trial
+    resources: dict[str, float]     # what Tune reserves for the trial function itself
+    per_trial: dict[str, float]     # CPUs/GPUs one whole trial holds (its Train workers included)
+    threads: int
+
+
+def trial_shape(cluster: Any) -> TrialShape:
+    """One worker: the trial is the core loop in its own process, holding that worker's CPUs/GPUs.
+    More: the trial is a Ray Train job; its function only drives (0.01 CPU, as Ray documents)."""
+    w = cluster.workers
+    gpu = {"GPU": w.gpus} if w.gpus else {}
+    if w.num == 1 and not cluster.elastic:
+        res = {"CPU": w.cpus, **gpu}
+        return TrialShape("process", res, res, cluster.threads_per_worker)
+    per = {"CPU": w.num * w.cpus + 0.01, **({"GPU": w.num * w.gpus} if w.gpus else {})}
+    return TrialShape("ray_train", {"CPU": 0.01}, per, cluster.threads_per_worker)
+
+
+def max_concurrent(shape: TrialShape, total: dict[str, float], cap: int | None, *, source: str) -> int:
+    """How many trials fit at once in the cluster's resources (and under the space's cap)."""
+    fits = min(int(math.floor(total.get(k, 0.0) / v + 1e-9)) for k, v in shape.per_trial.items() if v > 0)
+    if fits < 1:
+        need = ", ".join(f"{v:g} {k}" for k, v in shape.per_trial.items())
+        have = ", ".join(f"{total.get(k, 0.0):g} {k}" for k in shape.per_trial)
+        raise UserError(f"one trial needs {need} but the cluster has {have} ({source}); "
+                        f"lower workers.num / workers.cpus / workers.gpus")
+    return min(fits, cap) if cap else fits
+
+
+# ---------------------------------------------------------------- the sweep
+
+def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig | None = None,
+              overrides: Sequence[str] = (), cluster: Any = None, trials: int | None = None, resume: bool = False,
+              tracking_uri: str | None = None, callbacks: Sequence[Any] = (), verbose: int = 0) -> SweepResult:
+    """Run (or with ``resume`` continue) the sweep of ``space`` into ``output``.
+
+    ``cluster``: a ClusterConfig, a cluster file or shipped name, or None (the
+    embedded default: a local runtime, one 1-CPU worker per trial). ``trials``
+    replaces the space's count. ``callbacks``: extra Ray Tune callbacks.
+    """
+    from mat_dist.distributed.cluster import IN_PROCESS, ClusterConfig, cluster_from_dict, cluster_to_dict, load_cluster
+
+    started = time.perf_counter()
+    # Tune warns whenever trials checkpoint every epoch (each epoch is a checkpoint here, on purpose).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    output = Path(output).expanduser().resolve()
+    saved = _load_saved(output) if resume else None
+    if saved is not None:
+        saved_space = space_from_dict(saved["space"], source=saved["space_source"])
+        if space is not None and space_to_dict(space) != saved["space"]:
+            raise UserError(f"--resume: {space.source} differs from the space the sweep in {output} started with; "
+                            f"resume without --space, or start a new sweep in another --output")
+        space = saved_space
+        base_raw = saved["base"]
+        cluster_cfg = (load_cluster(cluster) if isinstance(cluster, str) else cluster) if cluster is not None \
+            else cluster_from_dict(saved["cluster"], source=saved["cluster_source"])
+        num_samples = trials or saved["trials"]
+    else:
+        if space is None:
+            raise UserError("give --space FILE (a search space; see tune_spaces/)")
+        if (output / SWEEP_FILE).is_file():
+            raise UserError(f"{output} already holds a sweep; pass --resume to continue it or choose another --output")
+        if cluster == IN_PROCESS:
+            raise UserError("matd tune runs its trials on Ray; --cluster none is for matd train only")
+        cluster_cfg = cluster if isinstance(cluster, ClusterConfig) else load_cluster(cluster)
+        base_raw = _absolute_data_root(space.base_raw(base_config(space, base), list(overrides)))
+        space.check_against(base_raw)
+        num_samples = trials or space.trials
+        if num_samples < 1:
+            raise UserError(f"--trials {num_samples}: give at least 1")
+        output.mkdir(parents=True, exist_ok=True)
+        saved = {"space": space_to_dict(space), "space_source": space.source, "base": base_raw,
+                 "cluster": cluster_to_dict(cluster_cfg), "cluster_source": cluster_cfg.source,
+                 "trials": num_samples, "parent_run_id": None}
+        write_atomic(output / SWEEP_FILE, json.dumps(saved, indent=1))
+    assert space is not None
+    shape = trial_shape(cluster_cfg)
+    base_cfg = trial_config(base_raw, {})
+
+    from mat_dist.distributed.launch import connect
+
+    with connect(cluster_cfg) as runtime:
+        concurrency = max_concurrent(shape, runtime.resources, space.max_concurrent, source=cluster_cfg.source)
+        parent = _parent_run(base_cfg, space, saved, output, tracking_uri)
+        if parent is not None and saved["parent_run_id"] is None:
+            saved["parent_run_id"] = parent.run_id
+            write_atomic(output / SWEEP_FILE, json.dumps(saved, indent=1))
+        tuner = _tuner(space, base_raw, cluster_cfg, shape, output, concurrency=concurrency, num_samples=num_samples,
+                       parent=parent, callbacks=list(callbacks), verbose=verbose, resume=resume)
+        log.info("sweep %s: %d trial(s) at once, %s", output, concurrency, shape)
+        tuner.fit()
+        statuses = _trial_statuses(output / "ray" / EXPERIMENT)
+        total = num_samples * math.prod(len(p.values) for p in space.params if p.dist is Dist.GRID)
+        interrupted = len(statuses) < total or any(s not in ("TERMINATED", "ERROR") for s in statuses.values())
+        rows = trial_rows(output, space, statuses, max_epochs=_max_epochs(space, base_raw))
+        best = best_row(rows)
+        best_path = None
+        if best is not None and not interrupted:
+            best_path = export_best(output, base_raw, best, space)
+        _write_outputs(output, space, rows, best, wall_s=time.perf_counter() - started, interrupted=interrupted)
+        if parent is not None:
+            for name in (TABLE_FILE, PLOT_FILE, BEST_FILE, SUMMARY_FILE, SWEEP_FILE):
+                if (output / name).is_file():
+                    parent.log_artifact(output / name)
+            if best is not None:
+                parent.log_metrics({"best/objective": best[OBJECTIVE], "best/clean_acc": best[CLEAN],
+                                    "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows)},
+                                   step=0)
+            if not interrupted:
+                parent.end("FINISHED")  # an interrupted sweep's parent stays RUNNING until --resume ends it
+    return SweepResult(output=output, rows=rows, best=best, best_config=best_path, interrupted=interrupted,
+                       wall_s=time.perf_counter() - started, parent_run_id=saved.get("parent_run_id"))
+
+
+def _parent_run(base_cfg: RunConfig, space: SearchSpace, saved: dict, output: Path, tracking_uri: str | None):
+    """The sweep's MLflow run, created (or reopened on --resume) in the driver before any trial starts."""
+    if not base_cfg.tracking.enabled:
+        return None
+    from mat_dist.tracking import Tracker, git_commit
+
+    tracker = Tracker.start(uri=tracking_uri or base_cfg.tracking.uri, experiment=base_cfg.tracking.experiment,
+                            run_name=f"tune-{Path(space.source).stem}", run_id=saved.get("parent_run_id"),
+                            tags={"mat_dist.output": str(output), "mat_dist.kind": "tune-sweep"})
+    if saved.get("parent_run_id") is None:
+        tracker.log_params({"space": saved["space"], "base": saved["base"], "trials": saved["trials"]})
+        tracker.set_tags({"mat_dist.git_commit": git_commit(Path(__file__).parent) or "unknown",
+                          "mat_dist.space": space.source})
+    return tracker
+
+
+def _tuner(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, output: Path, *, concurrency: int,
+           num_samples: int, parent: Any, callbacks: list, verbose: int, resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from mat_dist.distributed.cluster import cluster_to_dict
+    from mat_dist.tune.objective import ray_train_trial, train_trial
+
+    storage = output / "ray"
+    spec = {"base": base_raw, "sweep_dir": str(output), "threads": shape.threads,
+            "min_clean_acc": space.objective.min_clean_acc}
+    if shape.kind == "ray_train":
+        spec.update(cluster=cluster_to_dict(cluster), cluster_source=cluster.source,
+                    storage=str(cluster.storage_uri(output / "train")))
+        function = ray_train_trial
+    else:
+        function = train_trial
+    trainable = tune.with_resources(tune.with_parameters(function, spec=spec), shape.resources)
+    path = storage / EXPERIMENT
+    if resume and tune.Tuner.can_restore(str(path)):
+        return tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    epochs = _max_epochs(space, base_raw)
+    if space.scheduler.name is Scheduler.ASHA:
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs,
+                                  grace_period=min(space.scheduler.grace_period, epochs),
+                                  reduction_factor=space.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    if parent is not None:
+        from mat_dist.tune.trial_tracking import TrialTracking
+
+        callbacks = [TrialTracking(uri=parent.tracking_uri, experiment=base_raw["tracking"]["experiment"],
+                                   parent_run_id=parent.run_id, sweep_dir=str(output), base_raw=base_raw,
+                                   run_prefix=f"tune-{Path(space.source).stem}"), *callbacks]
+    return tune.Tuner(
+        trainable,
+        param_space=space.ray_param_space(),
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE, mode="max", scheduler=scheduler, num_samples=num_samples,
+            # A SearchGenerator ignores TuneConfig(max_concurrent_trials) (Ray warns): the generator bounds it.
+            search_alg=BasicVariantGenerator(random_state=space.seed, max_concurrent=concurrency)),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT, storage_path=str(storage), callbacks=callbacks or None, verbose=verbose,
+            # the trial's own process restarts from its latest checkpoint; a Train job restarts itself
+            failure_config=tune.FailureConfig(max_failures=cluster.failure.max_failures
+                                              if shape.kind == "process" else 0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+
+
+def _trial_statuses(experiment: Path) -> dict[str, str]:
+    """trial id -> status (TERMINATED, ERROR, RUNNING, PENDING, PAUSED) as saved in the experiment state.
+
+    Read back from disk, not from the ResultGrid: after an interruption Tune saves the state (running
+    trials RUNNING, which ``Tuner.restore`` resumes) and only then stops the trials, which marks the
+    in-memory ones TERMINATED as if they had finished.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "Failed to fetch metrics" for trials that never started
+    try:
+        return {t.trial_id: t.status for t in ExperimentAnalysis(str(experiment)).trials}
+    finally:
+        quiet.setLevel(level)
+
+
+# ---------------------------------------------------------------- table, plot, best
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    return str(value)
+
+
+def trial_rows(output: Path, space: SearchSpace, statuses: dict[str, str], *, max_epochs: int) -> list[dict]:
+    """One row per trial from its folder: searched values, status, epochs, early stop, final and best objective."""
+    from mat_dist.config import read_yaml
+    from mat_dist.tune.space import get_key
+
+    rows = []
+    for tid in sorted(statuses):
+        folder = trial_folder(output, tid)
+        history = read_metrics(folder / "metrics.jsonl")
+        raw = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+        starts = len((folder / STARTS_FILE).read_text().splitlines()) if (folder / STARTS_FILE).is_file() else 0
+        last = history[-1] if history else {}
+        epochs_run = int(last.get("epoch", 0))
+        status = statuses[tid]
+        target = int(get_key(raw, "train.epochs") or max_epochs) if raw else max_epochs
+        row = {"trial_id": tid, "status": status, "epochs": epochs_run, "starts": starts,
+               "stopped_early": status == "TERMINATED" and 0 < epochs_run < target,
+               OBJECTIVE: float(last.get(OBJECTIVE, float("nan"))),
+               "best_objective": max((float(r[OBJECTIVE]) for r in history if OBJECTIVE in r), default=float("nan")),
+               CLEAN: float(last.get(CLEAN, float("nan"))), ROBUST_ALL: float(last.get(ROBUST_ALL, float("nan"))),
+               FEASIBLE: float(last.get(FEASIBLE, float("nan")))}
+        for k, v in last.items():
+            if k.startswith("val/robust_") and k != ROBUST_ALL:
+                row[k] = float(v)
+        for key in space.keys:
+            row[f"param/{key}"] = get_key(raw, key) if raw else None
+        rows.append(row)
+    return rows
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best trial: highest final objective among trials that ran all their epochs; else among all with one."""
+    scored = [r for r in rows if not math.isnan(r[OBJECTIVE]) and r["status"] != "ERROR"]
+    complete = [r for r in scored if not r["stopped_early"] and r["status"] == "TERMINATED"]
+    pool = complete or scored
+    return max(pool, key=lambda r: (r[OBJECTIVE], r[CLEAN])) if pool else None
+
+
+def export_best(output: Path, base_raw: dict, best: dict[str, Any], space: SearchSpace) -> Path:
+    """Write the best trial's config as a YAML ``matd train --config`` accepts as it is."""
+    from mat_dist.config import config_from_dict, read_yaml
+
+    cfg = config_from_dict(read_yaml(trial_folder(output, best["trial_id"]) / "config.yaml"))
+    cfg = dataclasses.replace(cfg, name=f"{base_raw['name']}-tuned")
+    searched = ", ".join(f"{k}={_value_text(best[f'param/{k}'])}" for k in space.keys)
+    eps = ", ".join(f"{n.value} {e:g}" for n, e in cfg.eval.eps.items())
+    path = output / BEST_FILE
+    header = (f"# Best trial {best['trial_id']} of the sweep in {output} (space {space.source}): validation union "
+              f"robust accuracy {100 * best[OBJECTIVE]:.1f}% at eval radii ({eps}), clean {100 * best[CLEAN]:.1f}%.\n"
+              f"# Run: matd train --config {path}\n#\n# Searched: {searched}\n")
+    write_atomic(path, header + config_to_yaml(cfg))
+    return path
+
+
+def _write_outputs(output: Path, space: SearchSpace, rows: list[dict], best: dict | None, *, wall_s: float,
+                   interrupted: bool) -> None:
+    if rows:
+        buf = io.StringIO()
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _value_text(v) if isinstance(v, list) else v for k, v in r.items()})
+        write_atomic(output / TABLE_FILE, buf.getvalue())
+        plot_objective(rows, space, output / PLOT_FILE)
+    summary = {"trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows),
+               "errored": sum(r["status"] == "ERROR" for r in rows), "interrupted": interrupted,
+               "wall_s": wall_s, "best": best}
+    write_atomic(output / SUMMARY_FILE, json.dumps(summary, indent=1, default=str))
+
+
+def plot_objective(rows: list[dict], space: SearchSpace, path: Path) -> None:
+    """One panel per searched key: final objective of each trial against its value (lists as categories)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = space.keys
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+    styles = {"complete": ("tab:blue", "o"), "stopped early": ("tab:orange", "v"), "other": ("tab:gray", "x")}
+    for ax, key in zip(axes[0], keys):
+        values = [r[f"param/{key}"] for r in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        labels = sorted({_value_text(v) for v in values}) if not numeric else []
+        for label, (color, marker) in styles.items():
+            pick = [r for r in rows if _style(r) == label and not math.isnan(r[OBJECTIVE])]
+            xs = [r[f"param/{key}"] if numeric else labels.index(_value_text(r[f"param/{key}"])) for r in pick]
+            ax.scatter(xs, [100 * r[OBJECTIVE] for r in pick], c=color, marker=marker, label=label)
+        if numeric and any(p.key == key and p.dist is Dist.LOGUNIFORM for p in space.params):
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+        ax.set_xlabel(key)
+        ax.set_ylabel("objective: val union robust acc (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{Path(space.source).name}: final objective per trial", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _style(row: dict) -> str:
+    if row["status"] == "TERMINATED":
+        return "stopped early" if row["stopped_early"] else "complete"
+    return "other"

@@ -1,0 +1,283 @@
+"""``reproduce``: train every method of a preset, evaluate each with one suite, write the paper-shaped report.
+
+Output folder (``DIR``):
+    preset.json        the preset as data; a re-run must match it
+    parent_run.json    the MLflow parent run's id (a re-run logs into the same run)
+    runs/<method>/     one training run folder per method (mat_dist.runner's layout)
+    evals/<method>/    one evaluation folder per method (mat_dist.evaluate's layout)
+    report.md, *.png   the report (``--report-dir`` puts these elsewhere)
+
+Re-running is cheap: a method whose run folder holds ``model.safetensors`` is
+not trained again, one with checkpoints resumes from the newest, and an
+evaluation whose ``summary.json`` matches the model and the suite is not run
+again (a half-finished one resumes: the evaluator skips finished shards).
+
+MLflow: one parent run per output folder; each training and each evaluation
+is a run nested under it (tag ``mlflow.parentRunId``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from mat_dist.checkpoint import WEIGHTS
+from mat_dist.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, read_yaml, \
+    resolve_config_path
+from mat_dist.errors import UserError
+from mat_dist.reproduce.presets import MethodSpec, Preset
+
+PRESET_FILE = "preset.json"
+PARENT_RUN_FILE = "parent_run.json"
+RUNS = "runs"
+EVALS = "evals"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodOutcome:
+    spec: MethodSpec
+    run_dir: Path
+    eval_dir: Path
+    training: str            # trained | resumed | skipped
+    evaluation: str          # evaluated | resumed | skipped
+    train_wall_s: float      # spent in this call (0 when skipped)
+    eval_wall_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReproduceResult:
+    output: Path
+    report: Path
+    methods: list[MethodOutcome]
+    wall_s: float
+    parent_run_id: str | None = None
+    figures: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- configs and suite
+
+def method_config(preset: Preset, spec: MethodSpec, *, overrides: list[str] | tuple[str, ...] = (),
+                  tracking: bool = True) -> RunConfig:
+    """The run config of one method: base config + preset overrides + method overrides + the user's."""
+    raw = read_yaml(resolve_config_path(preset.base_config)) or {}
+    items = [*preset.base_overrides, *spec.overrides, f"name={preset.name}-{spec.name}", *overrides]
+    if not tracking:
+        items.append("tracking.enabled=false")
+    try:
+        return config_from_dict(apply_overrides(raw, items))
+    except UserError as err:
+        raise UserError(f"preset {preset.name}, method {spec.name}: {err}") from None
+
+
+def preset_suite(preset: Preset):
+    """The preset's evaluation suite, its radii set to the preset's."""
+    from mat_dist.evaluate.suite import load_suite, suite_from_dict
+
+    if isinstance(preset.suite, Mapping):
+        raw = apply_overrides(copy.deepcopy(dict(preset.suite)), list(preset.suite_overrides))
+        return suite_from_dict(raw, source=f"preset {preset.name}")
+    return load_suite(preset.suite, list(preset.suite_overrides))
+
+
+def _check_preset_file(output: Path, preset: Preset, overrides: list[str]) -> None:
+    from mat_dist.runner import write_atomic
+
+    wanted = {"preset": preset.to_dict(), "overrides": list(overrides)}
+    path = output / PRESET_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != wanted:
+            name = previous.get("preset", {}).get("name", "?")
+            raise UserError(f"{output} holds a reproduction of preset {name} with other settings; "
+                            f"choose another --output (or delete {output} to start over)")
+        return
+    write_atomic(path, json.dumps(wanted, indent=1, sort_keys=True))
+
+
+# ---------------------------------------------------------------- MLflow
+
+def _parent_tracker(output: Path, preset: Preset, *, uri: str | None, experiment: str, enabled: bool):
+    from mat_dist.runner import write_atomic
+    from mat_dist.tracking import NullTracker, Tracker, git_commit
+
+    if not enabled:
+        return NullTracker()
+    path = output / PARENT_RUN_FILE
+    run_id = json.loads(path.read_text())["run_id"] if path.is_file() else None
+    tracker = Tracker.start(uri=uri, experiment=experiment, run_name=f"reproduce-{preset.name}", run_id=run_id,
+                            tags={"mat_dist.kind": "reproduce", "mat_dist.preset": preset.name,
+                                  "mat_dist.output": str(output.resolve())})
+    if run_id is None:
+        write_atomic(path, json.dumps({"run_id": tracker.run_id}))
+        tracker.log_params({"preset": preset.name, "suite": preset.suite if isinstance(preset.suite, str)
+                            else preset.suite.get("name", "inline"), "methods": [m.name for m in preset.methods],
+                            "base_config": preset.base_config, "base_overrides": list(preset.base_overrides),
+                            "suite_overrides": list(preset.suite_overrides), "examples": preset.examples})
+        tracker.set_tags({"mat_dist.git_commit": git_commit(Path(__file__).parent) or "unknown"})
+    return tracker
+
+
+def _nest_training_run(cfg: RunConfig, run_dir: Path, *, parent_run_id: str | None, uri: str | None,
+                       preset: Preset, spec: MethodSpec) -> None:
+    """Create the training's MLflow run under the parent before the runner opens it (through run.json).
+
+    The runner resumes the run named in ``run.json``; creating it here is how
+    it gets its ``mlflow.parentRunId`` without the runner knowing of parents.
+    """
+    from mat_dist.runner import RUN_FILE, write_atomic
+    from mat_dist.tracking import Tracker, git_commit
+
+    if parent_run_id is None or not cfg.tracking.enabled or (run_dir / RUN_FILE).is_file():
+        return
+    tracker = Tracker.start(uri=uri or cfg.tracking.uri, experiment=cfg.tracking.experiment, run_name=cfg.name,
+                            parent_run_id=parent_run_id,
+                            tags={"mat_dist.output": str(run_dir.resolve()), "mat_dist.kind": "training",
+                                  "mat_dist.preset": preset.name, "mat_dist.reproduce_method": spec.name})
+    with tracker:
+        tracker.log_params(config_to_dict(cfg))
+        tracker.set_tags({"mat_dist.git_commit": git_commit(Path(__file__).parent) or "unknown",
+                          "mat_dist.method": cfg.method.name})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / RUN_FILE, json.dumps({"run_id": tracker.run_id}))
+
+
+# ---------------------------------------------------------------- train and evaluate
+
+def _train(cfg: RunConfig, run_dir: Path, *, cluster: str | None, tracking_uri: str | None, log: Log) -> str:
+    """Train one method unless finished; returns trained, resumed or skipped."""
+    from mat_dist.runner import CONFIG_FILE
+
+    if (run_dir / WEIGHTS).is_file():
+        return "skipped"
+    resume = (run_dir / CONFIG_FILE).is_file()
+    if cluster is not None:
+        from mat_dist.distributed import load_cluster, train_ray
+
+        train_ray(cfg, run_dir, load_cluster(cluster), resume=resume, tracking_uri=tracking_uri)
+    else:
+        from mat_dist.runner import train_local
+
+        def on_epoch(m: dict[str, Any]) -> None:
+            log(f"  {cfg.name} epoch {int(m['epoch'])}/{cfg.train.epochs}: loss {m['train/loss']:.3f}, "
+                f"clean {100 * m['val/clean_acc']:.1f}%, PGD all norms {100 * m.get('val/robust_all', 0):.1f}% "
+                f"({m['epoch_time_s']:.0f} s)")
+
+        train_local(cfg, run_dir, resume=resume, tracking_uri=tracking_uri, on_epoch=on_epoch)
+    return "resumed" if resume else "trained"
+
+
+def _eval_finished(eval_dir: Path, weights: Path, fingerprint: dict[str, Any]) -> bool:
+    from mat_dist.evaluate.evaluator import FINGERPRINT, file_digest
+
+    if not (eval_dir / "summary.json").is_file() or not (eval_dir / FINGERPRINT).is_file():
+        return False
+    previous = json.loads((eval_dir / FINGERPRINT).read_text())
+    return all(previous.get(k) == v for k, v in fingerprint.items()) \
+        and previous.get("model_sha256") == file_digest(weights)
+
+
+def _evaluate(run_dir: Path, eval_dir: Path, cfg: RunConfig, suite, *, examples: int, workers: int,
+              cluster: str | None, tracking, log: Log) -> str:
+    from mat_dist.evaluate.evaluator import evaluate
+
+    weights = run_dir / WEIGHTS
+    if _eval_finished(eval_dir, weights, {"dataset": cfg.data.name.value, "examples": examples,
+                                          "suite": suite.to_dict()}):
+        return "skipped"
+    started = (eval_dir / "shards").is_dir()
+
+    def on_progress(done: int, total: int, name: str) -> None:
+        if name:
+            log(f"  {cfg.name} evaluation: shard {done}/{total} ({name})")
+
+    try:
+        evaluate(model_path=weights, suite=suite, output=eval_dir, dataset=cfg.data.name.value,
+                 data_root=cfg.data.root, examples=examples, workers=workers, cluster=cluster,
+                 on_progress=on_progress, tracking=tracking)
+    except UserError as err:
+        if "holds an evaluation with another" in str(err):
+            raise UserError(f"{eval_dir} holds an evaluation of another model or suite; delete that folder "
+                            f"to evaluate {cfg.name} again") from None
+        raise
+    return "resumed" if started else "evaluated"
+
+
+def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overrides: list[str] | None = None,
+              tracking: bool = True, tracking_uri: str | None = None, workers: int | None = None,
+              report_dir: Path | None = None, log: Log | None = None) -> ReproduceResult:
+    """Train, evaluate and report every method of ``preset`` into ``output``; finished work is skipped."""
+    from mat_dist.evaluate.evaluator import TrackingOptions
+    from mat_dist.evaluate.runner import ray_runtime
+    from mat_dist.reproduce import report as report_mod
+    from mat_dist.runner import check_writable
+
+    log = log or (lambda _: None)
+    started = time.perf_counter()
+    overrides = list(overrides or [])
+    check_writable(output)
+    # Every config and the suite are built (and validated) before anything trains.
+    configs = {spec.name: method_config(preset, spec, overrides=overrides, tracking=tracking)
+               for spec in preset.methods}
+    suite = preset_suite(preset)
+    _check_preset_file(output, preset, overrides)
+    examples = preset.examples or suite.examples
+    n_workers = preset.workers if workers is None else workers
+    if n_workers < 0:
+        raise UserError(f"--workers {n_workers} must be 0 (in this process) or more")
+    experiment = next(iter(configs.values())).tracking.experiment
+    uri = tracking_uri or next(iter(configs.values())).tracking.uri
+    parent = _parent_tracker(output, preset, uri=uri, experiment=experiment, enabled=tracking)
+    outcomes: list[MethodOutcome] = []
+    with parent:
+        # Phase 1: train every method (skip finished runs, resume interrupted ones).
+        trained: dict[str, tuple[str, float]] = {}
+        for i, spec in enumerate(preset.methods, 1):
+            cfg, run_dir = configs[spec.name], output / RUNS / spec.name
+            _nest_training_run(cfg, run_dir, parent_run_id=parent.run_id, uri=uri, preset=preset, spec=spec)
+            t0 = time.perf_counter()
+            log(f"[{i}/{len(preset.methods)}] train {spec.name} ({cfg.method.name}, M={cfg.model.num_members}, "
+                f"K={cfg.attack.steps}, {cfg.train.epochs} epochs) -> {run_dir}")
+            status = _train(cfg, run_dir, cluster=cluster, tracking_uri=uri, log=log)
+            trained[spec.name] = (status, time.perf_counter() - t0)
+            if status == "skipped":
+                log(f"  {spec.name}: already trained, skipped")
+        # Phase 2: evaluate every model with the same suite (one Ray runtime for all, when Ray is used).
+        needs_ray = cluster is not None or n_workers > 0
+        with (ray_runtime(workers=n_workers, cluster=cluster) if needs_ray else contextlib.nullcontext()):
+            for i, spec in enumerate(preset.methods, 1):
+                cfg, run_dir, eval_dir = configs[spec.name], output / RUNS / spec.name, output / EVALS / spec.name
+                options = TrackingOptions(enabled=tracking, uri=uri, experiment=experiment,
+                                          parent_run_id=parent.run_id,
+                                          extra_tags={"mat_dist.preset": preset.name,
+                                                      "mat_dist.reproduce_method": spec.name})
+                t0 = time.perf_counter()
+                log(f"[{i}/{len(preset.methods)}] evaluate {spec.name} with suite {suite.name} on {examples} "
+                    f"images -> {eval_dir}")
+                status = _evaluate(run_dir, eval_dir, cfg, suite, examples=examples, workers=n_workers,
+                                   cluster=cluster, tracking=options, log=log)
+                if status == "skipped":
+                    log(f"  {spec.name}: already evaluated, skipped")
+                outcomes.append(MethodOutcome(spec=spec, run_dir=run_dir, eval_dir=eval_dir,
+                                              training=trained[spec.name][0], evaluation=status,
+                                              train_wall_s=trained[spec.name][1],
+                                              eval_wall_s=time.perf_counter() - t0))
+        # Phase 3: the report.
+        wall = time.perf_counter() - started
+        target = report_dir or output
+        written = report_mod.write_report(preset, outcomes, configs=configs, suite=suite, output=target,
+                                          wall_s=wall)
+        parent.log_metrics(report_mod.flat_metrics(written.data), step=0)
+        parent.log_artifact(written.report)
+        for fig in written.figures:
+            parent.log_artifact(fig, "figures")
+    log(f"report: {written.report}")
+    return ReproduceResult(output=output, report=written.report, methods=outcomes, wall_s=wall,
+                           parent_run_id=parent.run_id, figures=written.figures)
+

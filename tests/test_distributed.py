@@ -102,9 +102,12 @@ def test_two_workers_stay_synchronised_and_match_one_process(ray_runtime, tmp_pa
 
 
 def _train_worker_pids() -> list[int]:
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    # This session's runtime by address: auto-detection fails when other Ray instances run on the machine.
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return [a.pid for a in actors if a.pid]
 
 

@@ -33,10 +33,12 @@ from typing import Any
 
 from mat_dist.checkpoint import PREFIX, STATE, WEIGHTS
 from mat_dist.config import RunConfig, config_to_dict
+from mat_dist.data import MimoBatches, load_splits
 from mat_dist.distributed.cluster import ClusterConfig, is_uri
 from mat_dist.distributed.launch import check_storage, connect
 from mat_dist.distributed.worker import train_worker
 from mat_dist.errors import UserError
+from mat_dist.tracking import check_store
 from mat_dist.runner import (
     METRICS_FILE,
     REPORT_FILE,
@@ -75,6 +77,22 @@ def check_job(cfg: RunConfig, cluster: ClusterConfig) -> None:
     if device == "cpu" and cluster.use_gpu:
         raise UserError(f"train.device=cpu but {cluster.source} reserves GPUs for each worker; "
                         f"set train.device=auto or workers.gpus: 0")
+    if cluster.is_local:
+        check_data(cfg, cluster)
+
+
+def check_data(cfg: RunConfig, cluster: ClusterConfig) -> None:
+    """Load the data and cut one epoch's batches in the driver, as the workers will.
+
+    On a local runtime the driver sees the workers' files, so a missing or
+    corrupt data folder, or a data set smaller than one global batch, is one
+    clear line here instead of a traceback from every retried worker.
+    """
+    splits = load_splits(cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size, seed=cfg.seed,
+                         limit_train=cfg.data.limit_train)
+    for world_size in cluster.worker_counts:
+        MimoBatches(splits.train, num_members=cfg.model.num_members, batch_size=cfg.data.batch_size,
+                    seed=cfg.seed, rank=0, world_size=world_size)
 
 
 def _ray_run(output: Path, storage: str, cfg: RunConfig, resume: bool) -> dict[str, str]:
@@ -183,6 +201,12 @@ def train_ray(cfg: RunConfig, output: Path, cluster: ClusterConfig, *, resume: b
     started = time.perf_counter()
     output = Path(output).expanduser().resolve()
     check_job(cfg, cluster)
+    # The data once in the driver: a wrong data.root is one line in seconds, not a worker failure that
+    # Ray retries max_failures times after config.yaml is written.
+    load_splits(cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size, seed=cfg.seed,
+                limit_train=cfg.data.limit_train)
+    if cfg.tracking.enabled:  # an unreachable store fails here, before Ray starts or config.yaml is written
+        check_store(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment)
     storage = cluster.storage_uri(output)
     check_storage(storage)
     with connect(cluster) as runtime:

@@ -82,9 +82,21 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 
 def _ray_init_args(cluster: ClusterConfig) -> dict[str, Any]:
     if cluster.is_local:
-        return {"num_cpus": cluster.local.num_cpus, "num_gpus": cluster.local.num_gpus,
-                "include_dashboard": True, "dashboard_host": "127.0.0.1"}
+        # address "local": always a private runtime; without it ray.init attaches to any
+        # cluster already running on this machine (another job's, a test's). Ray Train's
+        # placement-group cleaner finds the dashboard by auto-detection, which fails when
+        # several Ray instances run on one machine: tell every actor of the job where ours is.
+        port = _free_port()
+        return {"address": "local", "num_cpus": cluster.local.num_cpus, "num_gpus": cluster.local.num_gpus,
+                "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+                "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
     return {"address": cluster.address}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

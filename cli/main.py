@@ -170,6 +170,19 @@ def list_methods() -> None:
         typer.echo(f"{method.name:14s} {method.description}")
 
 
+INTERRUPTED = "matd: interrupted; --resume continues from the last whole checkpoint"
+
+
+def _from_ctrl_c(exc: BaseException) -> bool:
+    """True when ``exc`` was raised while handling a KeyboardInterrupt (Typer turns one into a silent exit 130)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main() -> None:
     try:
         app()
@@ -177,8 +190,12 @@ def main() -> None:
         typer.echo(f"matd: error: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("matd: interrupted; --resume continues from the last whole checkpoint", err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    except SystemExit as exit_:
+        if exit_.code == 130 and _from_ctrl_c(exit_):
+            typer.echo(INTERRUPTED, err=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -129,6 +129,8 @@ class TrainingCheckpoint:
 def save_checkpoint(folder: Path, *, net: nn.Module, state: dict[str, Any], keep: int) -> Path:
     """Write checkpoint ``folder/epoch-NNNN`` atomically, then prune to the newest ``keep``."""
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".tmp-*"):  # left by a writer killed mid-write; never a whole checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
     final = folder / f"{PREFIX}{state['epoch']:04d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
     try:

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from mat_dist.checkpoint import WEIGHTS, load_latest_checkpoint, save_checkpoint, save_weights
 from mat_dist.config import RunConfig, config_from_dict, config_to_dict, config_to_yaml, read_yaml
 from mat_dist.data import DataSplits, load_splits
 from mat_dist.errors import UserError
-from mat_dist.tracking import NullTracker, Tracker, git_commit
+from mat_dist.tracking import NullTracker, Tracker, check_store, git_commit, redact
 from mat_dist.train import BatchCallback, Trainer, resolve_device, set_threads
 
 CONFIG_FILE = "config.yaml"
@@ -123,12 +125,17 @@ def start_tracker(cfg: RunConfig, output: Path, tracking_uri: str | None) -> Tra
     run_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
     tracker = Tracker.start(uri=tracking_uri or cfg.tracking.uri, experiment=cfg.tracking.experiment,
                             run_name=cfg.name, run_id=run_id, tags={"mat_dist.output": str(output.resolve())})
+    tracker.local_record = str(output / METRICS_FILE)
     if run_id is None:
         write_atomic(run_file, json.dumps({"run_id": tracker.run_id}))
         tracker.log_params(config_to_dict(cfg))
         commit = git_commit(Path(__file__).parent)
         tracker.set_tags({"mat_dist.git_commit": commit or "unknown", "mat_dist.method": cfg.method.name})
-        tracker.log_artifact(output / CONFIG_FILE)
+        with tempfile.TemporaryDirectory(prefix="mat-dist-config-") as tmp:
+            # The logged copy has secrets removed (a token in tracking.uri); the run folder keeps the original.
+            copy = Path(tmp) / CONFIG_FILE
+            copy.write_text(yaml.safe_dump(redact(config_to_dict(cfg)), sort_keys=False))
+            tracker.log_artifact(copy)
     return tracker
 
 
@@ -137,10 +144,15 @@ def train_local(cfg: RunConfig, output: Path, *, resume: bool = False, tracking_
                 on_epoch: Callable[[dict[str, Any]], None] | None = None,
                 splits: DataSplits | None = None) -> RunResult:
     """Train ``cfg`` in this process; ``output`` receives everything the module docstring lists."""
-    cfg = prepare_output(cfg, output, resume=resume)
-    set_threads(cfg.train.threads)
+    check_writable(output)
+    # Data before the run folder gets its config.yaml: a wrong data.root must not leave a "run" behind
+    # that the corrected command then refuses ("already holds a run").
     splits = splits or load_splits(cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size,
                                    seed=cfg.seed, limit_train=cfg.data.limit_train)
+    if cfg.tracking.enabled:  # an unreachable store, too, before config.yaml is written
+        check_store(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment)
+    cfg = prepare_output(cfg, output, resume=resume)
+    set_threads(cfg.train.threads)
     trainer = Trainer(cfg, splits, device=resolve_device(cfg.train.device))
     metrics_path = output / METRICS_FILE
     if resume:

@@ -47,7 +47,17 @@ _MAX_METRICS_PER_BATCH = 1000
 # server must give a clear error quickly, not minutes of retries.
 _PROBE_TIMEOUT_S = 5
 
+# Retry budget of every logging call to an http(s) server during a run, unless the user set
+# MLflow's own variables: MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) stall
+# training for minutes per call once a server is gone.
+_RUN_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# A run whose server stopped answering makes one last quick try to close itself.
+_LAST_TRY_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
 _SECRET_WORDS = ("token", "secret", "password", "key")
+# The user:password@ part of a URL (http://user:token@host:5000).
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 _STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 log = logging.getLogger(__name__)
@@ -78,7 +88,7 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if scheme in ("", "file"):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() not in ("true", "1"):
             raise UserError(
-                f"MLflow tracking URI {uri} is a file store, which MLflow 3.17 no longer "
+                f"MLflow tracking URI {safe_uri(uri)} is a file store, which MLflow 3.17 no longer "
                 "accepts; pass --tracking-uri sqlite:///mlflow.db (a local store) instead"
             )
         if scheme == "":
@@ -105,13 +115,23 @@ def _sqlite_artifact_location(uri: str, experiment: str) -> str | None:
 # --------------------------------------------------------------------------- params
 
 
+def safe_uri(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced: ``http://u:tok@h`` -> ``http://***@h``.
+
+    For anything that is logged, printed or raised: a tracking URI may carry a
+    token, and MLflow params, warnings and error lines are read by others.
+    """
+    return _URL_CREDENTIALS.sub("***@", text)
+
+
 def redact(params: Mapping[str, Any]) -> dict:
     """Copy of ``params`` with secret-looking values replaced by ``"***"``.
 
     A key counts as secret when it contains token/secret/password/key in any
     case (aws_secret_access_key, MLFLOW_TRACKING_TOKEN, api_key): configs may
     carry credentials, and MLflow params are readable by anyone with access to
-    the store. Nested mappings are redacted recursively.
+    the store. Nested mappings are redacted recursively, and credentials inside
+    URLs (``tracking.uri: http://user:token@host``) are replaced by ``***``.
     """
     out: dict = {}
     for k, v in params.items():
@@ -119,6 +139,10 @@ def redact(params: Mapping[str, Any]) -> dict:
             out[k] = "***"
         elif isinstance(v, Mapping):
             out[k] = redact(v)
+        elif isinstance(v, str):
+            out[k] = safe_uri(v)
+        elif isinstance(v, (list, tuple)):
+            out[k] = [safe_uri(x) if isinstance(x, str) else x for x in v]
         else:
             out[k] = v
     return out
@@ -190,12 +214,12 @@ def _logging_errors() -> tuple[type[BaseException], ...]:
 
 def _short_reason(exc: BaseException) -> str:
     """A few words on why a request failed ("Connection refused", "timed out"), for one-line errors."""
-    text = f"{exc} {exc.__context__ or ''}"
+    text = safe_uri(f"{exc} {exc.__context__ or ''}")
     if m := re.search(r"\[Errno -?\d+\] ([^\"')\]]+)", text):
         return m.group(1).strip()
     if "timed out" in text.lower():
         return f"no answer within {_PROBE_TIMEOUT_S} s"
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    first = safe_uri(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
     return first[:120]
 
 
@@ -238,6 +262,23 @@ def git_commit(path: str | os.PathLike = ".") -> str | None:
 # --------------------------------------------------------------------------- trackers
 
 
+def check_store(uri: str | None, experiment: str) -> None:
+    """UserError (one line, in seconds) when the store cannot be reached; creates the experiment.
+
+    For commands that log only at their end (``matd evaluate``): a wrong
+    ``--tracking-uri`` must stop them before the work, not after it.
+    """
+    uri = resolve_tracking_uri(uri)
+    _quiet_mlflow_logs()
+    import mlflow
+
+    if uri.startswith("sqlite:///"):
+        db = uri[len("sqlite:///"):].partition("?")[0]
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    Tracker._get_or_create_experiment(mlflow.MlflowClient(tracking_uri=uri), uri, experiment)
+
+
 class Tracker:
     """One MLflow run. Every MLflow call of mat-dist goes through here; only rank 0 makes one.
 
@@ -250,9 +291,13 @@ class Tracker:
         self._run_id = run_id
         self.experiment_id = experiment_id
         self.tracking_uri = tracking_uri
-        self.failures = 0  # logging calls that failed and were dropped
+        self.failures = 0  # logging calls that failed, or were skipped after the server stopped answering
+        # Where the run's numbers are kept anyway (e.g. the run folder's metrics.jsonl): named in warnings.
+        self.local_record: str | None = None
         self._ended = False
         self._skipped_keys: set[str] = set()
+        self._server_gone: str | None = None  # why, once a server stopped answering: later calls are skipped
+        self._lost: list[str] = []             # what was not logged, for the warning at the end
 
     # ---------------------------------------------------------------- start
 
@@ -285,7 +330,7 @@ class Tracker:
         client = mlflow.MlflowClient(tracking_uri=uri)
         experiment_id = cls._get_or_create_experiment(client, uri, experiment)
 
-        all_tags = {k: str(v)[:_MAX_TAG_VAL_LENGTH] for k, v in (tags or {}).items()}
+        all_tags = {k: safe_uri(str(v))[:_MAX_TAG_VAL_LENGTH] for k, v in (tags or {}).items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         try:
@@ -294,7 +339,7 @@ class Tracker:
                     run = client.get_run(run_id)
                 except MlflowException as e:
                     raise UserError(
-                        f"MLflow run {run_id} was not found in {uri} ({_short_reason(e)}); "
+                        f"MLflow run {run_id} was not found in {safe_uri(uri)} ({_short_reason(e)}); "
                         "check the run id, or start a new run without --resume"
                     ) from None
                 experiment_id = run.info.experiment_id
@@ -306,7 +351,7 @@ class Tracker:
                 run_id = run.info.run_id
         except _logging_errors() as e:
             raise UserError(
-                f"MLflow could not start a run in {uri} ({_short_reason(e)}); "
+                f"MLflow could not start a run in {safe_uri(uri)} ({_short_reason(e)}); "
                 "check the tracking server, or pass --tracking-uri sqlite:///mlflow.db"
             ) from None
         # Only now, once the store answered: this also sets MLFLOW_TRACKING_URI in os.environ
@@ -336,11 +381,11 @@ class Tracker:
         except _logging_errors() as e:
             if remote and _is_connection_error(e):
                 raise UserError(
-                    f"MLflow tracking server {uri} is unreachable ({_short_reason(e)}); start it, "
+                    f"MLflow tracking server {safe_uri(uri)} is unreachable ({_short_reason(e)}); start it, "
                     "or pass --tracking-uri sqlite:///mlflow.db for a local store"
                 ) from None
             raise UserError(
-                f"MLflow store {uri} failed to answer ({_short_reason(e)}); check the URI and "
+                f"MLflow store {safe_uri(uri)} failed to answer ({_short_reason(e)}); check the URI and "
                 "credentials, or pass --tracking-uri sqlite:///mlflow.db for a local store"
             ) from None
 
@@ -355,7 +400,7 @@ class Tracker:
                     raise
         if exp.lifecycle_stage == "deleted":
             raise UserError(
-                f"MLflow experiment {name!r} in {uri} is deleted; restore it "
+                f"MLflow experiment {name!r} in {safe_uri(uri)} is deleted; restore it "
                 f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or use another name"
             )
         return exp.experiment_id
@@ -372,8 +417,8 @@ class Tracker:
 
         flat = _flatten(redact(params))
         items = [Param(k, v) for k, v in flat.items()]
-        with self._guard(f"params {_names(flat)}"):
-            for i in range(0, len(items), _MAX_PARAMS_TAGS_PER_BATCH):
+        with self._guard("params", f"params {_names(flat)}") as go:
+            for i in range(0, len(items), _MAX_PARAMS_TAGS_PER_BATCH) if go else ():
                 self._client.log_batch(self._run_id, params=items[i:i + _MAX_PARAMS_TAGS_PER_BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
@@ -393,34 +438,39 @@ class Tracker:
             items.append(Metric(str(k), x, now, int(step)))
         if not items:
             return
-        with self._guard(f"metrics {_names(metrics)} at step {step}"):
-            for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
+        with self._guard(f"metrics of step {step}", f"metrics {_names(metrics)} at step {step}") as go:
+            for i in range(0, len(items), _MAX_METRICS_PER_BATCH) if go else ():
                 self._client.log_batch(self._run_id, metrics=items[i:i + _MAX_METRICS_PER_BATCH])
 
     def logged_steps(self, key: str) -> set[int]:
         """The steps at which metric ``key`` is recorded (empty if the store cannot say)."""
-        with self._guard(f"history of metric {key}"):
-            return {m.step for m in self._client.get_metric_history(self._run_id, key)}
+        with self._guard(f"history of {key}", f"history of metric {key}") as go:
+            if go:
+                return {m.step for m in self._client.get_metric_history(self._run_id, key)}
         return set()
 
     def log_artifact(self, path: str | os.PathLike, artifact_dir: str | None = None) -> None:
         """Copy a file (or a whole directory) into the run's artifacts, under ``artifact_dir``."""
-        with self._guard(f"artifact {os.fspath(path)}"):
-            if Path(path).is_dir():
+        with self._guard(f"artifact {Path(path).name}", f"artifact {os.fspath(path)}") as go:
+            if not go:
+                pass
+            elif Path(path).is_dir():
                 self._client.log_artifacts(self._run_id, os.fspath(path), artifact_dir)
             else:
                 self._client.log_artifact(self._run_id, os.fspath(path), artifact_dir)
 
     def log_figure(self, fig: Any, artifact_file: str) -> None:
         """Save a matplotlib (or plotly) figure as artifact ``artifact_file`` (e.g. "plots/acc.png")."""
-        with self._guard(f"figure {artifact_file}"):
-            self._client.log_figure(self._run_id, fig, artifact_file)
+        with self._guard(f"figure {artifact_file}", f"figure {artifact_file}") as go:
+            if go:
+                self._client.log_figure(self._run_id, fig, artifact_file)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Set run tags (values truncated to MLflow's limit)."""
-        clean = {str(k): str(v)[:_MAX_TAG_VAL_LENGTH] for k, v in tags.items()}
-        with self._guard(f"tags {_names(clean)}"):
-            self._log_tags(self._client, self._run_id, clean)
+        """Set run tags (URL credentials removed, values truncated to MLflow's limit)."""
+        clean = {str(k): safe_uri(str(v))[:_MAX_TAG_VAL_LENGTH] for k, v in tags.items()}
+        with self._guard("tags", f"tags {_names(clean)}") as go:
+            if go:
+                self._log_tags(self._client, self._run_id, clean)
 
     @staticmethod
     def _log_tags(client: Any, run_id: str, tags: Mapping[str, str]) -> None:
@@ -431,17 +481,25 @@ class Tracker:
             client.log_batch(run_id, tags=items[i:i + _MAX_PARAMS_TAGS_PER_BATCH])
 
     def end(self, status: str = "FINISHED") -> None:
-        """Mark the run FINISHED, FAILED or KILLED; later calls do nothing."""
+        """Mark the run FINISHED, FAILED or KILLED; later calls do nothing.
+
+        After the server stopped answering, one quick try (no retries, 5 s): if
+        the server is back the run is at least closed.
+        """
         if status not in _STATUSES:
             raise ValueError(f"status must be one of {_STATUSES}, not {status!r}")
         if self._ended:
             return
         self._ended = True
-        with self._guard(f"end of run (status {status})"):
-            self._client.set_terminated(self._run_id, status)
+        gone, self._server_gone = self._server_gone, None
+        limits = _env(**_LAST_TRY_LIMITS) if gone and self._remote else contextlib.nullcontext()
+        with limits, self._guard("end of run", f"end of run (status {status})", quiet=bool(gone)) as go:
+            if go:
+                self._client.set_terminated(self._run_id, status)
         if self.failures:
-            log.warning("%d MLflow logging call(s) failed in run %s; the run is incomplete",
-                        self.failures, self._run_id)
+            kept = f"; {self.local_record} keeps every epoch" if self.local_record else ""
+            log.warning("MLflow run %s is incomplete: %d logging call(s) failed or were skipped (not logged: "
+                        "%s)%s", self._run_id, self.failures, _names(dict.fromkeys(self._lost), limit=8), kept)
 
     def __enter__(self) -> "Tracker":
         return self
@@ -454,18 +512,48 @@ class Tracker:
         else:
             self.end("FAILED")
 
+    @property
+    def _remote(self) -> bool:
+        return self.tracking_uri.startswith(("http://", "https://"))
+
     @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        """Swallow an MLflow failure so training goes on: warn on the first one, count them all."""
+    def _guard(self, short: str, what: str, *, quiet: bool = False) -> Iterator[bool]:
+        """Run one logging call (the block, when it gets True) so that a failure never stops training.
+
+        A failure warns once and is counted. A server that stops answering
+        (refused, timed out) is not asked again in this run: every later call
+        is skipped at once (given False) and counted, instead of stalling
+        training through MLflow's retries each time.
+        """
+        if self._server_gone is not None:
+            self.failures += 1
+            self._lost.append(short)
+            yield False
+            return
+        user_set = {k for k in _RUN_HTTP_LIMITS if k in os.environ}
+        limits = {k: v for k, v in _RUN_HTTP_LIMITS.items() if k not in user_set} if self._remote else {}
         try:
-            yield
+            with _env(**limits):
+                yield True
         except _logging_errors() as e:
             self.failures += 1
-            if self.failures == 1:
+            self._lost.append(short)
+            kept = f"; {self.local_record} keeps every epoch" if self.local_record else ""
+            if self._remote and _is_connection_error(e):
+                self._server_gone = _short_reason(e)
+                if not quiet:
+                    warnings.warn(
+                        f"MLflow tracking server {safe_uri(self.tracking_uri)} stopped answering "
+                        f"({self._server_gone}): {what} not logged, and nothing more of run {self._run_id} "
+                        f"is sent to it; training goes on{kept}",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+            elif self.failures == 1 and not quiet:
                 warnings.warn(
                     f"MLflow logging failed, {what} not logged ({_short_reason(e)}); training "
                     f"goes on, later failures of run {self._run_id} are only counted "
-                    "(Tracker.failures)",
+                    f"(Tracker.failures){kept}",
                     RuntimeWarning,
                     stacklevel=4,
                 )

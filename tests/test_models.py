@@ -135,3 +135,10 @@ def test_softmax_mean_scores_are_log_probabilities():
     scores = ensemble_scores(logits, EnsembleOutput.SOFTMAX_MEAN)
     assert scores.exp().sum().item() == pytest.approx(1.0)
     assert scores[0, 0].exp().item() == pytest.approx((0.5 + 1 / (1 + math.exp(-20))) / 2)
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_behind_the_next_save(tmp_path):
+    (tmp_path / ".tmp-abc123").mkdir()
+    (tmp_path / ".tmp-abc123" / "model.safetensors").write_bytes(b"half")
+    save_checkpoint(tmp_path, net=build_model(spec()), state={"epoch": 1}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001"]

@@ -200,11 +200,7 @@ def train_ray(cfg: RunConfig, output: Path, cluster: ClusterConfig, *, resume: b
     """Train ``cfg`` as a Ray Train DDP job on ``cluster``; ``output`` ends up as after ``train_local``."""
     started = time.perf_counter()
     output = Path(output).expanduser().resolve()
-    check_job(cfg, cluster)
-    # The data once in the driver: a wrong data.root is one line in seconds, not a worker failure that
-    # Ray retries max_failures times after config.yaml is written.
-    load_splits(cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size, seed=cfg.seed,
-                limit_train=cfg.data.limit_train)
+    check_job(cfg, cluster)  # on a local runtime also the data (check_data), before config.yaml is written
     if cfg.tracking.enabled:  # an unreachable store fails here, before Ray starts or config.yaml is written
         check_store(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment)
     storage = cluster.storage_uri(output)

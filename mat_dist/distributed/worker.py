@@ -131,6 +131,7 @@ class _Tracking:
                                          run_name=args["run_name"], run_id=args["tracking_run_id"])
         else:
             self.tracker = NullTracker()
+        self.tracker.local_record = str(Path(args["output"]) / METRICS_FILE)
         self.logged = self.tracker.logged_steps("epoch")
 
     def log(self, row: dict[str, Any]) -> None:

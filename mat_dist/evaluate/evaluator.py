@@ -106,7 +106,17 @@ def evaluate(*, model_path: str | os.PathLike, suite: Suite, output: Path, datas
     images, labels = load_test_images(dataset, data_root, n, spec)
     if workers < 0:
         raise UserError(f"--workers {workers} must be 0 (in this process) or more")
-    output.mkdir(parents=True, exist_ok=True)
+    if tracking is not None and tracking.enabled:
+        from mat_dist.tracking import check_store
+
+        check_store(tracking.uri, tracking.experiment)  # an unreachable server fails now, not after the attacks
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"output folder {output} is not writable ({err.strerror}); choose another --output") from None
     _check_fingerprint(output, {"model": str(weights), "model_sha256": file_digest(weights), "dataset": dataset,
                                 "examples": n, "suite": suite.to_dict()})
     jobs = plan_jobs(suite, num_members=spec.num_members, examples=n)

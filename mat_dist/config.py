@@ -24,7 +24,7 @@ from mat_dist.data import DatasetName
 from mat_dist.errors import UserError
 from mat_dist.methods import METHODS, OuterLoss
 from mat_dist.models import BACKBONES, EnsembleOutput
-from mat_dist.threats import Norm
+from mat_dist.threats import Norm, radius_unit_problem
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -136,9 +136,8 @@ def _require(condition: bool, message: str) -> None:
 
 def _check_radius(norm: Norm, eps: float, key: str) -> None:
     _require(eps > 0, f"{key}: {norm.value} radius {eps} must be positive")
-    if norm is Norm.LINF:
-        _require(eps <= 1, f"{key}: l_inf radius {eps} is above 1, but radii are in [0, 1] pixel units "
-                           f"(for {eps:g}/255 write {eps / 255:.4f})")
+    problem = radius_unit_problem(norm, eps)
+    _require(problem is None, f"{key}: {problem}")
 
 
 def validate(cfg: RunConfig) -> None:

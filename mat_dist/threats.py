@@ -92,6 +92,8 @@ class ThreatModel:
     eps: float
     alpha: float
     norm_kind: ClassVar[Norm]
+    label: ClassVar[str]           # how messages name the norm ("l_inf")
+    max_eps: ClassVar[float | None] = None  # a larger radius cannot be in [0, 1] pixel units
     order: ClassVar[float]  # p of the norm, for torch.linalg.vector_norm
 
     def __post_init__(self) -> None:
@@ -145,6 +147,8 @@ def _radial_scale(batch: int, dim: int, dtype: torch.dtype, device: torch.device
 class LinfThreat(ThreatModel):
     norm_kind: ClassVar[Norm] = Norm.LINF
     order: ClassVar[float] = float("inf")
+    label: ClassVar[str] = "l_inf"
+    max_eps: ClassVar[float | None] = 1.0  # every |delta_i| <= 1 in the box: more means 0-255 units
 
     def direction(self, grad, x_adv, generator=None):
         # sign(g) maximises <v, g> over the unit l_inf ball.
@@ -166,6 +170,7 @@ class LinfThreat(ThreatModel):
 class L2Threat(ThreatModel):
     norm_kind: ClassVar[Norm] = Norm.L2
     order: ClassVar[float] = 2.0
+    label: ClassVar[str] = "l_2"
 
     def direction(self, grad, x_adv, generator=None):
         # g / ||g||_2 maximises <v, g> over the unit l_2 ball.
@@ -201,6 +206,7 @@ class L1Threat(ThreatModel):
 
     norm_kind: ClassVar[Norm] = Norm.L1
     order: ClassVar[float] = 1.0
+    label: ClassVar[str] = "l_1"
     k_min: int = 5
     k_max: int = 20
 
@@ -250,6 +256,15 @@ THREAT_CLASSES: dict[Norm, type[ThreatModel]] = {
     Norm.L2: L2Threat,
     Norm.L1: L1Threat,
 }
+
+
+def radius_unit_problem(norm: Norm, eps: float) -> str | None:
+    """Why ``eps`` cannot be a radius in [0, 1] pixel units for ``norm`` (None if it can)."""
+    cls = THREAT_CLASSES[norm]
+    if cls.max_eps is not None and eps > cls.max_eps:
+        return (f"{cls.label} radius {eps} is above {cls.max_eps:g}, but radii are in [0, 1] pixel units "
+                f"(for {eps:g}/255 write {eps / 255:.4f})")
+    return None
 
 
 def make_threat(norm: Norm | str, *, eps: float, alpha: float) -> ThreatModel:

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from mat_dist.config import apply_overrides, read_yaml
 from mat_dist.errors import UserError
 from mat_dist.evaluate.registry import ATTACKS, COMMON_DEFAULTS, attack_kind
-from mat_dist.threats import Norm
+from mat_dist.threats import Norm, radius_unit_problem
 
 SHIPPED_SUITES = Path(__file__).resolve().parent.parent / "suites"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -166,8 +166,9 @@ def _norm(value: Any, key: str) -> Norm:
 def _radius(norm: Norm, value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise UserError(f"suite: {key} must be a positive number, got {value!r}")
-    if norm is Norm.LINF and value > 1:
-        raise UserError(f"suite: {key}: l_inf radius {value} is above 1, but radii are in [0, 1] pixel units")
+    problem = radius_unit_problem(norm, float(value))
+    if problem is not None:
+        raise UserError(f"suite: {key}: {problem}")
     return float(value)
 
 

@@ -19,6 +19,8 @@ from torch import nn
 from mat_dist.threats import Norm
 
 AA_NORMS: dict[Norm, str] = {Norm.LINF: "Linf", Norm.L2: "L2", Norm.L1: "L1"}
+# APGD's large-radius schedule, which "Mind the box" (Croce & Hein 2021) uses for l_1 only.
+LARGE_EPS_STEPS: dict[Norm, bool] = {Norm.LINF: False, Norm.L2: False, Norm.L1: True}
 
 AUTOATTACK_DEFAULTS: dict[str, Any] = {
     "version": "standard",   # standard: APGD-CE, APGD-T, FAB-T, Square with the library's budgets
@@ -42,7 +44,7 @@ def build(model: nn.Module, *, norm: Norm, eps: float, params: Mapping[str, Any]
     adversary = AutoAttack(model, norm=AA_NORMS[norm], eps=float(eps), version=version,
                            attacks=attacks if version == "custom" else None, seed=seed, device=device)
     if version == "custom":
-        largereps = norm is Norm.L1
+        largereps = LARGE_EPS_STEPS[norm]
         adversary.apgd = APGDAttack(model, n_iter=int(params["n_iter"]), n_restarts=int(params["n_restarts"]),
                                     eps=float(eps), norm=AA_NORMS[norm], seed=seed, device=device,
                                     use_largereps=largereps, logger=adversary.logger)

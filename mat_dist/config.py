@@ -310,16 +310,27 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
-    """A path to a YAML file, or the name of a config that ships with mat-dist."""
+def find_yaml(name_or_path: str | os.PathLike, shipped: Path) -> Path | None:
+    """A YAML file given by its path, or by the name of one that ships in folder ``shipped``."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = SHIPPED_CONFIGS / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
-    raise UserError(f"config {str(name_or_path)!r} is neither a file nor a shipped config ({names})")
+    candidate = shipped / f"{name_or_path}.yaml"
+    return candidate if candidate.is_file() else None
+
+
+def shipped_names(shipped: Path) -> str:
+    """The names of the YAML files in ``shipped``, for error messages."""
+    return ", ".join(sorted(p.stem for p in shipped.glob("*.yaml"))) or "none found"
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """A path to a YAML file, or the name of a config that ships with mat-dist."""
+    path = find_yaml(name_or_path, SHIPPED_CONFIGS)
+    if path is None:
+        raise UserError(f"config {str(name_or_path)!r} is neither a file nor a shipped config "
+                        f"({shipped_names(SHIPPED_CONFIGS)})")
+    return path
 
 
 def read_yaml(path: Path) -> Any:

@@ -45,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from mat_dist.config import find_yaml, shipped_names
 from mat_dist.errors import UserError
 
 # The cluster files that ship with mat-dist (a folder of the repository, beside mat_dist/).
@@ -274,15 +275,11 @@ def cluster_to_dict(c: ClusterConfig) -> dict[str, Any]:
 
 def resolve_cluster_path(name: str | os.PathLike) -> Path:
     """A cluster file path, or the name of a shipped one (``local``, ``multi-gpu``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = SHIPPED_CLUSTERS / f"{name}.yaml"
-    if shipped.is_file():
-        return shipped
-    known = ", ".join(sorted(p.stem for p in SHIPPED_CLUSTERS.glob("*.yaml"))) or "none found"
-    raise UserError(f"cluster file {name} does not exist; give a YAML path or a shipped name ({known}), "
-                    f"or '{IN_PROCESS}' to train in-process without Ray")
+    path = find_yaml(name, SHIPPED_CLUSTERS)
+    if path is None:
+        raise UserError(f"cluster file {name} does not exist; give a YAML path or a shipped name "
+                        f"({shipped_names(SHIPPED_CLUSTERS)}), or '{IN_PROCESS}' to train in-process without Ray")
+    return path
 
 
 SECTION = "mat_dist"  # the cluster settings inside a Ray launcher file or a KubeRay manifest

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from mat_dist.config import apply_overrides, read_yaml
+from mat_dist.config import apply_overrides, find_yaml, read_yaml
 from mat_dist.errors import UserError
 from mat_dist.evaluate.registry import ATTACKS, COMMON_DEFAULTS, attack_kind
 from mat_dist.threats import Norm, radius_unit_problem
@@ -123,13 +123,10 @@ def shipped_suites() -> list[str]:
 
 
 def resolve_suite_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = SHIPPED_SUITES / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    raise UserError(f"suite {name_or_path!r} is neither a file nor a shipped suite ({', '.join(shipped_suites())})")
+    path = find_yaml(name_or_path, SHIPPED_SUITES)
+    if path is None:
+        raise UserError(f"suite {name_or_path!r} is neither a file nor a shipped suite ({', '.join(shipped_suites())})")
+    return path
 
 
 def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mat_dist.config import RunConfig, config_from_dict, read_yaml
+from mat_dist.config import RunConfig, config_from_dict, find_yaml, read_yaml, shipped_names
 from mat_dist.errors import UserError
 
 # The shipped spaces: a folder of the repository, beside mat_dist/ (like clusters/).
@@ -426,14 +426,11 @@ def space_from_dict(raw: Any, *, source: str = "(mapping)") -> SearchSpace:
 
 
 def resolve_space_path(name_or_path: str | os.PathLike) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = SHIPPED_SPACES / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    known = ", ".join(sorted(p.stem for p in SHIPPED_SPACES.glob("*.yaml"))) or "none found"
-    raise UserError(f"search space {str(name_or_path)!r} is neither a file nor a shipped space ({known})")
+    path = find_yaml(name_or_path, SHIPPED_SPACES)
+    if path is None:
+        raise UserError(f"search space {str(name_or_path)!r} is neither a file nor a shipped space "
+                        f"({shipped_names(SHIPPED_SPACES)})")
+    return path
 
 
 def load_space(name_or_path: str | os.PathLike) -> SearchSpace:

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from mat_dist.atomic import atomic_path
 from mat_dist.errors import UserError
 from mat_dist.models.mimo import DeployedEnsemble, ModelSpec, build_model
 
@@ -40,15 +41,8 @@ def save_weights(net: nn.Module, path: Path, *, extra: dict[str, str] | None = N
     """Write ``net``'s weights and ModelSpec to ``path`` atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     metadata = {SPEC_KEY: net.spec.to_json(), **(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_spec(path: Path) -> ModelSpec:

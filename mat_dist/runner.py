@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
+from mat_dist.atomic import atomic_path
 from mat_dist.checkpoint import WEIGHTS, load_latest_checkpoint, save_checkpoint, save_weights
 from mat_dist.config import RunConfig, config_from_dict, config_to_dict, config_to_yaml, read_yaml
 from mat_dist.data import DataSplits, load_splits
@@ -39,17 +40,10 @@ REPORT_FILE = "report.md"
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mat_dist.atomic import atomic_path
 from mat_dist.checkpoint import PREFIX, STATE, WEIGHTS
 from mat_dist.config import RunConfig, config_to_dict
 from mat_dist.data import MimoBatches, load_splits
@@ -157,14 +158,8 @@ def _failure(err: BaseException, cluster: ClusterConfig, output: Path) -> BaseEx
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _finish(cfg: RunConfig, output: Path, checkpoint: Any, keep: int) -> list[dict[str, Any]]:

@@ -9,8 +9,6 @@ and a retried shard simply replaces it; resume skips shards whose file exists.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mat_dist.atomic import atomic_path
 from mat_dist.errors import UserError
 from mat_dist.evaluate.gate import GateResult, gate, predict
 from mat_dist.evaluate.suite import ENSEMBLE, AttackSpec, Job
@@ -160,15 +159,8 @@ def write_rows_atomic(columns: dict[str, list[Any]], path: Path) -> None:
     import pyarrow.parquet as pq
 
     table = pa.table({c: columns[c] for c in COLUMNS}, schema=ROW_SCHEMA())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp") as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def ROW_SCHEMA():  # noqa: N802 - a constant built lazily (pyarrow import)

@@ -117,8 +117,9 @@ def _msd_step(loss_fn: LossFn, x: torch.Tensor, delta: torch.Tensor, grad: torch
         if best_loss is None:
             best, best_loss = candidate, loss
             continue
-        better = loss >= best_loss  # ties go to the later candidate, as in MSD's code
-        best[better] = candidate[better]
+        better = loss >= best_loss  # (B, M); ties go to the later candidate, as in MSD's code
+        # torch.where, not best[better] = ...: boolean indexing would wait for the GPU to count the rows.
+        best = torch.where(better.view(*better.shape, *[1] * (candidate.dim() - 2)), candidate, best)
         best_loss = torch.maximum(best_loss, loss)
     return best
 

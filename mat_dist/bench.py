@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import torch
 
+from mat_dist.config import TrainConfig
+from mat_dist.fastpath import Precision, prepare_model
 from mat_dist.methods import METHODS, OuterLoss, adversarial_loss, per_member_ce
 from mat_dist.models import ModelKind, ModelSpec, build_model
 from mat_dist.threats import Norm, ThreatModel, make_threat, L1Threat
@@ -26,6 +28,13 @@ BENCH_METHODS = ("standard", "at", "ensemble_at", "mimo_at", "mat", "msd", "mat_
 # except through the l_1 projection's sort, which runs at any radius.
 THREAT_TABLE = {Norm.L1: (5.0, 1.0), Norm.L2: (1.0, 0.25), Norm.LINF: (0.1, 0.025)}
 NORM_ORDER = (Norm.L1, Norm.L2, Norm.LINF)
+# The fast path's switches, each alone (mat_dist.fastpath); "baseline" is every switch off.
+SWITCHES = {
+    "baseline": TrainConfig(),
+    "bf16": TrainConfig(precision=Precision.BF16),
+    "channels_last": TrainConfig(channels_last=True),
+    "compile": TrainConfig(compile=True),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,7 +79,7 @@ def _threats(method: str, m: int) -> list[ThreatModel]:
 class _Case:
     """One method's model, optimiser and batch, ready to time one training step."""
 
-    def __init__(self, method: str, s: BenchSettings) -> None:
+    def __init__(self, method: str, s: BenchSettings, fast: TrainConfig = SWITCHES["baseline"]) -> None:
         self.method = METHODS[method]
         self.m = _members(method, s.num_members)
         c, h, w = s.image_shape
@@ -78,6 +87,7 @@ class _Case:
                               num_classes=10, mean=(0.5,) * c, std=(0.25,) * c, kind=self.method.model_kind)
         torch.manual_seed(0)
         self.net = build_model(self.spec).to(s.device)
+        self.fast_net = prepare_model(self.net, fast, torch.device(s.device))  # what the training step calls
         self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-4)
         gen = torch.Generator().manual_seed(1)
         self.x = torch.rand(s.batch_size, self.m, c, h, w, generator=gen).to(s.device)
@@ -88,7 +98,7 @@ class _Case:
         self.rng = torch.Generator(device=s.device).manual_seed(2)
 
     def step(self) -> None:
-        result = adversarial_loss(self.method, self.net, self.x, self.y, threats=self.threats, steps=self.steps,
+        result = adversarial_loss(self.method, self.fast_net, self.x, self.y, threats=self.threats, steps=self.steps,
                                   random_start=True, outer=OuterLoss.SUM, weights=self.weights, generator=self.rng)
         self.opt.zero_grad(set_to_none=True)
         result.loss.backward()
@@ -180,3 +190,41 @@ def bench_methods(s: BenchSettings, methods: tuple[str, ...] = BENCH_METHODS) ->
                 ratios[f"mat_over_{other}"] = med["mat"] / med[other]
     result["ratios"] = ratios
     return result
+
+
+def _one_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def bench_switches(s: BenchSettings, switches: tuple[str, ...] = tuple(SWITCHES)) -> dict[str, Any]:
+    """Time per batch of MAT's training step with each fast-path switch alone, interleaved, beside the baseline.
+
+    Every case takes one untimed step first (where torch.compile compiles), then
+    ``s.warmup`` untimed rounds. A switch whose compile fails on this machine
+    (no C compiler, an unsupported op) is reported as {"error": one line}.
+    """
+    cases: dict[str, _Case] = {}
+    errors: dict[str, str] = {}
+    for name in switches:
+        case = _Case("mat", s, SWITCHES[name])
+        try:
+            case.step()
+        except Exception as err:  # noqa: BLE001 - compile's failures have no common type
+            if not SWITCHES[name].compile:
+                raise
+            errors[name] = _one_line(err)
+            continue
+        cases[name] = case
+    times = time_interleaved({name: case.step for name, case in cases.items()}, repeats=s.repeats,
+                             warmup=s.warmup, device=s.device)
+    baseline = statistics.median(times["baseline"]) if "baseline" in times else None
+    rows: dict[str, Any] = {}
+    for name in switches:
+        if name in errors:
+            rows[name] = {"error": errors[name]}
+            continue
+        row = _stats(times[name])
+        row["ratio_to_baseline"] = row["median_s"] / baseline if baseline else None
+        rows[name] = row
+    return {"settings": s.__dict__, "machine": machine_info(s.device), "switches": rows}

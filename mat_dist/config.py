@@ -22,6 +22,7 @@ import yaml
 
 from mat_dist.data import DatasetName
 from mat_dist.errors import UserError
+from mat_dist.fastpath import Precision
 from mat_dist.methods import METHODS, OuterLoss
 from mat_dist.models import BACKBONES, EnsembleOutput
 from mat_dist.threats import Norm, radius_unit_problem
@@ -92,6 +93,10 @@ class TrainConfig:
     checkpoints_kept: int = 2         # whole checkpoints kept on disk (the newest ones)
     diagnostics: bool = False         # per epoch, on the first batch: cross-gradient ratio and step
                                       # disagreement of MAT's ensemble gradient (paper Figs. 1, 4)
+    # The fast path (mat_dist.fastpath): each switch alone is timed by ``bench_switches``.
+    precision: Precision = Precision.FP32  # bf16: autocast around the training forwards; weights stay fp32
+    channels_last: bool = False       # conv weights, hence activations, in NHWC
+    compile: bool = False             # torch.compile the network training calls (first batch compiles)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +183,8 @@ def validate(cfg: RunConfig) -> None:
     _require(cfg.train.epochs >= 1, f"train.epochs={cfg.train.epochs} must be at least 1")
     _require(cfg.train.threads is None or cfg.train.threads >= 1, "train.threads must be at least 1")
     _require(cfg.train.checkpoints_kept >= 1, "train.checkpoints_kept must be at least 1")
+    _require(cfg.train.precision in tuple(Precision),  # == compares values: a plain "bf16" passes
+             f"train.precision={cfg.train.precision!r} is unknown; use one of {', '.join(p.value for p in Precision)}")
     _require(cfg.eval.examples >= 1 and cfg.eval.steps >= 1, "eval.examples and eval.steps must be at least 1")
     for norm, eps in cfg.eval.eps.items():
         _check_radius(norm, eps, f"eval.eps.{norm.value}")

@@ -121,7 +121,7 @@ def adversarial_loss(method: Method, net: nn.Module, x: torch.Tensor, y: torch.T
     attack differentiates (the bare module under DDP, so that attack steps do
     not trigger gradient all-reduces); it defaults to ``net``.
     """
-    attack_net = attack_net or net
+    attack_net = net if attack_net is None else attack_net  # not `or`: a compiled module has no truth value
     if method.attacks:
         slots = method.slot_attacks(threats, x.shape[1])
         delta = perturb(lambda xa: per_member_ce(attack_net(xa), y), x, slots, steps=steps,

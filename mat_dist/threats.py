@@ -218,13 +218,15 @@ class L1Threat(ThreatModel):
     def direction(self, grad, x_adv, generator=None):
         g = _flat(grad)  # (B, D)
         x = _flat(x_adv)
-        k = int(torch.randint(self.k_min, self.k_max + 1, (1,), generator=generator,
-                              device=generator.device if generator is not None else "cpu"))
-        k = min(k, g.shape[1])
+        # k stays a tensor on the device: reading it on the host would wait for the GPU at every step.
+        # So take the top k_max and keep the first k of them (topk sorts them, largest first).
+        k = torch.randint(self.k_min, self.k_max + 1, (1,), generator=generator,
+                          device=generator.device if generator is not None else g.device).clamp_max(g.shape[1])
         blocked = ((x <= 0.0) & (g < 0)) | ((x >= 1.0) & (g > 0))  # (B, D) cannot move along g
         score = g.abs().masked_fill(blocked, -1.0)
-        top = score.topk(k, dim=1).indices  # (B, k)
-        movable = score.gather(1, top) > 0  # a blocked or zero-gradient pick does not move
+        top = score.topk(min(self.k_max, g.shape[1]), dim=1).indices  # (B, k_max)
+        first_k = torch.arange(top.shape[1], device=g.device) < k  # (k_max,)
+        movable = (score.gather(1, top) > 0) & first_k  # a blocked or zero-gradient pick does not move
         v = torch.zeros_like(g)
         v.scatter_(1, top, g.gather(1, top).sign() * movable / k)
         return v.reshape(grad.shape)  # ||v||_1 = 1 where k coordinates can move

@@ -25,6 +25,7 @@ from mat_dist.attacks import SlotAttack, cross_gradient_diagnostics, perturb
 from mat_dist.config import OptimizerName, RunConfig
 from mat_dist.data import DataSplits, MimoBatches
 from mat_dist.errors import UserError
+from mat_dist.fastpath import prepare_model
 from mat_dist.methods import METHODS, adversarial_loss, per_member_ce
 from mat_dist.models.mimo import DeployedEnsemble, ModelSpec, build_model, ensemble_scores
 from mat_dist.threats import L1Threat, Norm, ThreatModel, make_threat
@@ -119,8 +120,10 @@ class Trainer:
         self.method = METHODS[cfg.method.name]
         self.spec = model_spec(cfg, splits)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        self.net = build_model(self.spec).to(self.device)
-        self.train_net = wrap(self.net) if wrap else self.net  # the DDP wrapper, when distributed
+        self.net = build_model(self.spec).to(self.device)  # the plain module: saved, loaded and evaluated
+        # What the attack and the outer step call: ``net`` behind the train.* fast-path switches, same parameters.
+        self.fast_net = prepare_model(self.net, cfg.train, self.device)
+        self.train_net = wrap(self.fast_net) if wrap else self.fast_net  # the DDP wrapper, when distributed
         self.optimizer = self._make_optimizer()
         self.batches = MimoBatches(splits.train, num_members=self.spec.num_members,
                                    batch_size=cfg.data.batch_size, seed=cfg.seed,
@@ -192,7 +195,7 @@ class Trainer:
             result = adversarial_loss(
                 self.method, self.train_net, x, y, threats=self._current_threats(), steps=cfg.attack.steps,
                 random_start=cfg.attack.random_start, outer=cfg.method.outer_loss, weights=self.loss_weights,
-                generator=self.attack_rng, attack_net=self.net)
+                generator=self.attack_rng, attack_net=self.fast_net)
             if i == 0 and cfg.train.diagnostics and self.method.attacks and not self.method.msd:
                 diagnostics = self._diagnostics(result.x_adv, y)
             self.optimizer.zero_grad(set_to_none=True)

@@ -7,7 +7,7 @@ what being one rank of a Ray job needs:
 - DDP: the Trainer's network wrapped in ``DistributedDataParallel`` (the
   process group is Ray's: gloo on CPU workers, nccl on GPU workers).
 - BatchNorm: plain per-rank BatchNorm, not SyncBatchNorm. The attack's K
-  forward passes run on the bare module (``Trainer.net``); with SyncBatchNorm
+  forward passes run on the module without DDP (``Trainer.fast_net``); with SyncBatchNorm
   each of them would be a collective per BN layer (K+1 all-reduce rounds per
   batch per layer, and a hang if ranks ever ran different step counts). Each
   rank's share of a global batch (global // world rows, each carrying M

@@ -108,7 +108,11 @@ def tune(
 @app.command()
 def bench(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    parts: str = typer.Option("methods,switches", "--parts", help="Comma-separated: methods (every training "
+                              "method and the floor), switches (the fast path's train.* switches), evaluator "
+                              "(examples/s per attack, 2 vs 1 workers), ray_train (Ray Train vs in-process, 2 vs "
+                              "1 workers); or all."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (methods and switches)."),
     backbone: str = typer.Option("mnist_cnn", "--backbone", help="Backbone of every method's model."),
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per batch (each row carries M images)."),
     members: int = typer.Option(3, "--members", "-m", help="M, the sub-models of the MIMO methods."),
@@ -116,12 +120,23 @@ def bench(
     repeats: int = typer.Option(7, "--repeats", help="Timed rounds (after 2 warm-up rounds)."),
     image_size: int = typer.Option(28, "--image-size", help="Input height and width (pixels)."),
     channels: int = typer.Option(1, "--channels", help="Input channels."),
+    model: Path = typer.Option(Path("runs/mnist5k-mat"), "--model", help="Trained run folder or weights file "
+                               "the evaluator part attacks (default: the README's main run)."),
+    suite: str = typer.Option("quick", "--suite", help="Suite whose attacks the evaluator part times."),
+    eval_examples: int = typer.Option(100, "--eval-examples", help="Test images per evaluator measurement."),
+    train_config: str = typer.Option("mnist5k-mat", "--train-config", help="Config of the ray_train part's runs "
+                                     "(shortened by --train-override)."),
+    train_overrides: list[str] = typer.Option(
+        ["train.epochs=2", "data.limit_train=1024", "eval.examples=100"], "--train-override",
+        help="key.sub=value for the ray_train part's config (repeatable; replaces the defaults)."),
 ) -> None:
-    """Time one training batch of every method, interleaved; report medians, passes and ratios."""
+    """Time every training method, the fast path, the evaluator and Ray Train, interleaved; medians and ratios."""
     from cli.bench_cmd import run_bench
 
-    run_bench(output=output, device=device, backbone=backbone, batch_size=batch_size, members=members,
-              steps=steps, repeats=repeats, image_size=image_size, channels=channels)
+    run_bench(output=output, parts=parts, device=device, backbone=backbone, batch_size=batch_size,
+              members=members, steps=steps, repeats=repeats, image_size=image_size, channels=channels, model=model,
+              suite=suite, eval_examples=eval_examples, train_config=train_config,
+              train_overrides=list(train_overrides))
 
 
 @app.command(context_settings={"allow_extra_args": False})

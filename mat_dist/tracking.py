@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from mat_dist.environ import scoped_env
 from mat_dist.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # in the working directory
@@ -176,21 +177,6 @@ def _as_finite_float(value: Any) -> float | None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    """Set environment variables for the duration of a block, then restore them exactly."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, old in saved.items():
-            if old is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = old
 
 
 def _quiet_mlflow_logs() -> None:
@@ -371,7 +357,7 @@ class Tracker:
 
         remote = uri.startswith(("http://", "https://"))
         probe = (
-            _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(_PROBE_TIMEOUT_S))
+            scoped_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(_PROBE_TIMEOUT_S))
             if remote
             else contextlib.nullcontext()
         )
@@ -492,7 +478,7 @@ class Tracker:
             return
         self._ended = True
         gone, self._server_gone = self._server_gone, None
-        limits = _env(**_LAST_TRY_LIMITS) if gone and self._remote else contextlib.nullcontext()
+        limits = scoped_env(**_LAST_TRY_LIMITS) if gone and self._remote else contextlib.nullcontext()
         with limits, self._guard("end of run", f"end of run (status {status})", quiet=bool(gone)) as go:
             if go:
                 self._client.set_terminated(self._run_id, status)
@@ -533,7 +519,7 @@ class Tracker:
         user_set = {k for k in _RUN_HTTP_LIMITS if k in os.environ}
         limits = {k: v for k, v in _RUN_HTTP_LIMITS.items() if k not in user_set} if self._remote else {}
         try:
-            with _env(**limits):
+            with scoped_env(**limits):
                 yield True
         except _logging_errors() as e:
             self.failures += 1

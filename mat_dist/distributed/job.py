@@ -18,7 +18,6 @@ the Ray run name and storage path. The name is made once and then kept, so
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -26,7 +25,6 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from mat_dist.config import RunConfig, config_to_dict
 from mat_dist.data import MimoBatches, load_splits
 from mat_dist.distributed.cluster import ClusterConfig, is_uri
 from mat_dist.distributed.launch import check_storage, connect
-from mat_dist.distributed.worker import train_worker
+from mat_dist.distributed.trainer import fit, torch_trainer
 from mat_dist.errors import UserError
 from mat_dist.tracking import check_store
 from mat_dist.runner import (
@@ -52,7 +50,6 @@ from mat_dist.runner import (
 )
 
 RAY_RUN_FILE = "ray_run.json"
-_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 @dataclass(frozen=True)
@@ -119,19 +116,6 @@ def _worker_config(cfg: RunConfig) -> dict[str, Any]:
     if raw["data"].get("root"):
         raw["data"]["root"] = str(Path(raw["data"]["root"]).expanduser().resolve())
     return raw
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
 
 
 def _failure(err: BaseException, cluster: ClusterConfig, output: Path) -> BaseException:
@@ -205,8 +189,6 @@ def train_ray(cfg: RunConfig, output: Path, cluster: ClusterConfig, *, resume: b
             warnings.warn(f"storage {storage} is a local path: on a multi-node cluster it must be a shared "
                           f"folder (NFS) mounted at the same path on every node", RuntimeWarning, stacklevel=2)
         import ray.util
-        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
 
         cfg = prepare_output(cfg, output, resume=resume)
         ray_run = _ray_run(output, storage, cfg, resume)
@@ -215,35 +197,17 @@ def train_ray(cfg: RunConfig, output: Path, cluster: ClusterConfig, *, resume: b
             warnings.warn(f"MLflow store {tracker.tracking_uri} is a local sqlite file; rank 0 may run on "
                           f"another node: pass --tracking-uri http://HEAD:5000 (mlflow server)",
                           RuntimeWarning, stacklevel=2)
-        w, f = cluster.workers, cluster.failure
         args = {
             "config": _worker_config(cfg), "output": str(output), "threads": cluster.threads_per_worker,
             "use_gpu": cluster.use_gpu, "tracking_uri": tracker.tracking_uri, "tracking_run_id": tracker.run_id,
             "experiment": cfg.tracking.experiment, "run_name": cfg.name, "driver_ip": ray.util.get_node_ip_address(),
         }
-        resources = {"CPU": w.cpus, **({"GPU": w.gpus} if w.gpus else {})}
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config=args,
-            torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=(min(cluster.worker_counts), w.num) if cluster.elastic else w.num,
-                use_gpu=cluster.use_gpu, resources_per_worker=resources, placement_strategy=w.placement.value),
-            run_config=RayRunConfig(
-                name=ray_run["name"], storage_path=storage,
-                failure_config=FailureConfig(max_failures=f.max_failures,
-                                             controller_failure_limit=f.controller_failure_limit),
-                checkpoint_config=CheckpointConfig(num_to_keep=cluster.storage.checkpoints_kept),
-                worker_runtime_env={"env_vars": dict(cluster.env)} if cluster.env else None,
-                # WARNING: Ray Train's INFO lines repeat every report's whole metrics dict; rank 0 prints its own.
-                logging_config=LoggingConfig(log_level="WARNING")),
-        )
+        trainer = torch_trainer(cluster, loop_config=args, run_name=ray_run["name"], storage=storage)
         with tracker:
             from ray.train import TrainingFailedError
 
             try:
-                with _env(_START_TIMEOUT_ENV, str(f.worker_start_timeout_s)):
-                    result = trainer.fit()
+                result = fit(trainer, cluster)
             except TrainingFailedError as err:
                 failure = _failure(err, cluster, output)
                 if failure is err:

@@ -155,12 +155,10 @@ def ray_train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     ``spec`` adds to ``train_trial``'s: cluster (the cluster file as plain data), storage.
     """
     import ray.util
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from mat_dist.config import config_to_dict
     from mat_dist.distributed.cluster import cluster_from_dict
-    from mat_dist.distributed.worker import train_worker
+    from mat_dist.distributed.trainer import fit, torch_trainer
 
     trial_id, folder, cfg = _prepare_trial(spec, params)
     cluster = cluster_from_dict(spec["cluster"], source=spec.get("cluster_source", "(sweep)"))
@@ -169,32 +167,15 @@ def ray_train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     _history_upto(folder, resumed_from)
     _append_line(folder / STARTS_FILE, {"from_epoch": resumed_from, "pid": os.getpid(), "time": time.time()})
     (folder / "train").mkdir(parents=True, exist_ok=True)
-    w, f = cluster.workers, cluster.failure
     args = {
         # The worker writes its own metrics.jsonl (without the objective) into "output": keep it apart.
         "config": config_to_dict(cfg), "output": str(folder / "train"), "threads": cluster.threads_per_worker,
         "use_gpu": cluster.use_gpu, "tracking_uri": None, "tracking_run_id": None,  # the sweep's driver logs
         "experiment": cfg.tracking.experiment, "run_name": cfg.name, "driver_ip": ray.util.get_node_ip_address(),
     }
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=args,
-        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=(min(cluster.worker_counts), w.num) if cluster.elastic else w.num,
-            use_gpu=cluster.use_gpu,
-            resources_per_worker={"CPU": w.cpus, **({"GPU": w.gpus} if w.gpus else {})},
-            placement_strategy=w.placement.value),
-        run_config=RayRunConfig(
-            name=f"train-{trial_id}", storage_path=spec["storage"],
-            failure_config=FailureConfig(max_failures=f.max_failures,
-                                         controller_failure_limit=f.controller_failure_limit),
-            checkpoint_config=CheckpointConfig(num_to_keep=cluster.storage.checkpoints_kept),
-            worker_runtime_env={"env_vars": dict(cluster.env)} if cluster.env else None,
-            callbacks=[_objective_report_callback(spec.get("min_clean_acc"), folder)],
-            logging_config=LoggingConfig(log_level="WARNING")),
-    )
-    trainer.fit()
+    trainer = torch_trainer(cluster, loop_config=args, run_name=f"train-{trial_id}", storage=spec["storage"],
+                            callbacks=[_objective_report_callback(spec.get("min_clean_acc"), folder)])
+    fit(trainer, cluster)
 
 
 def _train_snapshot_epoch(storage: str, name: str) -> int:

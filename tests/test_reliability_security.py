@@ -104,9 +104,11 @@ def test_redact_strips_url_credentials_everywhere() -> None:
 
 def test_cluster_env_secrets_reach_only_the_workers() -> None:
     """The cluster file's env goes to Ray's worker runtime_env, and into no MLflow call or printed line."""
-    source = (ROOT / "mat_dist" / "distributed" / "job.py").read_text()
-    uses = [line.strip() for line in source.splitlines() if "cluster.env" in line]
-    assert uses == ['worker_runtime_env={"env_vars": dict(cluster.env)} if cluster.env else None,']
+    uses = [(path.relative_to(ROOT).as_posix(), line.strip())
+            for path in sorted((ROOT / "mat_dist").rglob("*.py"))
+            for line in path.read_text().splitlines() if "cluster.env" in line]
+    assert uses == [("mat_dist/distributed/trainer.py",
+                     'worker_runtime_env={"env_vars": dict(cluster.env)} if cluster.env else None,')]
 
 
 # ------------------------------------------------------------------ servers bind to 127.0.0.1

@@ -131,9 +131,9 @@ with connect(load_cluster("local"), check=False):
 def test_local_ray_dashboard_binds_to_localhost_only(tmp_path: Path) -> None:
     """clusters/local.yaml through ``connect``: the dashboard (HTTP UI and job API) answers on 127.0.0.1 only."""
     from mat_dist.distributed.cluster import load_cluster
-    from mat_dist.distributed.launch import _ray_init_args
+    from mat_dist.distributed.launch import ray_init_args
 
-    assert _ray_init_args(load_cluster("local"))["dashboard_host"] == "127.0.0.1"
+    assert ray_init_args(load_cluster("local"))["dashboard_host"] == "127.0.0.1"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-c", _PROBE], cwd=tmp_path, capture_output=True, text=True,
                           timeout=180, env=env)

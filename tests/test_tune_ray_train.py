@@ -24,7 +24,11 @@ def test_trials_as_ray_train_jobs_report_the_objective_and_release_resources(tmp
     # 2 workers x 0.5 CPU + the trial's 0.01-CPU driver: one trial at a time on 2 CPUs
     cluster = ClusterConfig(workers=WorkersConfig(num=2, cpus=0.5), local=LocalConfig(num_cpus=2))
     assert trial_shape(cluster).kind == "ray_train"
-    base = config_from_dict(tiny_base(tmp_path))
+    raw = tiny_base(tmp_path)
+    # 960 images (30 steps an epoch): lr 0.003 is then well above chance after one epoch (measured in-process:
+    # union robust 0.52 against 0.1), so ASHA's first-rung decision does not hang on noise, as it did with 320.
+    raw["data"]["limit_train"] = 960
+    base = config_from_dict(raw)
     space = space_from_dict({
         "trials": 1, "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
         "params": {"optim.lr": {"grid": [0.003, 1e-7, 1e-7]}},

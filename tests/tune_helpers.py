@@ -21,15 +21,23 @@ SMALL_EVAL_EPS = {"linf": 0.02, "l2": 0.1, "l1": 0.3}
 
 @functools.lru_cache(maxsize=None)
 def ray_session() -> None:
-    """A local Ray runtime with 2 CPUs and the dashboard (Ray Train's placement-group cleaner needs it)."""
+    """A private local Ray runtime with 2 CPUs, started as ``matd`` starts one.
+
+    Ray Train's placement-group cleaner frees the workers of a trial that Tune
+    stops; it needs the dashboard and, when other Ray instances run on this
+    machine, to be told which dashboard is ours (``ray_init_args`` does both).
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import logging
 
     import ray
 
+    from mat_dist.distributed.cluster import ClusterConfig, LocalConfig
+    from mat_dist.distributed.launch import ray_init_args
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING,
+        ray.init(**ray_init_args(ClusterConfig(local=LocalConfig(num_cpus=2))), logging_level=logging.WARNING,
                  log_to_driver=False)
         atexit.register(ray.shutdown)
 

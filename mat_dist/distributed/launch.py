@@ -80,7 +80,8 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
                     f"address in the cluster file, or use address: null for a local runtime")
 
 
-def _ray_init_args(cluster: ClusterConfig) -> dict[str, Any]:
+def ray_init_args(cluster: ClusterConfig) -> dict[str, Any]:
+    """``ray.init`` arguments for ``cluster``: a private local runtime, or the cluster file's address."""
     if cluster.is_local:
         # address "local": always a private runtime; without it ray.init attaches to any
         # cluster already running on this machine (another job's, a test's). Ray Train's
@@ -118,7 +119,7 @@ def connect(cluster: ClusterConfig, *, check: bool = True) -> Iterator[Runtime]:
     if not cluster.is_local and cluster.address != "auto":
         probe_address(cluster.address)
     try:
-        ray.init(**_ray_init_args(cluster), logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(**ray_init_args(cluster), logging_level=logging.WARNING, log_to_driver=True)
     except ConnectionError as err:
         raise UserError(f"could not connect to the Ray cluster {cluster.address} ({str(err).splitlines()[0]}); "
                         f"check address in {cluster.source}") from None

@@ -158,3 +158,49 @@ def test_gate_counts_clean_wrong_examples_as_broken_with_norm_zero():
     assert v.success.tolist() == [False, True]
     assert v.clean_correct.tolist() == [True, False]
     assert v.perturbation_norm.tolist() == [0.0, 0.0]
+
+
+# ------------------------------------------------------------------ the paper column follows the training method
+
+def _meta(trained_as):
+    return {"suite": "quick", "model": "m.safetensors", "dataset": "mnist5k", "num_members": 3,
+            "ensemble_output": "softmax_mean", "workers": 1, "wall_time_s": 1.0, "machine": "test",
+            "versions": {"torch": "t", "foolbox": "f", "pyautoattack": "a", "ray": "r"}, "trained_as": trained_as}
+
+
+@pytest.mark.parametrize("trained_as, label, method", [
+    ("standard", "standard training", "standard"), ("at_linf", "AT l_inf", "at_linf"), ("mat", "MAT", "mat"),
+    (None, "MAT", "mat")])
+def test_paper_column_is_the_row_of_the_method_the_model_was_trained_with(trained_as, label, method) -> None:
+    from mat_dist.evaluate import report
+
+    summary = {"examples": 10, "clean": 0.9, "attacks": {"pgd_linf": 0.5}, "all_linf": 0.5, "all_attacks": 0.5}
+    info = {"pgd_linf": {"attack": "pgd", "norm": "linf", "eps": 0.3, "library": "own"}}
+    text = report.render(summary=summary, attack_info=info, meta=_meta(trained_as), transfer={}, curves=[],
+                         warnings=[])
+    published = report.paper_values("mnist", method)
+    assert f"paper {label} (%)" in text and f"Paper column: {label} in the paper" in text
+    assert f"| Clean |  | 90.0 | {published['clean']:.1f} |" in text
+    assert f"| **All attacks** |  | 50.0 | {published['all_attacks']:.1f} |" in text
+
+
+def test_a_method_the_paper_did_not_run_gets_no_paper_column() -> None:
+    from mat_dist.evaluate import report
+
+    summary = {"examples": 10, "clean": 0.9, "attacks": {}, "all_attacks": 0.9}
+    text = report.render(summary=summary, attack_info={}, meta=_meta("mat_msd"), transfer={}, curves=[], warnings=[])
+    assert "paper" not in text.split("| attack |")[1].splitlines()[0] and "Paper column" not in text
+
+
+def test_trained_as_reads_the_run_folder_next_to_the_weights(tmp_path) -> None:
+    from mat_dist.evaluate.evaluator import trained_as
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: {name: at}\nattack: {norms: [l2]}\n")
+    assert trained_as(run / "model.safetensors") == "at_l2"
+    (run / "config.yaml").write_text("method: {name: standard}\n")
+    assert trained_as(run / "model.safetensors") == "standard"
+    assert trained_as(tmp_path / "model.safetensors") is None      # bare weights: no run folder
+    (run / "config.yaml").write_text("method: [unclosed\n")
+    assert trained_as(run / "model.safetensors") is None            # unreadable config: no paper row, no crash

@@ -77,6 +77,20 @@ def _check_fingerprint(output: Path, fingerprint: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(fingerprint, indent=1, sort_keys=True))
 
 
+def trained_as(weights: Path) -> str | None:
+    """The training method of the run folder holding ``weights`` as the paper's tables name it (AT with its
+    norm: ``at_linf``); None for weights outside a run folder."""
+    from mat_dist.config import read_yaml
+    from mat_dist.runner import CONFIG_FILE
+
+    try:
+        raw = read_yaml(weights.parent / CONFIG_FILE) or {}
+        method = raw["method"]["name"]
+        return f"at_{raw['attack']['norms'][0]}" if method == "at" else str(method)
+    except (OSError, UserError, KeyError, IndexError, TypeError):
+        return None
+
+
 def load_test_images(dataset: str, root: str | None, examples: int, spec) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``examples`` test images of ``dataset``, checked against the model's input shape."""
     splits = load_splits(dataset, root=root, val_size=0)
@@ -164,7 +178,7 @@ def _write_outputs(table, *, suite: Suite, output: Path, model, weights: Path, d
                                    tolerance=suite.sanity.curve_tolerance)
     meta = {"suite": suite.name, "model": str(weights), "dataset": dataset, "num_members": model.spec.num_members,
             "ensemble_output": model.spec.ensemble_output.value, "workers": workers, "wall_time_s": wall,
-            "machine": report.machine(), "versions": _versions()}
+            "machine": report.machine(), "versions": _versions(), "trained_as": trained_as(weights)}
     full = {**summary, "attack_info": attack_info, "transfer": transfer, "curves": points, "warnings": found,
             "meta": meta}
     write_atomic(output / "summary.json", json.dumps(full, indent=1))

@@ -29,8 +29,19 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.1f}"
 
 
-def table4(summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], paper: dict[str, float]) -> list[str]:
-    head = "| attack | radius | robust accuracy (%) |" + (" paper MAT (%) |" if paper else "")
+# How the paper's tables name each training method (paper_tables.csv's ``method`` column).
+PAPER_METHOD_LABEL = {"mat": "MAT", "standard": "standard training", "at_linf": "AT l_inf", "at_l2": "AT l_2",
+                      "at_l1": "AT l_1", "ensemble_at": "ensemble AT", "msd": "MSD"}
+
+
+def paper_method(trained_as: str | None) -> str:
+    """The paper row to print beside a model trained as ``trained_as`` (unknown, e.g. a bare weights file: MAT)."""
+    return trained_as or "mat"
+
+
+def table4(summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], paper: dict[str, float],
+           paper_label: str = "MAT") -> list[str]:
+    head = "| attack | radius | robust accuracy (%) |" + (f" paper {paper_label} (%) |" if paper else "")
     rule = "|---|---:|---:|" + ("---:|" if paper else "")
     lines = [head, rule]
 
@@ -68,7 +79,9 @@ def transfer_lines(transfer: dict[str, Any]) -> list[str]:
 
 def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], meta: dict[str, Any],
            transfer: dict[str, Any], curves: list[dict[str, Any]], warnings: list[str]) -> str:
-    paper = paper_values(meta.get("dataset", ""))
+    method = paper_method(meta.get("trained_as"))
+    label = PAPER_METHOD_LABEL.get(method, method)
+    paper = paper_values(meta.get("dataset", ""), method)
     lines = [
         f"# Evaluation: suite `{meta['suite']}` on `{meta['model']}`",
         "",
@@ -83,10 +96,10 @@ def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], m
         "norm's attacks, *All attacks* the union over all.",
         "",
     ]
-    lines += table4(summary, attack_info, paper)
+    lines += table4(summary, attack_info, paper, label)
     if paper:
         key = {"mnist5k": "mnist"}.get(meta["dataset"], meta["dataset"])
-        lines += ["", f"Paper column: MAT in the paper ({PAPER_TABLE[key]}, ResNet-18, radii {PAPER_EPS[key]}, "
+        lines += ["", f"Paper column: {label} in the paper ({PAPER_TABLE[key]}, ResNet-18, radii {PAPER_EPS[key]}, "
                       "first 1000 test images): comparable only where the radii and the model agree."]
     if transfer:
         lines += ["", "## Transferability between sub-models (paper Tables 1, 2, 9-12)"]

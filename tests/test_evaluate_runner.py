@@ -112,6 +112,16 @@ def test_a_run_killed_midway_resumes_without_redoing_finished_shards():
     table = pq.read_table(out / "results.parquet")
     keys = list(zip(table.column("example_id").to_pylist(), table.column("attack").to_pylist()))
     assert len(keys) == len(set(keys)) == N * 4
+    # The reported wall time is the cost of both calls that ran shards, not of the last call alone ...
+    calls = [json.loads(line) for line in (out / "calls.jsonl").read_text().splitlines()]
+    assert [c["shards_finished"] for c in calls] == [len(shards) - 1, 1]
+    assert result.wall_time_s == pytest.approx(sum(c["wall_s"] for c in calls))
+    assert result.wall_time_s > calls[1]["wall_s"]
+    # ... and a third call that only merges finished shards adds nothing and reports the same.
+    again = run(out, workers=2, suite=suite)
+    assert again.shards_run == 0 and again.wall_time_s == pytest.approx(result.wall_time_s)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meta"]["calls"] == 2 and "2 calls (resumed)" in (out / "report.md").read_text()
 
 
 def test_merge_refuses_a_duplicated_or_missing_example():

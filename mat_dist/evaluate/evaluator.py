@@ -2,6 +2,8 @@
 
 Output folder:
     eval.json          what this folder evaluates (model file, suite, examples); a re-run must match it
+    calls.jsonl        one line per call that ran shards: its wall time (s), workers and shards finished;
+                       the report's wall time is their sum, so a resumed evaluation reports its whole cost
     shards/            one Parquet file per finished shard (resume skips these)
     results.parquet    one row per (example, attack) of the suite, on the deployed ensemble
     transfer.parquet   one row per (example, attack, source model, target model)
@@ -28,10 +30,11 @@ from mat_dist.errors import UserError
 from mat_dist.evaluate import curves as curves_mod
 from mat_dist.evaluate import metrics, report, sanity
 from mat_dist.evaluate.runner import Chaos, ProgressFn, run_shards
-from mat_dist.evaluate.shards import merge_shards, plan_shards
+from mat_dist.evaluate.shards import SHARDS_DIR, merge_shards, plan_shards
 from mat_dist.evaluate.suite import Suite, plan_jobs
 
 FINGERPRINT = "eval.json"
+CALLS = "calls.jsonl"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +78,26 @@ def _check_fingerprint(output: Path, fingerprint: dict[str, Any]) -> None:
     from mat_dist.runner import write_atomic
 
     write_atomic(path, json.dumps(fingerprint, indent=1, sort_keys=True))
+
+
+def _finished_shards(output: Path) -> int:
+    return sum(1 for _ in (output / SHARDS_DIR).glob("*.parquet")) if (output / SHARDS_DIR).is_dir() else 0
+
+
+def _record_call(output: Path, *, wall_s: float, workers: int, shards_finished: int) -> None:
+    if shards_finished:  # a call that only merged finished shards adds nothing to the evaluation's cost
+        with (output / CALLS).open("a") as f:
+            f.write(json.dumps({"wall_s": wall_s, "workers": workers, "shards_finished": shards_finished}) + "\n")
+
+
+def _calls(output: Path) -> list[dict[str, Any]]:
+    path = output / CALLS
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def _total_wall_s(output: Path) -> float:
+    """Seconds spent running this folder's shards, over every call (0 when none is recorded)."""
+    return sum(call["wall_s"] for call in _calls(output))
 
 
 def trained_as(weights: Path) -> str | None:
@@ -135,11 +158,16 @@ def evaluate(*, model_path: str | os.PathLike, suite: Suite, output: Path, datas
                                 "examples": n, "suite": suite.to_dict()})
     jobs = plan_jobs(suite, num_members=spec.num_members, examples=n)
     shards = plan_shards(jobs, suite.shard_size)
-    shards_run = run_shards(shards, model_path=str(weights), images=images, labels=labels, out_dir=output,
-                            base_seed=suite.seed, resources=suite.resources, workers=workers, cluster=cluster,
-                            on_progress=on_progress, chaos=chaos)
+    done_before = _finished_shards(output)
+    try:
+        shards_run = run_shards(shards, model_path=str(weights), images=images, labels=labels, out_dir=output,
+                                base_seed=suite.seed, resources=suite.resources, workers=workers, cluster=cluster,
+                                on_progress=on_progress, chaos=chaos)
+    finally:  # an interrupted call's time counts too: its finished shards are not run again
+        _record_call(output, wall_s=time.perf_counter() - start, workers=workers,
+                     shards_finished=_finished_shards(output) - done_before)
     table = merge_shards(shards, output)
-    wall = time.perf_counter() - start
+    wall = _total_wall_s(output) or time.perf_counter() - start
     return _write_outputs(table, suite=suite, output=output, model=model, weights=weights, dataset=dataset,
                           images=images, labels=labels, workers=workers, wall=wall, shards_run=shards_run,
                           shards_total=len(shards), tracking=tracking or TrackingOptions(enabled=False))
@@ -178,7 +206,8 @@ def _write_outputs(table, *, suite: Suite, output: Path, model, weights: Path, d
                                    tolerance=suite.sanity.curve_tolerance)
     meta = {"suite": suite.name, "model": str(weights), "dataset": dataset, "num_members": model.spec.num_members,
             "ensemble_output": model.spec.ensemble_output.value, "workers": workers, "wall_time_s": wall,
-            "machine": report.machine(), "versions": _versions(), "trained_as": trained_as(weights)}
+            "machine": report.machine(), "versions": _versions(), "trained_as": trained_as(weights),
+            "calls": max(1, len(_calls(output)))}
     full = {**summary, "attack_info": attack_info, "transfer": transfer, "curves": points, "warnings": found,
             "meta": meta}
     write_atomic(output / "summary.json", json.dumps(full, indent=1))

@@ -89,7 +89,8 @@ def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], m
         f"deployed ensemble (image copied to all {meta['num_members']} heads, {meta['ensemble_output']}). "
         f"Wall time {meta['wall_time_s']:.0f} s with {meta['workers']} Ray worker(s) on {meta['machine']}; "
         f"torch {meta['versions']['torch']}, foolbox {meta['versions']['foolbox']}, "
-        f"pyautoattack {meta['versions']['pyautoattack']}, ray {meta['versions']['ray']}. One run.",
+        f"pyautoattack {meta['versions']['pyautoattack']}, ray {meta['versions']['ray']}. "
+        + ("One run." if meta.get("calls", 1) <= 1 else f"{meta['calls']} calls (resumed); the wall time is their sum."),
         "",
         "Every adversarial example passed the gate (prediction flipped, ||delta||_p <= eps, inside [0, 1]); "
         "clean-misclassified images count as not robust. *All l_p attacks* is the per-example union of the "

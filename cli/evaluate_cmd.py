@@ -88,8 +88,10 @@ def run_evaluate(*, run: Path | None, checkpoint: Path | None, suite: str, examp
     for w in result.warnings:
         typer.echo(f"warning: {w}", err=True)
     skipped = result.shards_total - result.shards_run
-    typer.echo(f"done in {result.wall_time_s:.0f} s ({result.shards_run} shards run"
-               + (f", {skipped} already finished" if skipped else "") + f"): {output / 'report.md'}"
+    # wall_time_s sums every call that ran shards: after a resume it is the whole evaluation's cost
+    progress = (f"{result.shards_run} shards run, {skipped} already finished; {result.wall_time_s:.0f} s in all"
+                if skipped else f"{result.shards_run} shards run in {result.wall_time_s:.0f} s")
+    typer.echo(f"done ({progress}): {output / 'report.md'}"
                + (f"; MLflow run {result.tracking_run_id}" if result.tracking_run_id else ""))
 
 

@@ -423,11 +423,12 @@ def _plot_curves(data: list[MethodData], curve: str, path: Path, title: str) -> 
 
     fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 3.8), squeeze=False)
     for ax, attack in zip(axes[0], attacks):
-        for d in data:
+        for i, d in enumerate(data):
             pts = sorted((p["x"], p["robust_accuracy"]) for p in d.summary.get("curves") or []
                          if p["curve"] == curve and p["attack"] == attack)
-            if pts:
-                ax.plot([x for x, _ in pts], [100 * v for _, v in pts], marker="o", label=d.name)
+            if pts:  # 10 colours, then the same colours dashed: 11 methods must not share a line look
+                ax.plot([x for x, _ in pts], [100 * v for _, v in pts], ["-", "--", ":"][i // 10 % 3],
+                        color=f"C{i % 10}", marker="o", label=d.name)
         ax.set_title(attack, fontsize=10)
         ax.set_xlabel("attack steps" if curve == "steps" else "radius eps (pixel units)")
         ax.set_ylabel("robust accuracy (%)")

@@ -171,6 +171,8 @@ def bench_methods(s: BenchSettings, methods: tuple[str, ...] = BENCH_METHODS) ->
     mimo_unit = "mat" if "mat" in cases else None
     if mimo_unit:
         fns["fwd_bwd_mimo"] = cases[mimo_unit].forward_backward
+    if "at" in cases:  # AT's own unit: what separates mat_over_at from mat_over_floor is the MIMO model's cost
+        fns["fwd_bwd_single"] = cases["at"].forward_backward
     times = time_interleaved(fns, repeats=s.repeats, warmup=s.warmup, device=s.device)
     result: dict[str, Any] = {"settings": s.__dict__, "machine": machine_info(s.device), "methods": {}}
     for name in methods:
@@ -185,6 +187,10 @@ def bench_methods(s: BenchSettings, methods: tuple[str, ...] = BENCH_METHODS) ->
         result["floor"] = {"fwd_bwd_s": med["fwd_bwd_mimo"], "floor_s": floor,
                            "definition": "(K+1) x one forward+backward of the M-member MIMO model on the batch"}
         ratios["mat_over_floor"] = med["mat"] / floor
+        if "fwd_bwd_single" in med:
+            result["floor"]["fwd_bwd_single_s"] = med["fwd_bwd_single"]
+            ratios["mimo_over_single_fwd_bwd"] = med["fwd_bwd_mimo"] / med["fwd_bwd_single"]
+            ratios["at_over_its_floor"] = med["at"] / ((s.steps + 1) * med["fwd_bwd_single"])
         for other in ("at", "msd", "mimo_at", "ensemble_at", "mat_msd"):
             if other in med:
                 ratios[f"mat_over_{other}"] = med["mat"] / med[other]

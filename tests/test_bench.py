@@ -12,5 +12,13 @@ def test_bench_smoke_pass_counts_equal_table_6():
     for name, row in result["methods"].items():
         assert (row["forward_passes"], row["backward_passes"]) == (row["table6_forward"], row["table6_backward"]), name
         assert row["median_s"] > 0
-    assert {"mat_over_at", "mat_over_msd", "mat_over_mimo_at", "mat_over_floor"} <= set(result["ratios"])
+    ratios = result["ratios"]
+    assert {"mat_over_at", "mat_over_msd", "mat_over_mimo_at", "mat_over_floor", "mimo_over_single_fwd_bwd",
+            "at_over_its_floor"} <= set(ratios)
+    # The ratios are what their names say, of the medians reported beside them.
+    med = {name: row["median_s"] for name, row in result["methods"].items()}
+    floor = result["floor"]
+    assert ratios["mat_over_at"] == med["mat"] / med["at"]
+    assert ratios["mat_over_floor"] == med["mat"] / floor["floor_s"] and floor["floor_s"] == 3 * floor["fwd_bwd_s"]
+    assert ratios["mimo_over_single_fwd_bwd"] == floor["fwd_bwd_s"] / floor["fwd_bwd_single_s"]
     json.dumps(result)  # the CLI writes it as JSON

@@ -205,6 +205,14 @@ def test_rerun_skips_finished_work(tiny_run):
     assert {n: p.stat().st_mtime_ns for n, p in models.items()} == before
     assert {n: (out / "evals" / n / "results.parquet").stat().st_mtime_ns for n in models} == results
     assert again.parent_run_id == tiny_run["result"].parent_run_id
+    # The re-run that only rewrote the report is not an invocation of the reproduction: the report's total
+    # wall time stays the first run's.
+    invocations = _report(out)["invocations"]
+    assert len(invocations) == 1 and invocations[0]["trained"] == invocations[0]["evaluated"] == len(models)
+    assert invocations[0]["wall_s"] == pytest.approx(tiny_run["result"].wall_s)
+    first = invocations[0]["wall_s"]
+    assert (f"the whole reproduction {first:.0f} s of wall time over 1 invocation(s); this one {again.wall_s:.0f} s "
+            f"(0 trainings and 0 evaluations run" in (out / "report.md").read_text())
     assert wall < max(0.5 * tiny_run["wall"], 5.0), (wall, tiny_run["wall"])
 
 

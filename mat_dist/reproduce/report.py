@@ -473,7 +473,7 @@ def _machine() -> str:
 
 
 def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[str, Any], suite: Any,
-                 output: Path, wall_s: float) -> Written:
+                 output: Path, wall_s: float, invocations: Sequence[Mapping[str, Any]] = ()) -> Written:
     """Write report.md, report.json and the PNG figures into ``output``."""
     from mat_dist.runner import write_atomic
 
@@ -525,7 +525,9 @@ def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[st
         f"- The paper's setting: {PAPER_SETUP[preset.paper_dataset]}. Ours: {preset.data_note}.",
         f"- Machine: {_machine()}; {_versions()}.",
         f"- Time: training {train_min:.1f} min in all (sum of epoch times), evaluation {eval_s:.0f} s in all; "
-        f"this invocation {wall_s:.0f} s ({trained} trainings and {evaluated} evaluations run, the rest reused).",
+        f"the whole reproduction {sum(i['wall_s'] for i in invocations) or wall_s:.0f} s of wall time "
+        f"over {max(1, len(invocations))} invocation(s); this one {wall_s:.0f} s ({trained} trainings and "
+        f"{evaluated} evaluations run, the rest reused).",
         "",
         "## Robust accuracy (paper Tables 4 and 5)",
         "",
@@ -579,7 +581,7 @@ def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[st
         tables[f"transfer/{t.title.split(',')[0]}/{t.title.split('attack ')[1].split(':')[0]}"] = t
     tables.update(curves)
     report = {"preset": preset.name, "tables": {k: v.to_dict() for k, v in tables.items()},
-              "invariants": violations, "facts": facts, "wall_s": wall_s,
+              "invariants": violations, "facts": facts, "wall_s": wall_s, "invocations": list(invocations),
               "summaries": {d.name: {k: d.summary[k] for k in ("clean", "attacks", *UNION_ROWS) if k in d.summary}
                             for d in data},
               "figures": [p.name for p in figures]}

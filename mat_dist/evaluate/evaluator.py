@@ -85,14 +85,16 @@ def _finished_shards(output: Path) -> int:
 
 
 def _record_call(output: Path, *, wall_s: float, workers: int, shards_finished: int) -> None:
+    from mat_dist.runner import append_metrics
+
     if shards_finished:  # a call that only merged finished shards adds nothing to the evaluation's cost
-        with (output / CALLS).open("a") as f:
-            f.write(json.dumps({"wall_s": wall_s, "workers": workers, "shards_finished": shards_finished}) + "\n")
+        append_metrics(output / CALLS, {"wall_s": wall_s, "workers": workers, "shards_finished": shards_finished})
 
 
 def _calls(output: Path) -> list[dict[str, Any]]:
-    path = output / CALLS
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    from mat_dist.runner import read_metrics
+
+    return read_metrics(output / CALLS)
 
 
 def _total_wall_s(output: Path) -> float:

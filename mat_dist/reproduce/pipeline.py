@@ -108,13 +108,14 @@ def _record_invocation(output: Path, outcomes: list[MethodOutcome], wall_s: floa
     The report's total wall time is their sum: a reproduction resumed after a stop, or re-run only to
     rewrite the report, still reports what the whole reproduction cost.
     """
+    from mat_dist.runner import append_metrics, read_metrics
+
     path = output / INVOCATIONS_FILE
     trained = sum(o.training != "skipped" for o in outcomes)
     evaluated = sum(o.evaluation != "skipped" for o in outcomes)
     if trained or evaluated:
-        with path.open("a") as f:
-            f.write(json.dumps({"wall_s": wall_s, "trained": trained, "evaluated": evaluated}) + "\n")
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+        append_metrics(path, {"wall_s": wall_s, "trained": trained, "evaluated": evaluated})
+    return read_metrics(path)
 
 
 # ---------------------------------------------------------------- MLflow

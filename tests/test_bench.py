@@ -2,13 +2,15 @@
 
 import json
 
-from mat_dist.bench import BENCH_METHODS, BenchSettings, bench_methods
+import pytest
+
+from mat_dist.bench import AT_OTHER_NORMS, BENCH_METHODS, BenchSettings, bench_methods
 
 
 def test_bench_smoke_pass_counts_equal_table_6():
     s = BenchSettings(image_shape=(1, 8, 8), batch_size=4, num_members=3, steps=2, repeats=1, warmup=0)
     result = bench_methods(s)
-    assert set(result["methods"]) == set(BENCH_METHODS)
+    assert set(result["methods"]) == set(BENCH_METHODS) | set(AT_OTHER_NORMS)  # AT in l_2 and l_1 beside l_inf
     for name, row in result["methods"].items():
         assert (row["forward_passes"], row["backward_passes"]) == (row["table6_forward"], row["table6_backward"]), name
         assert row["median_s"] > 0
@@ -21,4 +23,6 @@ def test_bench_smoke_pass_counts_equal_table_6():
     assert ratios["mat_over_at"] == med["mat"] / med["at"]
     assert ratios["mat_over_floor"] == med["mat"] / floor["floor_s"] and floor["floor_s"] == 3 * floor["fwd_bwd_s"]
     assert ratios["mimo_over_single_fwd_bwd"] == floor["fwd_bwd_s"] / floor["fwd_bwd_single_s"]
+    assert ratios["mat_over_at_l1"] == med["mat"] / med["at_l1"]
+    assert ratios["mat_over_at_norm_mean"] == pytest.approx(med["mat"] / ((med["at"] + med["at_l2"] + med["at_l1"]) / 3))
     json.dumps(result)  # the CLI writes it as JSON

@@ -97,11 +97,6 @@ def _calls(output: Path) -> list[dict[str, Any]]:
     return read_metrics(output / CALLS)
 
 
-def _total_wall_s(output: Path) -> float:
-    """Seconds spent running this folder's shards, over every call (0 when none is recorded)."""
-    return sum(call["wall_s"] for call in _calls(output))
-
-
 def trained_as(weights: Path) -> str | None:
     """The training method of the run folder holding ``weights`` as the paper's tables name it (AT with its
     norm: ``at_linf``); None for weights outside a run folder."""
@@ -169,14 +164,16 @@ def evaluate(*, model_path: str | os.PathLike, suite: Suite, output: Path, datas
         _record_call(output, wall_s=time.perf_counter() - start, workers=workers,
                      shards_finished=_finished_shards(output) - done_before)
     table = merge_shards(shards, output)
-    wall = _total_wall_s(output) or time.perf_counter() - start
+    calls = _calls(output)  # seconds spent running this folder's shards, over every call
+    wall = sum(call["wall_s"] for call in calls) or time.perf_counter() - start
     return _write_outputs(table, suite=suite, output=output, model=model, weights=weights, dataset=dataset,
-                          images=images, labels=labels, workers=workers, wall=wall, shards_run=shards_run,
-                          shards_total=len(shards), tracking=tracking or TrackingOptions(enabled=False))
+                          images=images, labels=labels, workers=workers, wall=wall, calls=max(1, len(calls)),
+                          shards_run=shards_run, shards_total=len(shards),
+                          tracking=tracking or TrackingOptions(enabled=False))
 
 
 def _write_outputs(table, *, suite: Suite, output: Path, model, weights: Path, dataset: str, images, labels,
-                   workers: int, wall: float, shards_run: int, shards_total: int,
+                   workers: int, wall: float, calls: int, shards_run: int, shards_total: int,
                    tracking: TrackingOptions) -> EvalResult:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -209,7 +206,7 @@ def _write_outputs(table, *, suite: Suite, output: Path, model, weights: Path, d
     meta = {"suite": suite.name, "model": str(weights), "dataset": dataset, "num_members": model.spec.num_members,
             "ensemble_output": model.spec.ensemble_output.value, "workers": workers, "wall_time_s": wall,
             "machine": report.machine(), "versions": _versions(), "trained_as": trained_as(weights),
-            "calls": max(1, len(_calls(output)))}
+            "calls": calls}
     full = {**summary, "attack_info": attack_info, "transfer": transfer, "curves": points, "warnings": found,
             "meta": meta}
     write_atomic(output / "summary.json", json.dumps(full, indent=1))

@@ -34,11 +34,6 @@ PAPER_METHOD_LABEL = {"mat": "MAT", "standard": "standard training", "at_linf": 
                       "at_l1": "AT l_1", "ensemble_at": "ensemble AT", "msd": "MSD"}
 
 
-def paper_method(trained_as: str | None) -> str:
-    """The paper row to print beside a model trained as ``trained_as`` (unknown, e.g. a bare weights file: MAT)."""
-    return trained_as or "mat"
-
-
 def table4(summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], paper: dict[str, float],
            paper_label: str = "MAT") -> list[str]:
     head = "| attack | radius | robust accuracy (%) |" + (f" paper {paper_label} (%) |" if paper else "")
@@ -79,7 +74,7 @@ def transfer_lines(transfer: dict[str, Any]) -> list[str]:
 
 def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], meta: dict[str, Any],
            transfer: dict[str, Any], curves: list[dict[str, Any]], warnings: list[str]) -> str:
-    method = paper_method(meta.get("trained_as"))
+    method = meta.get("trained_as") or "mat"  # the paper row beside the model; bare weights: MAT
     label = PAPER_METHOD_LABEL.get(method, method)
     paper = paper_values(meta.get("dataset", ""), method)
     lines = [

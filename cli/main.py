@@ -151,6 +151,8 @@ def reproduce(
                                           "(default: the preset's; 0: in this process)."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Write report.md and the figures here "
                                               "(default: --output)."),
+    seeds: int = typer.Option(1, "--seeds", help="Train and evaluate every method with run seeds 0..N-1; the "
+                              "report gives mean and spread over them."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow (one parent run)."),
@@ -163,7 +165,7 @@ def reproduce(
 
     run_reproduce(preset=preset, output=output, cluster=cluster, workers=workers, report_dir=report_dir,
                   tracking_uri=tracking_uri, tracking=tracking, list_presets=list_presets,
-                  overrides=list(overrides or []))
+                  overrides=list(overrides or []), seeds=seeds)
 
 
 @app.command("configs")

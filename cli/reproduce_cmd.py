@@ -9,7 +9,7 @@ import typer
 
 def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | None, workers: int | None,
                   report_dir: Path | None, tracking_uri: str | None, tracking: bool, list_presets: bool,
-                  overrides: list[str]) -> None:
+                  overrides: list[str], seeds: int = 1) -> None:
     from mat_dist.reproduce.presets import PRESETS, get_preset
 
     if list_presets:
@@ -20,10 +20,11 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
     from mat_dist.reproduce.pipeline import reproduce
 
     output = output or Path("runs") / f"reproduce-{the_preset.name}"
-    typer.echo(f"reproducing with preset {the_preset.name}: {len(the_preset.methods)} methods "
+    typer.echo(f"reproducing with preset {the_preset.name}: {len(the_preset.methods)} methods x {seeds} seed(s) "
                f"({', '.join(m.name for m in the_preset.methods)}) -> {output}"
                + (f" on cluster {cluster}" if cluster else ""))
     result = reproduce(the_preset, output=output, cluster=cluster, overrides=overrides, tracking=tracking,
-                       tracking_uri=tracking_uri, workers=workers, report_dir=report_dir, log=typer.echo)
+                       tracking_uri=tracking_uri, workers=workers, report_dir=report_dir, log=typer.echo,
+                       seeds=seeds)
     typer.echo(f"done in {result.wall_s:.0f} s: {result.report}"
                + (f"; MLflow parent run {result.parent_run_id}" if result.parent_run_id else ""))

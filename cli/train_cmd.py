@@ -79,7 +79,7 @@ def _run_in_process(cfg, output: Path, *, resume: bool, tracking_uri: str | None
             state["epoch"] = int(m["epoch"]) + 1
             robust = " ".join(f"{k.split('_')[-1]} {100 * v:.1f}" for k, v in m.items() if k.startswith("val/robust_"))
             bar.console.print(f"epoch {int(m['epoch'])}: loss {m['train/loss']:.3f}  clean "
-                              f"{100 * m['val/clean_acc']:.1f}%  PGD robust {robust}  ({m['epoch_time_s']:.0f} s)")
+                              f"{100 * m['val/clean_acc']:.1f}%  {cfg.eval.attack.value.upper()} robust {robust}  ({m['epoch_time_s']:.0f} s)")
 
         result = train_local(cfg, output, resume=resume, tracking_uri=tracking_uri,
                              on_batch=on_batch, on_epoch=on_epoch)

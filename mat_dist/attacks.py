@@ -63,20 +63,38 @@ def input_gradients(losses: torch.Tensor, x_adv: torch.Tensor, mode: GradientMod
     return grad
 
 
+@dataclass(frozen=True)
+class TiedRows:
+    """Rows whose M slots hold one image and share one perturbation: what the deployed ensemble sees.
+
+    The shared delta moves along the gradient of the summed loss with respect to
+    it, sum_m dL/dx_m (every slot is x + delta), under slot ``threat_slot``'s
+    threat model. Same forward and backward passes as the other rows.
+    """
+
+    rows: torch.Tensor  # (B,) bool
+    threat_slot: int    # whose threat model the shared delta steps under
+
+
 def perturb(loss_fn: LossFn, x: torch.Tensor, slots: Sequence[SlotAttack], *, steps: int,
             gradient: GradientMode = GradientMode.ENSEMBLE, random_start: bool = True,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, tied: TiedRows | None = None) -> torch.Tensor:
     """Run ``steps`` attack steps on x (B, M, C, H, W) in [0, 1]; return the final delta.
 
     Every returned delta[:, m] lies in slot m's ball (for MSD: in the ball of
-    the candidate that made its last step) and x + delta lies in [0, 1].
-    Passes per call: forward K (+ K per MSD candidate), backward K (PGD
+    the candidate that made its last step; for ``tied`` rows: in the tied
+    threat model's ball, the same delta in every slot) and x + delta lies in
+    [0, 1]. Passes per call: forward K (+ K per MSD candidate), backward K (PGD
     ensemble gradient) or M*K (per-member gradient).
     """
     if len(slots) != x.shape[1]:
         raise ValueError(f"{len(slots)} slot attacks for {x.shape[1]} input slots")
+    if tied is not None and (any(slot.is_msd for slot in slots) or gradient is not GradientMode.ENSEMBLE):
+        raise ValueError("tied rows need one PGD threat model per slot and the ensemble gradient")
     x = x.detach()
     delta = _start(x, slots, random_start, generator)  # (B, M, C, H, W), updated in place
+    if tied is not None:
+        delta = _tie(delta, delta[:, tied.threat_slot], tied.rows)
     msd = any(slot.is_msd for slot in slots)
     for _ in range(steps):
         x_adv = (x + delta).requires_grad_(True)
@@ -84,10 +102,22 @@ def perturb(loss_fn: LossFn, x: torch.Tensor, slots: Sequence[SlotAttack], *, st
         with torch.no_grad():
             if msd:
                 delta = _msd_step(loss_fn, x, delta, grad, slots, generator)
-            else:
-                for m, slot in enumerate(slots):
-                    delta[:, m] = slot.candidates[0].step(delta[:, m], grad[:, m], x[:, m], generator)
+                continue
+            if tied is not None:  # before the per-slot steps change delta in place
+                k = tied.threat_slot
+                shared = slots[k].candidates[0].step(delta[:, k], grad.sum(dim=1), x[:, k], generator)
+            for m, slot in enumerate(slots):
+                delta[:, m] = slot.candidates[0].step(delta[:, m], grad[:, m], x[:, m], generator)
+            if tied is not None:
+                delta = _tie(delta, shared, tied.rows)
     return delta.detach()
+
+
+def _tie(delta: torch.Tensor, shared: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """delta with ``shared`` (B, C, H, W) in every slot of the rows marked in ``rows`` (B,)."""
+    # torch.where, not indexing: boolean indexing would wait for the GPU to count the rows.
+    mask = rows.view(-1, *[1] * (delta.dim() - 1))
+    return torch.where(mask, shared.unsqueeze(1).expand_as(delta), delta).contiguous()
 
 
 def _start(x: torch.Tensor, slots: Sequence[SlotAttack], random_start: bool,

@@ -176,6 +176,20 @@ def load_latest_checkpoint(folder: Path, *, expect: ModelSpec | None = None) -> 
     return None
 
 
+def save_final_model(checkpoint: Path, dst: Path) -> None:
+    """Write a training checkpoint's model to ``dst``: the best epoch's weights when the checkpoint
+    carries them (``eval.select=best``), else the checkpoint's own."""
+    state = load_checkpoint(checkpoint).state
+    best = state.get("best")
+    if best is None:
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(checkpoint / WEIGHTS, tmp)
+        return
+    net = build_model(read_spec(checkpoint / WEIGHTS))
+    net.load_state_dict(best["weights"])
+    save_weights(net, dst)
+
+
 def checkpoint_summary(path: Path) -> dict[str, Any]:
     """A small JSON-able description of a checkpoint (for logs and reports)."""
     return {"path": str(path), "spec": json.loads(read_spec(path / WEIGHTS).to_json())}

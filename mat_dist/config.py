@@ -26,6 +26,7 @@ from mat_dist.fastpath import Precision
 from mat_dist.methods import METHODS, OuterLoss
 from mat_dist.models import BACKBONES, EnsembleOutput
 from mat_dist.threats import Norm, radius_unit_problem
+from mat_dist.validation import Selection, ValidationAttack
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -72,6 +73,12 @@ class AttackConfig:
     l1_topk: list[int] = field(default_factory=lambda: [5, 20])  # k range of the l1 step
     random_start: bool = True
     warmup: float = 0.0               # share of training over which the radii ramp up from 0
+    # Batch b gives slot m the threat model (m + b) mod M: every sub-model trains under every norm,
+    # one norm per slot within a batch, so the cost stays MAT's (K+1 / K+1).
+    rotate_norms: bool = False
+    # Rows of input repetition (data.input_repetition) carry one image in every slot; with this on they
+    # also share one perturbation, as the deployed ensemble does, in norm (b mod M) for batch b.
+    tie_repeated: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,11 +108,14 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """The per-epoch check on the validation slice: clean and PGD accuracy per norm."""
+    """The per-epoch check on the validation slice: clean and robust accuracy per norm (mat_dist.validation)."""
 
     examples: int = 200
-    steps: int = 20
+    steps: int = 20                   # PGD steps, or APGD iterations per sub-attack
     eps: dict[Norm, float] = field(default_factory=lambda: {Norm.LINF: 0.3, Norm.L2: 2.0, Norm.L1: 10.0})
+    attack: ValidationAttack = ValidationAttack.PGD  # apgd: APGD-CE + APGD-T, the check to select on
+    targets: int = 3                  # APGD-T target classes
+    select: Selection = Selection.LAST  # best: the final model is the epoch with the best val/robust_all
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,6 +196,18 @@ def validate(cfg: RunConfig) -> None:
     _require(cfg.train.precision in tuple(Precision),  # == compares values: a plain "bf16" passes
              f"train.precision={cfg.train.precision!r} is unknown; use one of {', '.join(p.value for p in Precision)}")
     _require(cfg.eval.examples >= 1 and cfg.eval.steps >= 1, "eval.examples and eval.steps must be at least 1")
+    _require(1 <= cfg.eval.targets <= 9, f"eval.targets={cfg.eval.targets} must be in 1..9 (APGD-T target classes)")
+    _require(cfg.eval.select is not Selection.BEST or cfg.eval.attack is ValidationAttack.APGD,
+             "eval.select=best picks a checkpoint by its validation union: set eval.attack=apgd, since PGD "
+             "overstates robustness at large radii and would select what it cannot break")
+    _require(not a.rotate_norms or (method.attacks and not method.msd),
+             f"attack.rotate_norms needs a method with one norm per sub-model (not {cfg.method.name})")
+    _require(not a.tie_repeated or (method.attacks and not method.msd and method.gradient.value == "ensemble"
+                                    and method.model_kind.value == "mimo"),
+             f"attack.tie_repeated needs a MIMO method with the ensemble gradient (mat, mat_same_norm), "
+             f"not {cfg.method.name}")
+    _require(not a.tie_repeated or d.input_repetition > 0,
+             "attack.tie_repeated acts on input-repeated rows: set data.input_repetition > 0")
     for norm, eps in cfg.eval.eps.items():
         _check_radius(norm, eps, f"eval.eps.{norm.value}")
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mat_dist.attacks import GradientMode, SlotAttack, perturb
+from mat_dist.attacks import GradientMode, SlotAttack, TiedRows, perturb
 from mat_dist.errors import UserError
 from mat_dist.models.mimo import ModelKind
 from mat_dist.threats import Norm, ThreatModel
@@ -114,18 +114,19 @@ def adversarial_loss(method: Method, net: nn.Module, x: torch.Tensor, y: torch.T
                      threats: Sequence[ThreatModel], steps: int, random_start: bool,
                      outer: OuterLoss, weights: torch.Tensor,
                      generator: torch.Generator | None = None,
-                     attack_net: nn.Module | None = None) -> StepResult:
+                     attack_net: nn.Module | None = None, tied: TiedRows | None = None) -> StepResult:
     """Inner maximisation then the outer loss for one MIMO batch.
 
     x (B, M, C, H, W) in [0, 1], y (B, M). ``attack_net`` is the network the
     attack differentiates (the bare module under DDP, so that attack steps do
-    not trigger gradient all-reduces); it defaults to ``net``.
+    not trigger gradient all-reduces); it defaults to ``net``. ``tied`` rows
+    share one perturbation across their slots (``attack.tie_repeated``).
     """
     attack_net = net if attack_net is None else attack_net  # not `or`: a compiled module has no truth value
     if method.attacks:
         slots = method.slot_attacks(threats, x.shape[1])
         delta = perturb(lambda xa: per_member_ce(attack_net(xa), y), x, slots, steps=steps,
-                        gradient=method.gradient, random_start=random_start, generator=generator)
+                        gradient=method.gradient, random_start=random_start, generator=generator, tied=tied)
         x = x + delta
     logits = net(x)  # (B, M, K)
     member_losses = per_member_ce(logits, y).mean(dim=0)  # (M,)

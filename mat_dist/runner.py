@@ -31,6 +31,7 @@ from mat_dist.data import DataSplits, load_splits
 from mat_dist.errors import UserError
 from mat_dist.tracking import NullTracker, Tracker, check_store, git_commit, redact
 from mat_dist.train import BatchCallback, Trainer, resolve_device, set_threads
+from mat_dist.validation import describe_check
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -169,7 +170,7 @@ def train_local(cfg: RunConfig, output: Path, *, resume: bool = False, tracking_
                 on_epoch(metrics)
 
         trainer.fit(sink, on_batch)
-        save_weights(trainer.net, output / WEIGHTS)
+        save_weights(trainer.final_net(), output / WEIGHTS)  # the best epoch's with eval.select=best
         rows = read_metrics(metrics_path)
         write_atomic(output / REPORT_FILE, epoch_report(cfg, rows))
         for name in (WEIGHTS, REPORT_FILE, METRICS_FILE):
@@ -191,14 +192,24 @@ def epoch_report(cfg: RunConfig, rows: list[dict[str, Any]]) -> str:
         return f"# {cfg.name}\n\nNo finished epoch.\n"
     last = rows[-1]
     norms = [n.value for n in cfg.eval.eps]
+    check = describe_check(cfg.eval.attack, cfg.eval.steps, cfg.eval.targets)
+    short = cfg.eval.attack.value.upper()
+    if "best_epoch" in last:
+        which = "the last one" if int(last["best_epoch"]) == int(last["epoch"]) else "not the last one"
+        selected = (f"model.safetensors holds the weights of epoch {int(last['best_epoch'])} ({which}), the best "
+                    f"validation union ({100 * last['best/robust_all']:.1f}%; eval.select=best).")
+    else:
+        selected = "model.safetensors holds the last epoch's weights (eval.select=last)."
     lines = [
         f"# {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, {cfg.data.name.value}",
         "",
         f"Per-epoch check on the first {cfg.eval.examples} validation images (held out of the training set), "
-        f"deployed ensemble, PGD-{cfg.eval.steps} at radii "
+        f"deployed ensemble, {check} at radii "
         + ", ".join(f"{n.value} {e:g}" for n, e in cfg.eval.eps.items()) + ".",
         "",
-        "| epoch | time (s) | train loss | clean | " + " | ".join(f"PGD {n}" for n in norms) + " | all norms |",
+        selected,
+        "",
+        "| epoch | time (s) | train loss | clean | " + " | ".join(f"{short} {n}" for n in norms) + " | all norms |",
         "|---:|---:|---:|---:|" + "---:|" * (len(norms) + 1),
     ]
     for r in rows:

@@ -18,17 +18,17 @@ from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from mat_dist.attacks import SlotAttack, cross_gradient_diagnostics, perturb
+from mat_dist.attacks import TiedRows, cross_gradient_diagnostics
 from mat_dist.config import OptimizerName, RunConfig
 from mat_dist.data import DataSplits, MimoBatches
 from mat_dist.errors import UserError
 from mat_dist.fastpath import prepare_model
 from mat_dist.methods import METHODS, adversarial_loss, per_member_ce
-from mat_dist.models.mimo import DeployedEnsemble, ModelSpec, build_model, ensemble_scores
-from mat_dist.threats import L1Threat, Norm, ThreatModel, make_threat
+from mat_dist.models.mimo import ModelSpec, build_model
+from mat_dist.threats import L1Threat, ThreatModel, make_threat
+from mat_dist.validation import Selection, robust_counts
 
 
 class TrainingDiverged(UserError):
@@ -54,9 +54,10 @@ def training_threats(cfg: RunConfig, radius_scale: float = 1.0) -> list[ThreatMo
     return threats
 
 
-def eval_threat(norm: Norm, eps: float, steps: int) -> ThreatModel:
-    """PGD threat model of the per-epoch check: step size 2.5 eps / K (Madry et al.)."""
-    return make_threat(norm, eps=eps, alpha=2.5 * eps / steps)
+def rotated(threats: list[ThreatModel], shift: int) -> list[ThreatModel]:
+    """Slot m gets threat model (m + shift) mod M (``attack.rotate_norms``)."""
+    shift %= len(threats)
+    return threats[shift:] + threats[:shift]
 
 
 def piecewise_linear(points: list[list[float]], progress: float) -> float:
@@ -103,6 +104,13 @@ class EpochSink(Protocol):
 BatchCallback = Callable[[int, int], None]  # (batch index, batches per epoch)
 
 
+@dataclass(frozen=True)
+class BestModel:
+    epoch: int                          # 1-based epoch whose weights these are
+    score: float                        # its val/robust_all
+    weights: dict[str, torch.Tensor]    # its state dict, on the CPU
+
+
 @dataclass
 class Progress:
     epoch: int = 0  # epochs finished
@@ -135,6 +143,7 @@ class Trainer:
         weights = cfg.method.loss_weights or [1.0] * self.spec.num_members
         self.loss_weights = torch.tensor(weights, device=self.device)
         self.progress = Progress()
+        self.best: BestModel | None = None
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -148,13 +157,16 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights that resuming needs (tensors and plain values only)."""
-        return {
+        state = {
             "epoch": self.progress.epoch,
             "step": self.progress.step,
             "optimizer": self.optimizer.state_dict(),
             "attack_rng": self.attack_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
+        if self.best is not None:
+            state["best"] = {"epoch": self.best.epoch, "score": self.best.score, "weights": self.best.weights}
+        return state
 
     def load_state(self, net: nn.Module, state: dict[str, Any]) -> None:
         self.net.load_state_dict(net.state_dict())
@@ -162,6 +174,9 @@ class Trainer:
         self.attack_rng.set_state(state["attack_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.progress = Progress(epoch=int(state["epoch"]), step=int(state["step"]))
+        best = state.get("best")
+        self.best = None if best is None else BestModel(epoch=int(best["epoch"]), score=float(best["score"]),
+                                                        weights=dict(best["weights"]))
 
     # ------------------------------------------------------------- loop
 
@@ -173,11 +188,21 @@ class Trainer:
             metrics.update(self.evaluate())
             self.progress.epoch += 1
             metrics["epoch"] = self.progress.epoch
+            self._track_best(metrics)
             metrics["epoch_time_s"] = time.perf_counter() - start
             sink(metrics, self)
 
     def _current_threats(self) -> list[ThreatModel]:
-        return training_threats(self.cfg, radius_scale(self.cfg.attack.warmup, self.progress.step / self.total_steps))
+        threats = training_threats(self.cfg, radius_scale(self.cfg.attack.warmup,
+                                                          self.progress.step / self.total_steps))
+        return rotated(threats, self.progress.step) if self.cfg.attack.rotate_norms else threats
+
+    def _tied_rows(self, x: torch.Tensor) -> TiedRows | None:
+        """The input-repeated rows of batch x (every slot the same image), when attack.tie_repeated is on."""
+        if not self.cfg.attack.tie_repeated:
+            return None
+        same = (x == x[:, :1]).flatten(2).all(dim=2).all(dim=1)  # (B,)
+        return TiedRows(rows=same, threat_slot=self.progress.step % self.spec.num_members)
 
     def train_epoch(self, epoch: int, on_batch: BatchCallback | None = None) -> dict[str, float]:
         cfg, m = self.cfg, self.spec.num_members
@@ -195,7 +220,7 @@ class Trainer:
             result = adversarial_loss(
                 self.method, self.train_net, x, y, threats=self._current_threats(), steps=cfg.attack.steps,
                 random_start=cfg.attack.random_start, outer=cfg.method.outer_loss, weights=self.loss_weights,
-                generator=self.attack_rng, attack_net=self.fast_net)
+                generator=self.attack_rng, attack_net=self.fast_net, tied=self._tied_rows(x))
             if i == 0 and cfg.train.diagnostics and self.method.attacks and not self.method.msd:
                 diagnostics = self._diagnostics(result.x_adv, y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -230,7 +255,8 @@ class Trainer:
         return {f"diag/{name}_m{j}": float(v) for name, values in found.items() for j, v in enumerate(values)}
 
     def evaluate(self) -> dict[str, float]:
-        """Clean and PGD robust accuracy of the deployed ensemble on this rank's share of the validation slice."""
+        """Clean and robust accuracy of the deployed ensemble on this rank's share of the validation slice,
+        summed across ranks (``mat_dist.validation``)."""
         cfg = self.cfg.eval
         val = self.splits.val
         n = min(cfg.examples, len(val))
@@ -238,26 +264,33 @@ class Trainer:
             return {}
         x = val.images[:n][self.rank::self.world_size].to(self.device)
         y = val.labels[:n][self.rank::self.world_size].to(self.device)
-        deployed = DeployedEnsemble(self.net).eval()
-        counts = {}
-        with torch.no_grad():
-            member_logits = self.net(x.unsqueeze(1).expand(-1, self.spec.num_members, *x.shape[1:]))
-            clean_ok = ensemble_scores(member_logits, self.spec.ensemble_output).argmax(1) == y
-        counts["val/clean_acc"] = clean_ok.sum()
-        for j in range(self.spec.num_members):
-            counts[f"val/clean_acc_m{j}"] = (member_logits[:, j].argmax(1) == y).sum()
-        loss_fn = lambda xa: F.cross_entropy(deployed(xa[:, 0]), y, reduction="none").unsqueeze(1)  # noqa: E731
-        robust_all = clean_ok.clone()  # per example: robust to every norm's attack (the union)
-        for norm, eps in cfg.eps.items():
-            slot = SlotAttack((eval_threat(norm, eps, cfg.steps),))
-            delta = perturb(loss_fn, x.unsqueeze(1), [slot], steps=cfg.steps, generator=self.attack_rng)
-            with torch.no_grad():
-                robust = clean_ok & (deployed(x + delta[:, 0]).argmax(1) == y)
-            counts[f"val/robust_{norm.value}"] = robust.sum()
-            robust_all &= robust
-        counts["val/robust_all"] = robust_all.sum()
-        self.net.train()
+        counts = robust_counts(self.net, x, y, dict(cfg.eps), attack=cfg.attack, steps=cfg.steps,
+                               targets=cfg.targets, generator=self.attack_rng,
+                               seed=self.cfg.seed + 1000 * self.progress.epoch + self.rank)
         keys = list(counts)
         totals = _sum_across_ranks(torch.stack([counts[k].float() for k in keys]))
         return {k: float(v) / n for k, v in zip(keys, totals)}
 
+    # ------------------------------------------------------------- best model
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        """Keep a copy of the weights of the epoch with the highest validation union (``eval.select=best``).
+
+        Ties go to the later epoch: with equal union, the longer-trained model.
+        """
+        score = metrics.get("val/robust_all")
+        if self.cfg.eval.select is not Selection.BEST or score is None:
+            return
+        if self.best is None or score >= self.best.score:
+            weights = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+            self.best = BestModel(epoch=self.progress.epoch, score=float(score), weights=weights)
+        metrics["best_epoch"] = self.best.epoch
+        metrics["best/robust_all"] = self.best.score
+
+    def final_net(self) -> nn.Module:
+        """The network to ship as model.safetensors: the best epoch's (eval.select=best) or the last one's."""
+        if self.best is None:
+            return self.net
+        net = build_model(self.spec)
+        net.load_state_dict(self.best.weights)
+        return net

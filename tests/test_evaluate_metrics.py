@@ -174,14 +174,20 @@ def _meta(trained_as):
 def test_paper_column_is_the_row_of_the_method_the_model_was_trained_with(trained_as, label, method) -> None:
     from mat_dist.evaluate import report
 
-    summary = {"examples": 10, "clean": 0.9, "attacks": {"pgd_linf": 0.5}, "all_linf": 0.5, "all_attacks": 0.5}
+    from mat_dist.evaluate.metrics import wilson_interval
+
+    summary = {"examples": 10, "clean": 0.9, "attacks": {"pgd_linf": 0.5}, "all_linf": 0.5, "all_attacks": 0.5,
+               "intervals": {"clean": list(wilson_interval(9, 10)), "all_attacks": list(wilson_interval(5, 10))}}
     info = {"pgd_linf": {"attack": "pgd", "norm": "linf", "eps": 0.3, "library": "own"}}
     text = report.render(summary=summary, attack_info=info, meta=_meta(trained_as), transfer={}, curves=[],
                          warnings=[])
     published = report.paper_values("mnist", method)
     assert f"paper {label} (%)" in text and f"Paper column: {label} in the paper" in text
-    assert f"| Clean |  | 90.0 | {published['clean']:.1f} |" in text
-    assert f"| **All attacks** |  | 50.0 | {published['all_attacks']:.1f} |" in text
+    lo, hi = wilson_interval(9, 10)
+    assert f"| Clean |  | 90.0 | [{100 * lo:.1f}, {100 * hi:.1f}] | {published['clean']:.1f} |" in text
+    lo, hi = wilson_interval(5, 10)
+    assert f"| **All attacks** |  | 50.0 | [{100 * lo:.1f}, {100 * hi:.1f}] | {published['all_attacks']:.1f} |" in text
+    assert "no full-strength AutoAttack" in text  # PGD alone: the report says its figures are upper bounds
 
 
 def test_a_method_the_paper_did_not_run_gets_no_paper_column() -> None:

@@ -56,7 +56,7 @@ def test_tiny_preset_has_every_method_of_the_paper():
     for preset in PRESETS.values():
         assert REQUIRED <= {m.name for m in preset.methods}, preset.name
         assert {"mat_same_linf", "mat_same_l2", "mat_same_l1"} <= {m.name for m in preset.methods} \
-            or preset.name == "tiny"
+            or preset.name.startswith("tiny")
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -76,9 +76,14 @@ def test_every_preset_builds_valid_configs_and_suite(name):
         for norm, eps in zip(cfg.attack.norms, cfg.attack.eps):
             assert eps == preset.radii[norm]
         assert cfg.train.diagnostics == (spec.method in ("mat", "mat_same_norm", "mimo_at"))
+        assert cfg.attack.rotate_norms == (spec.name == "mat_rotate")
+        if preset.radii_match_paper():  # at the paper's radii every selection is made under APGD
+            assert cfg.eval.attack.value == "apgd" or name.endswith("-paper")
     assert {n: e for n, e in suite.eps.items()} == dict(preset.radii)
     if name.endswith("-paper"):
         assert preset.radii_match_paper() and suite.name == "paper"
+    if name.endswith("paper-radii"):
+        assert preset.radii_match_paper() and "mat_rotate" in {m.name for m in preset.methods}
 
 
 def test_report_holds_every_table_with_its_shape(tiny_run):
@@ -102,7 +107,9 @@ def test_report_holds_every_table_with_its_shape(tiny_run):
     assert all(len(r) == len(t4["columns"]) for r in t4["rows"])
     mat_col, paper_col = t4["columns"].index("mat"), t4["columns"].index("mat (paper)")
     row = {r[0]: r for r in t4["rows"]}
-    assert row["all_attacks"][mat_col] == f"{100 * summaries['mat']['all_attacks']:.1f}"
+    lo, hi = summaries["mat"]["intervals"]["all_attacks"]
+    assert row["all_attacks"][mat_col] == (f"{100 * summaries['mat']['all_attacks']:.1f} "
+                                           f"[{100 * lo:.1f}, {100 * hi:.1f}]")  # the union's own interval
     assert row["all_attacks"][paper_col] == "51.7"  # MAT paper Table 4, MNIST
 
     # Table 8: MAT vs one norm for all sub-models.

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mat_dist.atomic import atomic_path
-from mat_dist.checkpoint import PREFIX, STATE, WEIGHTS
+from mat_dist.checkpoint import PREFIX, STATE, WEIGHTS, save_final_model
 from mat_dist.config import RunConfig, config_to_dict
 from mat_dist.data import MimoBatches, load_splits
 from mat_dist.distributed.cluster import ClusterConfig, is_uri
@@ -141,11 +140,6 @@ def _failure(err: BaseException, cluster: ClusterConfig, output: Path) -> BaseEx
     return err
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-
-
 def _finish(cfg: RunConfig, output: Path, checkpoint: Any, keep: int) -> list[dict[str, Any]]:
     """Copy the final checkpoint's model, metrics and state into the run folder; write report.md."""
     if checkpoint is None:
@@ -153,7 +147,7 @@ def _finish(cfg: RunConfig, output: Path, checkpoint: Any, keep: int) -> list[di
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
         rows = read_metrics(folder / METRICS_FILE)
-        _copy_atomic(folder / WEIGHTS, output / WEIGHTS)
+        save_final_model(folder, output / WEIGHTS)  # the best epoch's weights with eval.select=best
         write_atomic(output / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         epoch = int(rows[-1]["epoch"]) if rows else 0
         local = output / "checkpoints"

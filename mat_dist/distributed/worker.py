@@ -178,7 +178,7 @@ class EpochReporter:
         robust = " ".join(f"{k.split('_')[-1]} {100 * v:.1f}" for k, v in metrics.items()
                           if k.startswith("val/robust_"))
         _say(f"epoch {epoch}/{trainer.cfg.train.epochs}: loss {metrics['train/loss']:.3f}  clean "
-             f"{100 * metrics.get('val/clean_acc', float('nan')):.1f}%  PGD robust {robust}  "
+             f"{100 * metrics.get('val/clean_acc', float('nan')):.1f}%  {trainer.cfg.eval.attack.value.upper()} robust {robust}  "
              f"({metrics['epoch_time_s']:.1f} s, {self.world} workers)")
 
 

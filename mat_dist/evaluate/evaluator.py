@@ -29,6 +29,7 @@ from mat_dist.data import load_splits
 from mat_dist.errors import UserError
 from mat_dist.evaluate import curves as curves_mod
 from mat_dist.evaluate import metrics, report, sanity
+from mat_dist.evaluate.adapters.aa import is_full_strength
 from mat_dist.evaluate.runner import Chaos, ProgressFn, run_shards
 from mat_dist.evaluate.shards import SHARDS_DIR, merge_shards, plan_shards
 from mat_dist.evaluate.suite import Suite, plan_jobs
@@ -186,7 +187,8 @@ def _write_outputs(table, *, suite: Suite, output: Path, model, weights: Path, d
     curve_rows = table.filter(pc.starts_with(group, "curve_"))
     pq.write_table(suite_rows, output / "results.parquet")
     summary = metrics.union_summary(suite_rows)
-    attack_info = {a.name: {"attack": a.attack, "norm": a.norm.value, "eps": a.eps, "library": a.kind.library}
+    attack_info = {a.name: {"attack": a.attack, "norm": a.norm.value, "eps": a.eps, "library": a.kind.library,
+                            "full_strength_autoattack": a.attack == "autoattack" and is_full_strength(a.params)}
                    for a in suite.attacks}
     transfer = {}
     if transfer_rows.num_rows:

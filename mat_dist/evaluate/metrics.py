@@ -22,6 +22,28 @@ import numpy as np
 
 from mat_dist.threats import Norm
 
+Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95% intervals
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (Wilson 1927), as fractions in [0, 1].
+
+    Unlike the normal approximation p +- z sqrt(p(1-p)/n) it stays inside [0, 1]
+    and keeps a non-zero width at 0 and n successes, which robust accuracies near
+    0% (a standard model at the paper's radii) and near 100% need. n = 0 gives (0, 1).
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def _interval(robust: np.ndarray) -> list[float]:
+    """The 95% Wilson interval of one per-example boolean column."""
+    return list(wilson_interval(int(robust.sum()), int(robust.size)))
+
 
 def _columns(table: Any, names: list[str]) -> dict[str, np.ndarray]:
     """Columns of a pyarrow table, or of a dict of sequences, as numpy arrays."""
@@ -65,11 +87,20 @@ def union_summary(table: Any) -> dict[str, Any]:
     np.logical_and.at(clean, np.searchsorted(examples, c["example_id"]), c["clean_correct"].astype(bool))
     out: dict[str, Any] = {"examples": int(len(examples)), "clean": float(clean.mean()) if len(examples) else 0.0,
                            "attacks": {a: float(robust[:, i].mean()) for i, a in enumerate(attacks)}}
+    # 95% intervals, each from its own per-example column: a union's from the union's rows (combining
+    # the per-attack intervals would be wrong, as the attacks' successes are correlated).
+    intervals: dict[str, list[float]] = {"clean": _interval(clean)}
+    intervals.update({a: _interval(robust[:, i]) for i, a in enumerate(attacks)})
     for norm in Norm:
         idx = [i for i, a in enumerate(attacks) if norms[a] == norm.value]
         if idx:
-            out[f"all_{norm.value}"] = float(robust[:, idx].all(axis=1).mean())
-    out["all_attacks"] = float(robust.all(axis=1).mean()) if attacks else float(clean.mean())
+            union = robust[:, idx].all(axis=1)
+            out[f"all_{norm.value}"] = float(union.mean())
+            intervals[f"all_{norm.value}"] = _interval(union)
+    everything = robust.all(axis=1) if attacks else clean
+    out["all_attacks"] = float(everything.mean())
+    intervals["all_attacks"] = _interval(everything)
+    out["intervals"] = intervals
     return out
 
 

@@ -50,6 +50,17 @@ class MethodOutcome:
     evaluation: str          # evaluated | resumed | skipped
     train_wall_s: float      # spent in this call (0 when skipped)
     eval_wall_s: float
+    seed: int = 0            # the run config's seed (``--seeds N`` trains seeds 0..N-1)
+
+    @property
+    def label(self) -> str:
+        return run_label(self.spec.name, self.seed)
+
+
+def run_label(method: str, seed: int) -> str:
+    """Folder name of one trained model: the method's name for seed 0 (as before seeds existed), else
+    ``<method>-seed<s>``."""
+    return method if seed == 0 else f"{method}-seed{seed}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,10 +98,12 @@ def preset_suite(preset: Preset):
     return load_suite(preset.suite, list(preset.suite_overrides))
 
 
-def _check_preset_file(output: Path, preset: Preset, overrides: list[str]) -> None:
+def _check_preset_file(output: Path, preset: Preset, overrides: list[str], seeds: int = 1) -> None:
     from mat_dist.runner import write_atomic
 
     wanted = {"preset": preset.to_dict(), "overrides": list(overrides)}
+    if seeds > 1:  # a one-seed folder keeps the layout it had before seeds existed
+        wanted["seeds"] = seeds
     path = output / PRESET_FILE
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -183,7 +196,7 @@ def _train(cfg: RunConfig, run_dir: Path, *, cluster: str | None, tracking_uri: 
 
         def on_epoch(m: dict[str, Any]) -> None:
             log(f"  {cfg.name} epoch {int(m['epoch'])}/{cfg.train.epochs}: loss {m['train/loss']:.3f}, "
-                f"clean {100 * m['val/clean_acc']:.1f}%, PGD all norms {100 * m.get('val/robust_all', 0):.1f}% "
+                f"clean {100 * m['val/clean_acc']:.1f}%, {cfg.eval.attack.value.upper()} all norms {100 * m.get('val/robust_all', 0):.1f}% "
                 f"({m['epoch_time_s']:.0f} s)")
 
         train_local(cfg, run_dir, resume=resume, tracking_uri=tracking_uri, on_epoch=on_epoch)
@@ -228,8 +241,12 @@ def _evaluate(run_dir: Path, eval_dir: Path, cfg: RunConfig, suite, *, examples:
 
 def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overrides: list[str] | None = None,
               tracking: bool = True, tracking_uri: str | None = None, workers: int | None = None,
-              report_dir: Path | None = None, log: Log | None = None) -> ReproduceResult:
-    """Train, evaluate and report every method of ``preset`` into ``output``; finished work is skipped."""
+              report_dir: Path | None = None, log: Log | None = None, seeds: int = 1) -> ReproduceResult:
+    """Train, evaluate and report every method of ``preset`` into ``output``; finished work is skipped.
+
+    ``seeds``: every method is trained and evaluated with run seeds 0..seeds-1 (weights, data order and
+    attack noise all differ), and the report gives each figure's mean and spread over the seeds.
+    """
     from mat_dist.evaluate.evaluator import TrackingOptions
     from mat_dist.evaluate.runner import ray_runtime
     from mat_dist.reproduce import report as report_mod
@@ -239,11 +256,16 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
     started = time.perf_counter()
     overrides = list(overrides or [])
     check_writable(output)
-    # Every config and the suite are built (and validated) before anything trains.
-    configs = {spec.name: method_config(preset, spec, overrides=overrides, tracking=tracking)
-               for spec in preset.methods}
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds} must be at least 1")
+    # Every config and the suite are built (and validated) before anything trains; keyed by run label.
+    runs = [(spec, seed) for spec in preset.methods for seed in range(seeds)]
+    configs = {run_label(spec.name, seed): method_config(
+        preset, spec, overrides=[*overrides, *((f"seed={seed}", f"name={preset.name}-{run_label(spec.name, seed)}")
+                                               if seed else ())], tracking=tracking)
+        for spec, seed in runs}
     suite = preset_suite(preset)
-    _check_preset_file(output, preset, overrides)
+    _check_preset_file(output, preset, overrides, seeds)
     examples = preset.examples or suite.examples
     n_workers = preset.workers if workers is None else workers
     if n_workers < 0:
@@ -255,42 +277,44 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
     with parent:
         # Phase 1: train every method (skip finished runs, resume interrupted ones).
         trained: dict[str, tuple[str, float]] = {}
-        for i, spec in enumerate(preset.methods, 1):
-            cfg, run_dir = configs[spec.name], output / RUNS / spec.name
+        for i, (spec, seed) in enumerate(runs, 1):
+            label = run_label(spec.name, seed)
+            cfg, run_dir = configs[label], output / RUNS / label
             _nest_training_run(cfg, run_dir, parent_run_id=parent.run_id, uri=uri, preset=preset, spec=spec)
             t0 = time.perf_counter()
-            log(f"[{i}/{len(preset.methods)}] train {spec.name} ({cfg.method.name}, M={cfg.model.num_members}, "
-                f"K={cfg.attack.steps}, {cfg.train.epochs} epochs) -> {run_dir}")
+            log(f"[{i}/{len(runs)}] train {label} ({cfg.method.name}, M={cfg.model.num_members}, "
+                f"K={cfg.attack.steps}, {cfg.train.epochs} epochs, seed {cfg.seed}) -> {run_dir}")
             status = _train(cfg, run_dir, cluster=cluster, tracking_uri=uri, log=log)
-            trained[spec.name] = (status, time.perf_counter() - t0)
+            trained[label] = (status, time.perf_counter() - t0)
             if status == "skipped":
-                log(f"  {spec.name}: already trained, skipped")
+                log(f"  {label}: already trained, skipped")
         # Phase 2: evaluate every model with the same suite (one Ray runtime for all, when Ray is used).
         needs_ray = cluster is not None or n_workers > 0
         with (ray_runtime(workers=n_workers, cluster=cluster) if needs_ray else contextlib.nullcontext()):
-            for i, spec in enumerate(preset.methods, 1):
-                cfg, run_dir, eval_dir = configs[spec.name], output / RUNS / spec.name, output / EVALS / spec.name
+            for i, (spec, seed) in enumerate(runs, 1):
+                label = run_label(spec.name, seed)
+                cfg, run_dir, eval_dir = configs[label], output / RUNS / label, output / EVALS / label
                 options = TrackingOptions(enabled=tracking, uri=uri, experiment=experiment,
                                           parent_run_id=parent.run_id,
                                           extra_tags={"mat_dist.preset": preset.name,
                                                       "mat_dist.reproduce_method": spec.name})
                 t0 = time.perf_counter()
-                log(f"[{i}/{len(preset.methods)}] evaluate {spec.name} with suite {suite.name} on {examples} "
+                log(f"[{i}/{len(runs)}] evaluate {label} with suite {suite.name} on {examples} "
                     f"images -> {eval_dir}")
                 status = _evaluate(run_dir, eval_dir, cfg, suite, examples=examples, workers=n_workers,
                                    cluster=cluster, tracking=options, log=log)
                 if status == "skipped":
-                    log(f"  {spec.name}: already evaluated, skipped")
+                    log(f"  {label}: already evaluated, skipped")
                 outcomes.append(MethodOutcome(spec=spec, run_dir=run_dir, eval_dir=eval_dir,
-                                              training=trained[spec.name][0], evaluation=status,
-                                              train_wall_s=trained[spec.name][1],
-                                              eval_wall_s=time.perf_counter() - t0))
+                                              training=trained[label][0], evaluation=status,
+                                              train_wall_s=trained[label][1],
+                                              eval_wall_s=time.perf_counter() - t0, seed=seed))
         # Phase 3: the report.
         wall = time.perf_counter() - started
         invocations = _record_invocation(output, outcomes, wall)
         target = report_dir or output
         written = report_mod.write_report(preset, outcomes, configs=configs, suite=suite, output=target,
-                                          wall_s=wall, invocations=invocations)
+                                          wall_s=wall, invocations=invocations, seeds=seeds)
         parent.log_metrics(report_mod.flat_metrics(written.data), step=0)
         parent.log_artifact(written.report)
         for fig in written.figures:

@@ -80,21 +80,67 @@ class MethodData:
     steps: int
     norms: list[str]
     epochs: int
-    summary: dict[str, Any]
+    summary: dict[str, Any]            # the first seed's evaluation (transfer tables, curves, cost)
     metrics: list[dict[str, Any]]
+    seed_summaries: list[dict[str, Any]] = field(default_factory=list)  # every seed's, seed 0 first
+
+    def values(self, metric: str) -> list[float]:
+        """``metric`` (clean, an attack, all_<norm>, all_attacks) in every seed's evaluation."""
+        out = []
+        for s in self.seed_summaries or [self.summary]:
+            v = s["attacks"].get(metric) if metric in s.get("attacks", {}) else s.get(metric)
+            if v is not None:
+                out.append(float(v))
+        return out
+
+    def mean(self, metric: str) -> float | None:
+        v = self.values(metric)
+        return statistics.fmean(v) if v else None
+
+    def interval(self, metric: str) -> tuple[float, float] | None:
+        """The union of the seeds' 95% Wilson intervals: sampling error over images and spread over seeds.
+
+        A difference between two methods counts only when their intervals do not overlap."""
+        bounds = [s.get("intervals", {}).get(metric) for s in self.seed_summaries or [self.summary]]
+        bounds = [b for b in bounds if b is not None]
+        if not bounds:
+            return None
+        return min(b[0] for b in bounds), max(b[1] for b in bounds)
 
 
 def collect(preset: Preset, outcomes: Sequence[Any], configs: Mapping[str, Any]) -> list[MethodData]:
-    out = []
-    for o in outcomes:
-        cfg = configs[o.spec.name]
+    """One MethodData per method; its seeds' evaluations (``--seeds``) go into ``seed_summaries``."""
+    out: dict[str, MethodData] = {}
+    for o in sorted(outcomes, key=lambda o: getattr(o, "seed", 0)):
+        label = getattr(o, "label", o.spec.name)
+        cfg = configs[label]
         summary = json.loads((o.eval_dir / "summary.json").read_text())
-        out.append(MethodData(name=o.spec.name, method=o.spec.method, paper_name=o.spec.paper_name,
-                              table7_name=o.spec.table7_name, num_members=cfg.model.num_members,
-                              steps=cfg.attack.steps, norms=[n.value for n in cfg.attack.norms],
-                              epochs=cfg.train.epochs, summary=summary,
-                              metrics=_read_jsonl(o.run_dir / "metrics.jsonl")))
-    return out
+        if o.spec.name in out:
+            out[o.spec.name].seed_summaries.append(summary)
+            continue
+        out[o.spec.name] = MethodData(name=o.spec.name, method=o.spec.method, paper_name=o.spec.paper_name,
+                                      table7_name=o.spec.table7_name, num_members=cfg.model.num_members,
+                                      steps=cfg.attack.steps, norms=[n.value for n in cfg.attack.norms],
+                                      epochs=cfg.train.epochs, summary=summary,
+                                      metrics=_read_jsonl(o.run_dir / "metrics.jsonl"), seed_summaries=[summary])
+    return list(out.values())
+
+
+def separated(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    """True when two 95% intervals do not overlap: the difference counts; otherwise it is a tie."""
+    return a is not None and b is not None and (a[1] < b[0] or b[1] < a[0])
+
+
+def cell(d: MethodData, metric: str) -> str:
+    """A table cell: 'mean [lo, hi]' for one seed, 'mean +- sd (n seeds) [lo, hi]' for several."""
+    values = d.values(metric)
+    if not values:
+        return "-"
+    bounds = d.interval(metric)
+    text = f"{100 * statistics.fmean(values):.1f}"
+    if len(values) > 1:
+        text += f" ± {100 * statistics.stdev(values):.1f}"
+    return text + (f" [{100 * bounds[0]:.1f}, {100 * bounds[1]:.1f}]" if bounds else "")
 
 
 def _pct(x: float | None) -> str:
@@ -142,10 +188,10 @@ def main_table(preset: Preset, data: list[MethodData], paper: dict) -> Table:
             columns.append(f"{d.name} (paper)")
     table = Table(f"Robust accuracy (%), paper Table {source[-1]} shape", columns)
 
-    def row(label: str, radius: str, metric: str, value_of) -> None:
+    def row(label: str, radius: str, metric: str) -> None:
         cells = [label, radius]
         for d in data:
-            cells.append(_pct(value_of(d)))
+            cells.append(cell(d, metric))
             if has_paper[d.name]:
                 cells.append(_num(paper.get((source, preset.paper_dataset, d.paper_name, metric))))
         table.rows.append(cells)
@@ -153,11 +199,17 @@ def main_table(preset: Preset, data: list[MethodData], paper: dict) -> Table:
     for norm in NORMS:
         names = [a for a, i in info.items() if i["norm"] == norm.value]
         for a in names:
-            row(a, f"{info[a]['eps']:g}", a, lambda d, a=a: d.summary["attacks"].get(a))
+            row(a, f"{info[a]['eps']:g}", a)
         if names:
-            row(f"all_{norm.value}", "", f"all_{norm.value}", lambda d, k=f"all_{norm.value}": d.summary.get(k))
-    row("all_attacks", "", "all_attacks", lambda d: d.summary.get("all_attacks"))
-    row("clean", "", "clean", lambda d: d.summary.get("clean"))
+            row(f"all_{norm.value}", "", f"all_{norm.value}")
+    row("all_attacks", "", "all_attacks")
+    row("clean", "", "clean")
+    seeds = max(len(d.seed_summaries) for d in data)
+    table.note = ("Cells: robust accuracy (%) " + (f"mean ± standard deviation over {seeds} seeds, " if seeds > 1
+                                                   else "of one trained model, ")
+                  + "then its 95% interval [lo, hi]: the Wilson interval over the test images"
+                  + (", widened to cover every seed's" if seeds > 1 else "")
+                  + ". Two methods whose intervals overlap are tied.")
     return table
 
 
@@ -300,8 +352,13 @@ def cost_table(preset: Preset, data: list[MethodData], paper: dict) -> Table:
 
 # ---------------------------------------------------------------- commentary
 
-def _kendall_pairs(ours: dict[str, float], theirs: dict[str, float]) -> tuple[int, int, list[str], list[str]]:
-    """(pairs ordered alike, pairs the paper orders, pairs we order the other way, pairs we tie)."""
+def _kendall_pairs(ours: dict[str, float], theirs: dict[str, float],
+                   intervals: Mapping[str, tuple[float, float] | None] | None = None,
+                   ) -> tuple[int, int, list[str], list[str]]:
+    """(pairs ordered alike, pairs the paper orders, pairs we order the other way, pairs we tie).
+
+    With ``intervals``, a pair whose 95% intervals overlap is a tie, whatever the order of the means.
+    """
     names = [n for n in ours if n in theirs]
     agree, total, flipped, tied = 0, 0, [], []
     for i, a in enumerate(names):
@@ -310,10 +367,11 @@ def _kendall_pairs(ours: dict[str, float], theirs: dict[str, float]) -> tuple[in
                 continue
             total += 1
             hi, lo = (a, b) if theirs[a] > theirs[b] else (b, a)
-            if ours[hi] > ours[lo]:
+            if ours[hi] == ours[lo] or (intervals is not None
+                                        and not separated(intervals.get(hi), intervals.get(lo))):
+                tied.append(f"{hi} and {lo} ({100 * ours[hi]:.1f} vs {100 * ours[lo]:.1f})")
+            elif ours[hi] > ours[lo]:
                 agree += 1
-            elif ours[hi] == ours[lo]:
-                tied.append(f"{hi} and {lo} ({100 * ours[hi]:.1f})")
             else:
                 flipped.append(f"the paper has {hi} above {lo} ({theirs[hi]:.1f} vs {theirs[lo]:.1f}), "
                                f"we have {100 * ours[hi]:.1f} vs {100 * ours[lo]:.1f}")
@@ -321,7 +379,9 @@ def _kendall_pairs(ours: dict[str, float], theirs: dict[str, float]) -> tuple[in
 
 
 def commentary(preset: Preset, data: list[MethodData], paper: dict) -> tuple[list[str], dict[str, Any]]:
-    """Factual sentences comparing our numbers with the paper's; also returned as data."""
+    """Factual sentences comparing our numbers with the paper's; also returned as data.
+
+    Every comparison of ours counts a difference only when the two 95% intervals do not overlap."""
     source, ds = MAIN_TABLE[preset.paper_dataset], preset.paper_dataset
     lines: list[str] = []
     facts: dict[str, Any] = {}
@@ -330,35 +390,43 @@ def commentary(preset: Preset, data: list[MethodData], paper: dict) -> tuple[lis
         return {d.name: paper[(source, ds, d.paper_name, metric)] for d in data
                 if d.paper_name and (source, ds, d.paper_name, metric) in paper}
 
-    ours_all = {d.name: d.summary["all_attacks"] for d in data}
+    ours_all = {d.name: d.mean("all_attacks") for d in data}
+    intervals = {d.name: d.interval("all_attacks") for d in data}
     order_ours = sorted(ours_all, key=lambda n: -ours_all[n])
-    lines.append("- Ranking by *all attacks* (ours, best first): "
-                 + ", ".join(f"{n} {_pct(ours_all[n])}" for n in order_ours) + ".")
+    lines.append("- Ranking by *all attacks* (ours, best first, mean and 95% interval): "
+                 + ", ".join(f"{n} {_pct(ours_all[n])}" + (f" [{_pct(intervals[n][0])}, {_pct(intervals[n][1])}]"
+                                                           if intervals[n] else "") for n in order_ours) + ".")
     paper_all = theirs("all_attacks")
     if paper_all:
         order_paper = sorted(paper_all, key=lambda n: -paper_all[n])
         lines.append("- The paper's ranking of the methods it reports: "
                      + ", ".join(f"{n} {paper_all[n]:.1f}" for n in order_paper) + ".")
-        agree, total, flipped, tied = _kendall_pairs(ours_all, paper_all)
-        facts["ranking_pairs_agree"], facts["ranking_pairs"] = agree, total
-        lines.append(f"- Of the {total} pairs of these methods that the paper orders, we order {agree} the same way"
-                     + (f", tie {len(tied)} ({'; '.join(tied)})" if tied else "")
+        agree, total, flipped, tied = _kendall_pairs(ours_all, paper_all, intervals)
+        facts["ranking_pairs_agree"], facts["ranking_pairs"], facts["ranking_pairs_tied"] = agree, total, len(tied)
+        lines.append(f"- Of the {total} pairs of these methods that the paper orders, we order {agree} the same way "
+                     f"by more than the intervals"
+                     + (f", tie {len(tied)} (intervals overlap: {'; '.join(tied)})" if tied else "")
                      + (f", and order {len(flipped)} the other way: " + "; ".join(flipped) if flipped else "") + ".")
     if "mat" in ours_all:
-        beaten = [n for n in ours_all if n != "mat" and ours_all["mat"] > ours_all[n]]
-        not_beaten = [n for n in ours_all if n != "mat" and ours_all["mat"] <= ours_all[n]]
-        facts["mat_beats"] = beaten
+        beaten = [n for n in ours_all if n != "mat" and ours_all["mat"] > ours_all[n]
+                  and separated(intervals["mat"], intervals[n])]
+        below = [n for n in ours_all if n != "mat" and ours_all["mat"] < ours_all[n]
+                 and separated(intervals["mat"], intervals[n])]
+        ties = [n for n in ours_all if n != "mat" and n not in beaten and n not in below]
+        facts["mat_beats"], facts["mat_below"], facts["mat_ties"] = beaten, below, ties
         lines.append(f"- MAT's *all attacks* accuracy ({_pct(ours_all['mat'])}%) is above that of "
-                     f"{', '.join(beaten) or 'no other method'}"
-                     + (f", and not above {', '.join(not_beaten)}." if not_beaten else "."))
+                     f"{', '.join(beaten) or 'no other method'} by more than the intervals"
+                     + (f"; below {', '.join(below)}" if below else "")
+                     + (f"; tied with {', '.join(ties)}" if ties else "") + ".")
         if "mat" in paper_all:
             above = [n for n in paper_all if n != "mat" and paper_all["mat"] > paper_all[n]]
-            below = [n for n in paper_all if n != "mat" and paper_all["mat"] <= paper_all[n]]
+            not_above = [n for n in paper_all if n != "mat" and paper_all["mat"] <= paper_all[n]]
             lines.append(f"- In the paper MAT ({paper_all['mat']:.1f}%) is above {', '.join(above) or 'no method'}"
-                         + (f" and not above {', '.join(below)}" if below else "") + " on *all attacks*.")
+                         + (f" and not above {', '.join(not_above)}" if not_above else "") + " on *all attacks* "
+                         "(the paper states no intervals).")
     for norm in NORMS:
         key = f"all_{norm.value}"
-        ours = {d.name: d.summary[key] for d in data if key in d.summary}
+        ours = {d.name: d.mean(key) for d in data if key in d.summary}
         pap = theirs(key)
         if ours and pap:
             best_ours = max((n for n in ours if n in pap), key=lambda n: ours[n], default=None)
@@ -473,7 +541,8 @@ def _machine() -> str:
 
 
 def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[str, Any], suite: Any,
-                 output: Path, wall_s: float, invocations: Sequence[Mapping[str, Any]] = ()) -> Written:
+                 output: Path, wall_s: float, invocations: Sequence[Mapping[str, Any]] = (),
+                 seeds: int = 1) -> Written:
     """Write report.md, report.json and the PNG figures into ``output``."""
     from mat_dist.runner import write_atomic
 
@@ -514,8 +583,12 @@ def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[st
         "",
         f"{preset.description}.",
         "",
-        f"- Command: `matd reproduce --preset {preset.name}`; {len(data)} methods, one run each (no repeats, "
-        f"so no spread is given).",
+        (f"- Command: `matd reproduce --preset {preset.name} --seeds {seeds}`; {len(data)} methods, {seeds} seeds "
+         f"each (run seeds 0..{seeds - 1}: initial weights, data order and attack noise differ); cells give the "
+         f"mean and standard deviation over the seeds." if seeds > 1 else
+         f"- Command: `matd reproduce --preset {preset.name}`; {len(data)} methods, one seed each (`--seeds N` "
+         f"trains N), so the spread over seeds is not measured; every figure carries its 95% interval over "
+         f"the test images."),
         f"- Data and model: {first.data.name.value}, {first.model.backbone}, K={first.attack.steps} training "
         f"attack steps, {first.train.epochs} epochs, batch {first.data.batch_size}; evaluation suite "
         f"`{suite.name}` on the first {data[0].summary['examples']} test images.",

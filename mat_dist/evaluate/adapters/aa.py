@@ -33,6 +33,16 @@ AUTOATTACK_DEFAULTS: dict[str, Any] = {
 CUSTOM_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
 
+def is_full_strength(params: Mapping[str, Any]) -> bool:
+    """True for AutoAttack at the library's full budget: the standard version, or APGD-CE and APGD-T with
+    at least 100 iterations and all 9 target classes (the field's union protocol)."""
+    if str(params.get("version")) == "standard":
+        return True
+    attacks = set(params.get("attacks") or ())
+    return {"apgd-ce", "apgd-t"} <= attacks and int(params.get("n_iter", 0)) >= 100 \
+        and int(params.get("n_target_classes", 0)) >= 9
+
+
 def build(model: nn.Module, *, norm: Norm, eps: float, params: Mapping[str, Any], seed: int):
     """An ``AutoAttack`` at radius ``eps`` configured from the suite's parameters."""
     from pyautoattack import AutoAttack

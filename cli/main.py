@@ -142,7 +142,8 @@ def bench(
 @app.command(context_settings={"allow_extra_args": False})
 def reproduce(
     preset: Optional[str] = typer.Option(
-        None, "--preset", "-p", help="Preset: tiny, mnist5k-cpu, mnist-paper, cifar10-paper (--list shows them)."),
+        None, "--preset", "-p", help="Preset: tiny, tiny-paper-radii, mnist5k-cpu, mnist5k-paper-radii, "
+                                     "mnist-paper, cifar10-paper (--list shows them)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: "
                                           "runs/reproduce-<preset>); re-running the same command resumes it."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file for training and evaluation "

@@ -242,5 +242,5 @@ def test_bad_preset_name_is_one_clear_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0] == ("matd: error: unknown preset 'mnist-huge'; use one of "
-                        "tiny, mnist5k-cpu, mnist-paper, cifar10-paper")
+                        "tiny, tiny-paper-radii, mnist5k-cpu, mnist5k-paper-radii, mnist-paper, cifar10-paper")
     assert not any(tmp_path.iterdir())  # nothing written

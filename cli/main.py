@@ -42,7 +42,7 @@ def train(
 ) -> None:
     """Train a model as a Ray Train job (DDP over the cluster file's workers); writes config, metrics.jsonl,
     checkpoints and the final model to --output."""
-    from cli.train_cmd import run_train
+    from mat_dist.cli.train_cmd import run_train
 
     run_train(config=config, output=output, resume=resume, tracking_uri=tracking_uri,
               overrides=list(overrides or []), cluster=cluster)
@@ -71,7 +71,7 @@ def evaluate(
         None, help="Suite overrides key.sub=value, e.g. eps.linf=0.3 attacks.pgd_linf.params.steps=50."),
 ) -> None:
     """Attack a trained model with a suite, sharded over Ray; writes results.parquet, summary.json, report.md."""
-    from cli.evaluate_cmd import run_evaluate
+    from mat_dist.cli.evaluate_cmd import run_evaluate
 
     run_evaluate(run=run, checkpoint=checkpoint, suite=suite, examples=examples, cluster=cluster, workers=workers,
                  output=output, data=data, data_root=data_root, tracking_uri=tracking_uri, tracking=tracking,
@@ -99,7 +99,7 @@ def tune(
 ) -> None:
     """Search attack step sizes, radii, loss weights, K, lr with Ray Tune (ASHA); writes trials.csv, a plot and
     best_config.yaml to --output."""
-    from cli.tune_cmd import run_tune
+    from mat_dist.cli.tune_cmd import run_tune
 
     run_tune(space=space, config=config, cluster=cluster, trials=trials, output=output, resume=resume,
              tracking_uri=tracking_uri, overrides=list(overrides or []))
@@ -131,7 +131,7 @@ def bench(
         help="key.sub=value for the ray_train part's config (repeatable; replaces the defaults)."),
 ) -> None:
     """Time every training method, the fast path, the evaluator and Ray Train, interleaved; medians and ratios."""
-    from cli.bench_cmd import run_bench
+    from mat_dist.cli.bench_cmd import run_bench
 
     run_bench(output=output, parts=parts, device=device, backbone=backbone, batch_size=batch_size,
               members=members, steps=steps, repeats=repeats, image_size=image_size, channels=channels, model=model,
@@ -162,7 +162,7 @@ def reproduce(
         None, help="Config overrides for every method, key.sub=value, e.g. data.root=/data/mnist."),
 ) -> None:
     """Train every method of the paper, evaluate each with one suite, write a paper-shaped report with figures."""
-    from cli.reproduce_cmd import run_reproduce
+    from mat_dist.cli.reproduce_cmd import run_reproduce
 
     run_reproduce(preset=preset, output=output, cluster=cluster, workers=workers, report_dir=report_dir,
                   tracking_uri=tracking_uri, tracking=tracking, list_presets=list_presets,

@@ -9,7 +9,7 @@ import yaml
 
 
 def matd(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mat_dist.cli.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=None)
 
 

@@ -122,7 +122,7 @@ def test_cli_unreachable_cluster_is_one_line_and_exit_2(tmp_path: Path) -> None:
     cluster.write_text(f"address: 127.0.0.1:{_closed_port()}\n")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "train", "--config", "mnist5k-mat", "--cluster",
+    proc = subprocess.run([sys.executable, "-m", "mat_dist.cli.main", "train", "--config", "mnist5k-mat", "--cluster",
                            str(cluster), "--output", str(tmp_path / "run"), "data.name=digits"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - start

@@ -76,7 +76,7 @@ def test_node_removed_mid_run_resumes_and_loses_no_epoch(cluster, tmp_path: Path
     log = (tmp_path / "driver.log").open("w")
     t0 = time.monotonic()
     driver = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "train", "--config", "mnist5k-mat", "--output", str(output),
+        [sys.executable, "-m", "mat_dist.cli.main", "train", "--config", "mnist5k-mat", "--output", str(output),
          "--cluster", str(cluster_file), "--tracking-uri", db, *TINY],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     timeline: list[str] = []
@@ -142,7 +142,7 @@ def test_node_lost_for_good_stops_with_a_clear_line(cluster, tmp_path: Path) -> 
         f"storage: {{path: {storage}}}\n"
         "failure: {max_failures: 3, controller_failure_limit: 1, worker_start_timeout_s: 10}\n")
     driver = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "train", "--config", "mnist5k-mat", "--output", str(output),
+        [sys.executable, "-m", "mat_dist.cli.main", "train", "--config", "mnist5k-mat", "--output", str(output),
          "--cluster", str(cluster_file), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *TINY],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})

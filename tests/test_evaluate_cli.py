@@ -12,7 +12,7 @@ from mat_dist.evaluate.suite import load_suite, shipped_suites
 
 
 def matd(monkeypatch, capsys, *args):
-    from cli.main import main
+    from mat_dist.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["matd", *map(str, args)])
     with pytest.raises(SystemExit) as exit_info:
@@ -121,7 +121,7 @@ def test_a_small_evaluation_from_the_command_line_logs_to_mlflow(monkeypatch, ca
                      "eps: {linf: 0.1, l1: 5.0}\n"
                      "attacks:\n  pgd_linf: {attack: pgd, norm: linf, params: {steps: 3}}\n"
                      "  pgd_l1: {attack: pgd, norm: l1, params: {steps: 3}}\n")
-    from cli.main import app
+    from mat_dist.cli.main import app
     from typer.testing import CliRunner
 
     db = tmp_path / "mlflow.db"

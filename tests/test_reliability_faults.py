@@ -132,7 +132,7 @@ def test_mlflow_server_killed_mid_run_training_goes_on_and_metrics_jsonl_is_comp
 def _start(folder: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
     out, err = folder / f"stdout-{time.monotonic_ns()}", folder / f"stderr-{time.monotonic_ns()}"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "train", *args], cwd=folder, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mat_dist.cli.main", "train", *args], cwd=folder, env=env,
                             stdout=out.open("w"), stderr=err.open("w"))
     return proc, out, err
 

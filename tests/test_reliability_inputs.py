@@ -1,6 +1,6 @@
 """Bad inputs through the real ``matd`` command: one table, every row one line on stderr and nothing half-written.
 
-Each row builds its inputs in its own folder and runs ``python -m cli.main ...``
+Each row builds its inputs in its own folder and runs ``python -m mat_dist.cli.main ...``
 as a user would (cwd = that folder, PYTHONPATH = the repository). Asserted for
 every row: a non-zero exit code, exactly one stderr line starting with
 ``matd: error:`` that holds the row's fragment (the problem, and where sensible
@@ -285,8 +285,8 @@ def _file(folder: Path) -> Path:
 def _run(folder: Path, args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=folder, capture_output=True, text=True,
-                          timeout=240, env=env)
+    return subprocess.run([sys.executable, "-m", "mat_dist.cli.main", *args], cwd=folder, capture_output=True,
+                          text=True, timeout=240, env=env)
 
 
 @pytest.fixture(scope="module")

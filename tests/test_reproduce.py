@@ -236,8 +236,8 @@ def test_another_preset_in_the_same_folder_is_refused(tiny_run):
 def test_bad_preset_name_is_one_clear_line(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "reproduce", "--preset", "mnist-huge"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run([sys.executable, "-m", "mat_dist.cli.main", "reproduce", "--preset", "mnist-huge"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr

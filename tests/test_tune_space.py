@@ -112,7 +112,7 @@ def test_malformed_yaml_is_one_line(tmp_path: Path) -> None:
 def test_cli_prints_one_line_and_exits_2_for_a_bad_space(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"base": "mnist5k-mat", "params": {"attack.eps.0": {"uniform": [5.0, 1.0]}}}))
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "tune", "--space", str(path)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "mat_dist.cli.main", "tune", "--space", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

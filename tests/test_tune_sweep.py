@@ -97,7 +97,7 @@ def test_mlflow_parent_run_with_a_nested_run_per_trial(sweep) -> None:
 def test_best_config_trains_with_matd_train_as_it_is(sweep) -> None:
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from mat_dist.cli.main import app
 
     result, _, tmp = sweep
     text = result.best_config.read_text()

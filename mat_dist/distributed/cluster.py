@@ -40,6 +40,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,9 @@ import yaml
 from mat_dist.config import find_yaml, shipped_names
 from mat_dist.errors import UserError
 
-# The cluster files that ship with mat-dist (a folder of the repository, beside mat_dist/).
-SHIPPED_CLUSTERS = Path(__file__).resolve().parents[2] / "clusters"
+# The cluster files that ship with mat-dist: the repository's clusters/ folder, installed as the
+# package mat_dist.clusters (pyproject.toml), so a wheel finds them as an editable install does.
+SHIPPED_CLUSTERS = Path(resources.files("mat_dist.clusters"))
 IN_PROCESS = "none"  # ``--cluster none``: the in-process loop, no Ray
 
 

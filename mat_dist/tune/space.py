@@ -45,14 +45,16 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mat_dist.config import RunConfig, config_from_dict, find_yaml, read_yaml, shipped_names
 from mat_dist.errors import UserError
 
-# The shipped spaces: a folder of the repository, beside mat_dist/ (like clusters/).
-SHIPPED_SPACES = Path(__file__).resolve().parents[2] / "tune_spaces"
+# The shipped spaces: the repository's tune_spaces/ folder, installed as the package
+# mat_dist.tune_spaces (pyproject.toml), like clusters/.
+SHIPPED_SPACES = Path(resources.files("mat_dist.tune_spaces"))
 
 # Keys a search must not move, with the reason given to the user.
 FORBIDDEN: dict[str, str] = {

@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from mat_dist.console import plural
+
 PARTS = ("methods", "switches", "evaluator", "ray_train")
 
 
@@ -68,7 +70,7 @@ def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, ba
     if "ray_train" in chosen:
         from mat_dist.bench_parallel import bench_ray_train
 
-        typer.echo(f"ray_train: {cfg.name}, {cfg.train.epochs} epochs on {cfg.data.limit_train or 'all'} "
+        typer.echo(f"ray_train: {cfg.name}, {plural(cfg.train.epochs, 'epoch')} on {cfg.data.limit_train or 'all'} "
                    f"training images, in-process / 1 Ray worker / 2 Ray workers, interleaved")
         result["ray_train"] = bench_ray_train(cfg, repeats=2)
         for path, row in result["ray_train"]["paths"].items():

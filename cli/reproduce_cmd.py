@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mat_dist.console import plural
+
 
 def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | None, workers: int | None,
                   report_dir: Path | None, tracking_uri: str | None, tracking: bool, list_presets: bool,
@@ -20,7 +22,8 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
     from mat_dist.reproduce.pipeline import reproduce
 
     output = output or Path("runs") / f"reproduce-{the_preset.name}"
-    typer.echo(f"reproducing with preset {the_preset.name}: {len(the_preset.methods)} methods x {seeds} seed(s) "
+    typer.echo(f"reproducing with preset {the_preset.name}: {plural(len(the_preset.methods), 'method')} x "
+               f"{plural(seeds, 'seed')} "
                f"({', '.join(m.name for m in the_preset.methods)}) -> {output}"
                + (f" on cluster {cluster}" if cluster else ""))
     result = reproduce(the_preset, output=output, cluster=cluster, overrides=overrides, tracking=tracking,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mat_dist.config import config_from_dict, load_config, apply_overrides, read_yaml
+from mat_dist.console import plural
 
 
 def resolve_run_config(config: str | None, output: Path | None, resume: bool, overrides: list[str]):
@@ -42,11 +43,11 @@ def _run_on_ray(cfg, output: Path, cluster, *, resume: bool, tracking_uri: str |
     from mat_dist.distributed.job import train_ray
 
     w = cluster.workers
-    width = f"{w.min}..{w.num}" if cluster.elastic else f"{w.num}"
+    width = f"{w.min}..{w.num}" if cluster.elastic else w.num
     where = "a local Ray runtime" if cluster.is_local else f"Ray cluster {cluster.address}"
     typer.echo(f"training {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, "
-               f"{cfg.train.epochs} epochs on {where}, {width} workers x ({w.cpus:g} CPU, {w.gpus:g} GPU) "
-               f"[{cluster.source}] -> {output}")
+               f"{plural(cfg.train.epochs, 'epoch')} on {where}, {plural(width, 'worker')} x ({w.cpus:g} CPU, "
+               f"{w.gpus:g} GPU) [{cluster.source}] -> {output}")
     result = train_ray(cfg, output, cluster, resume=resume, tracking_uri=tracking_uri)
     summary = result.worker_summary or {}
     if summary.get("resumed_from"):
@@ -66,7 +67,7 @@ def _run_in_process(cfg, output: Path, *, resume: bool, tracking_uri: str | None
         raise UserError(f"--resume: {output} is a Ray run ({RAY_RUN_FILE}); resume it with --cluster FILE "
                         f"(or no --cluster for the local default)")
     typer.echo(f"training {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, "
-               f"{cfg.train.epochs} epochs -> {output}")
+               f"{plural(cfg.train.epochs, 'epoch')} -> {output}")
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), TextColumn("{task.fields[last]}"), transient=False) as bar:
         task = bar.add_task("train", total=None, epoch=1, last="")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from mat_dist.console import plural
+
 
 def run_tune(*, space: str | None, config: str | None, cluster: str | None, trials: int | None, output: Path | None,
              resume: bool, tracking_uri: str | None, overrides: list[str]) -> None:
@@ -37,7 +39,7 @@ def run_tune(*, space: str | None, config: str | None, cluster: str | None, tria
     result = run_sweep(loaded, output=output, base=config, overrides=overrides, cluster=cluster, trials=trials,
                        resume=resume, tracking_uri=tracking_uri, verbose=1)
     rows = result.rows
-    typer.echo(f"{len(rows)} trials in {result.wall_s:.0f} s: {result.stopped_early} stopped early by ASHA, "
+    typer.echo(f"{plural(len(rows), 'trial')} in {result.wall_s:.0f} s: {result.stopped_early} stopped early by ASHA, "
                f"{sum(r['status'] == 'ERROR' for r in rows)} failed; table {output / 'trials.csv'}")
     if result.interrupted:
         typer.echo(f"matd: interrupted; continue with: matd tune --output {output} --resume", err=True)

@@ -31,6 +31,7 @@ from typing import Any
 
 from mat_dist.checkpoint import PREFIX, STATE, WEIGHTS, save_final_model
 from mat_dist.config import RunConfig, config_to_dict
+from mat_dist.console import plural
 from mat_dist.data import MimoBatches, load_splits
 from mat_dist.distributed.cluster import ClusterConfig, is_uri
 from mat_dist.distributed.launch import check_storage, connect
@@ -131,7 +132,7 @@ def _failure(err: BaseException, cluster: ClusterConfig, output: Path) -> BaseEx
         f = cluster.failure
         if "timed out" in cause or "startup" in cause.lower():
             return UserError(
-                f"training stopped: the cluster could not (re)start {cluster.workers.num} workers "
+                f"training stopped: the cluster could not (re)start {plural(cluster.workers.num, 'worker')} "
                 f"({f.controller_failure_limit + 1} tries of {f.worker_start_timeout_s:g} s each; a node was lost "
                 f"or resources are short); add nodes, or lower workers.num or set workers.min, then "
                 f"matd train --output {output} --resume --cluster {cluster.source}")

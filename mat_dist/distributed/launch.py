@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mat_dist.console import plural, route_worker_lines
 from mat_dist.distributed.cluster import ClusterConfig, is_uri
 from mat_dist.errors import UserError
 
@@ -123,6 +124,8 @@ def connect(cluster: ClusterConfig, *, check: bool = True) -> Iterator[Runtime]:
     except ConnectionError as err:
         raise UserError(f"could not connect to the Ray cluster {cluster.address} ({str(err).splitlines()[0]}); "
                         f"check address in {cluster.source}") from None
+    # Rank 0's epoch lines without Ray's "(RayTrainWorker pid=...)" prefix, Ray's known-harmless lines dropped.
+    route_worker_lines()
     try:
         runtime = _runtime(cluster.address or "local", started=True)
         if check:
@@ -152,11 +155,11 @@ def check_resources(cluster: ClusterConfig, runtime: Runtime) -> None:
             continue
         have = runtime.resources.get(key, 0.0)
         if needed * per_worker > have + 1e-9:
-            problems.append(f"{needed} workers x {per_worker:g} {key} = {needed * per_worker:g} {key}s asked, "
-                            f"the cluster has {have:g}")
+            problems.append(f"{plural(needed, 'worker')} x {per_worker:g} {key} = "
+                            f"{plural(needed * per_worker, key)} asked, the cluster has {have:g}")
         elif runtime.node_resources and per_worker > max(n.get(key, 0.0) for n in runtime.node_resources) + 1e-9:
             biggest = max(n.get(key, 0.0) for n in runtime.node_resources)
-            problems.append(f"a worker asks {per_worker:g} {key}s ({field}) but the largest node has {biggest:g}")
+            problems.append(f"a worker asks {plural(per_worker, key)} ({field}) but the largest node has {biggest:g}")
     if not problems:
         return
     message = (f"{cluster.source}: " + "; ".join(problems)

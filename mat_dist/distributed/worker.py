@@ -40,6 +40,7 @@ from torch import nn
 
 from mat_dist.checkpoint import load_checkpoint, save_checkpoint
 from mat_dist.config import config_from_dict
+from mat_dist.console import OWN_MARKER, plural
 from mat_dist.data import load_splits
 from mat_dist.runner import METRICS_FILE, read_metrics, write_atomic
 from mat_dist.train import Trainer, set_threads
@@ -179,7 +180,7 @@ class EpochReporter:
                           if k.startswith("val/robust_"))
         _say(f"epoch {epoch}/{trainer.cfg.train.epochs}: loss {metrics['train/loss']:.3f}  clean "
              f"{100 * metrics.get('val/clean_acc', float('nan')):.1f}%  {trainer.cfg.eval.attack.value.upper()} robust {robust}  "
-             f"({metrics['epoch_time_s']:.1f} s, {self.world} workers)")
+             f"({metrics['epoch_time_s']:.1f} s, {plural(self.world, 'worker')})")
 
 
 def _quiet_ray_train_reports() -> None:
@@ -197,7 +198,7 @@ def _say(line: str) -> None:
 
     Not ``print``: Ray Train patches it into a logger that can also tee to stdout (lines twice).
     """
-    sys.__stdout__.write(f"mat-dist: {line}\n")
+    sys.__stdout__.write(f"{OWN_MARKER}{line}\n")
     sys.__stdout__.flush()
 
 
@@ -231,7 +232,7 @@ def train_worker(args: dict[str, Any]) -> dict[str, Any] | None:
     history = _restore(trainer, ray.train.get_checkpoint(), rank)
     resumed_from = trainer.progress.epoch
     if rank == 0 and resumed_from:
-        _say(f"resumed from the checkpoint of epoch {resumed_from} ({world} workers)")
+        _say(f"resumed from the checkpoint of epoch {resumed_from} ({plural(world, 'worker')})")
     reporter = EpochReporter(args, trainer, history)
 
     def on_batch(i: int, n: int) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 from mat_dist.checkpoint import WEIGHTS
 from mat_dist.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, read_yaml, \
     resolve_config_path
+from mat_dist.console import plural
 from mat_dist.errors import UserError
 from mat_dist.reproduce.presets import MethodSpec, Preset
 
@@ -283,7 +284,7 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
             _nest_training_run(cfg, run_dir, parent_run_id=parent.run_id, uri=uri, preset=preset, spec=spec)
             t0 = time.perf_counter()
             log(f"[{i}/{len(runs)}] train {label} ({cfg.method.name}, M={cfg.model.num_members}, "
-                f"K={cfg.attack.steps}, {cfg.train.epochs} epochs, seed {cfg.seed}) -> {run_dir}")
+                f"K={cfg.attack.steps}, {plural(cfg.train.epochs, 'epoch')}, seed {cfg.seed}) -> {run_dir}")
             status = _train(cfg, run_dir, cluster=cluster, tracking_uri=uri, log=log)
             trained[label] = (status, time.perf_counter() - t0)
             if status == "skipped":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -167,6 +167,22 @@ def reproduce(
     run_reproduce(preset=preset, output=output, cluster=cluster, workers=workers, report_dir=report_dir,
                   tracking_uri=tracking_uri, tracking=tracking, list_presets=list_presets,
                   overrides=list(overrides or []), seeds=seeds)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def validate(
+    file: str = typer.Argument(..., help="The YAML file to check (with --kind, also a shipped name)."),
+    # The values of mat_dist.schema.FileKind, not imported here so that every other command starts without pydantic.
+    kind: Optional[Literal["run", "cluster", "suite", "space"]] = typer.Option(
+        None, "--kind", "-k", help="What the file is. Default: detected from its top-level keys, the kind that "
+        "knows most of them: params: a search space; attacks:, eps: a suite; workers:, address:, storage:, several "
+        "YAML documents or a mat_dist: section: a cluster file; data:, model:, attack:, train: ...: a run config."),
+) -> None:
+    """Check a run config, cluster file, suite or search space (a space's values against its base config):
+    prints 'FILE: valid <kind> (...)', or the one error line and exits 1."""
+    from mat_dist.cli.validate_cmd import run_validate
+
+    run_validate(file=file, kind=kind)
 
 
 @app.command("configs")

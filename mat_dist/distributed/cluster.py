@@ -1,6 +1,7 @@
 """Cluster files: where a Ray job runs, how wide, where its checkpoints go, how it survives failures.
 
-A cluster file is YAML read with the safe loader into a frozen ``ClusterConfig``;
+A cluster file is YAML read with the safe loader into a frozen ``ClusterConfig``,
+a pydantic dataclass of the one schema (``mat_dist.schema``): an empty file,
 unknown keys, wrong types and impossible values are refused with one
 ``UserError`` line that names the file and the key. ``ClusterConfig()`` (all
 defaults) *is* the embedded default, ``clusters/local.yaml``: a local Ray
@@ -37,17 +38,20 @@ import dataclasses
 import enum
 import os
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from annotated_types import Ge, Gt
+from pydantic import BeforeValidator
+from pydantic.dataclasses import dataclass
 
+from mat_dist import schema
 from mat_dist.config import find_yaml, shipped_names
 from mat_dist.errors import UserError
+from mat_dist.schema import FORBID, INTERNAL, Bool, Count, Hint, Int, NonNegInt, Num, Positive, Str, must
 
 # The cluster files that ship with mat-dist: the repository's clusters/ folder, installed as the
 # package mat_dist.clusters (pyproject.toml), so a wheel finds them as an editable install does.
@@ -62,47 +66,64 @@ class Placement(str, enum.Enum):
     STRICT_SPREAD = "STRICT_SPREAD"
 
 
-@dataclass(frozen=True, kw_only=True)
+def _text(value: Any) -> Any:
+    """A number where a string is meant (a port, a path of digits) is read as its digits."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _is_address(address: str) -> bool:
+    return address == "auto" or address.startswith("ray://") or re.fullmatch(r"[^\s:/]+:\d+", address) is not None
+
+
+Text = Annotated[Str, BeforeValidator(_text)]
+
+
+@dataclass(frozen=True, kw_only=True, config=FORBID)
 class WorkersConfig:
-    num: int = 1
-    min: int | None = None
-    cpus: float | None = None  # null: a local runtime's CPUs shared evenly among the workers
-    gpus: float = 0.0
-    placement: Placement = Placement.PACK
+    num: Count = 1
+    min: Count | None = None
+    # null: a local runtime's CPUs shared evenly among the workers
+    cpus: Annotated[Num, Gt(0), Hint("a worker needs a CPU to run on")] | None = None
+    gpus: Annotated[Num, Ge(0), must(lambda g: g == int(g) or g < 1,
+                                     "{key}={value:g}: a worker gets a fraction of one GPU or whole GPUs")] = 0.0
+    placement: Annotated[Placement, BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)] = \
+        Placement.PACK
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=FORBID)
 class LocalConfig:
-    num_cpus: int | None = None
-    num_gpus: int | None = None
+    num_cpus: Annotated[NonNegInt, Hint("or null for all")] | None = None
+    num_gpus: Annotated[NonNegInt, Hint("or null for all")] | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=FORBID)
 class StorageConfig:
-    path: str | None = None
-    checkpoints_kept: int = 2
+    path: Annotated[Text, must(lambda p: p.strip() != "", "{key} is empty; use null for the run folder")] | None = None
+    checkpoints_kept: Count = 2
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=FORBID)
 class FailureConfig:
-    max_failures: int = 3
-    controller_failure_limit: int = 2
-    worker_start_timeout_s: float = 60.0
+    max_failures: Annotated[Int, Ge(-1), Hint("-1: unlimited")] = 3
+    controller_failure_limit: Annotated[NonNegInt, Hint("a bound is what stops a run whose lost node never "
+                                                        "comes back")] = 2
+    worker_start_timeout_s: Positive = 60.0
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=FORBID)
 class ClusterConfig:
-    address: str | None = None
-    autoscaling: bool = False
+    address: Annotated[Text, must(_is_address, "{key} {value!r} is not HOST:PORT, ray://HOST:PORT or auto; "
+                                               "use null for a local runtime")] | None = None
+    autoscaling: Bool = False
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     failure: FailureConfig = field(default_factory=FailureConfig)
-    env: dict[str, str] = field(default_factory=dict)
-    source: str = "embedded default"  # where it was read from; not a YAML key
+    env: dict[Str, Annotated[str, BeforeValidator(str)]] = field(default_factory=dict)
+    source: Annotated[str, INTERNAL] = "embedded default"  # where it was read from; not a YAML key
 
     def __post_init__(self) -> None:
-        if self.workers.cpus is None and self.address is None and self.workers.num >= 1:
+        if self.workers.cpus is None and self.address is None:
             # null: the local runtime's CPUs (local.num_cpus, else this process's) shared evenly.
             total = self.local.num_cpus or len(os.sched_getaffinity(0))
             share = float(max(1, total // self.workers.num))
@@ -149,128 +170,32 @@ def is_uri(path: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path) is not None and not path.startswith("file://")
 
 
-# ---------------------------------------------------------------- validation
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
+# ---------------------------------------------------------------- rules across fields
 
 def _validate(c: ClusterConfig) -> None:
-    w, f, s = c.workers, c.failure, c.storage
-    where = f"cluster file {c.source}"
-    if c.address is not None:
-        _require(c.address == "auto" or c.address.startswith("ray://") or re.fullmatch(r"[^\s:/]+:\d+", c.address),
-                 f"{where}: address {c.address!r} is not HOST:PORT, ray://HOST:PORT or auto; "
-                 f"use null for a local runtime")
-    _require(w.num >= 1, f"{where}: workers.num={w.num} must be at least 1")
-    _require(w.min is None or 1 <= w.min <= w.num,
-             f"{where}: workers.min={w.min} must be between 1 and workers.num={w.num} (or null)")
+    """The rules across fields; each field's own type and bounds are the schema's (the dataclasses above)."""
+    w = c.workers
+    if w.min is not None and w.min > w.num:
+        raise UserError(f"workers.min={w.min} must be between 1 and workers.num={w.num} (or null)")
     if c.address is not None and (c.local.num_cpus is not None or c.local.num_gpus is not None):
-        raise UserError(f"{where}: the local section applies only to a local runtime (address: null); "
-                        f"remove it or set address to null")
-    _require(w.cpus is not None, f"{where}: workers.cpus must be set for a remote cluster "
-                                 f"(null shares this machine's CPUs, for a local runtime only)")
-    _require(w.cpus > 0, f"{where}: workers.cpus={w.cpus:g} must be positive (a worker needs a CPU to run on)")
-    _require(w.gpus >= 0, f"{where}: workers.gpus={w.gpus:g} must be >= 0")
-    _require(w.gpus == int(w.gpus) or w.gpus < 1,
-             f"{where}: workers.gpus={w.gpus:g}: a worker gets a fraction of one GPU or whole GPUs")
-    for key, value in (("local.num_cpus", c.local.num_cpus), ("local.num_gpus", c.local.num_gpus)):
-        _require(value is None or value >= 0, f"{where}: {key}={value} must be >= 0 (or null for all)")
-    if c.address is not None and (c.local.num_cpus is not None or c.local.num_gpus is not None):
-        raise UserError(f"{where}: the local section applies only to a local runtime (address: null); "
-                        f"remove it or set address to null")
-    _require(s.checkpoints_kept >= 1, f"{where}: storage.checkpoints_kept={s.checkpoints_kept} must be at least 1")
-    _require(s.path is None or s.path.strip() != "", f"{where}: storage.path is empty; use null for the run folder")
-    _require(f.max_failures >= -1, f"{where}: failure.max_failures={f.max_failures} must be >= 0 (-1: unlimited)")
-    _require(f.controller_failure_limit >= 0,
-             f"{where}: failure.controller_failure_limit={f.controller_failure_limit} must be >= 0; a bound is "
-             f"what stops a run whose lost node never comes back")
-    _require(f.worker_start_timeout_s > 0,
-             f"{where}: failure.worker_start_timeout_s={f.worker_start_timeout_s:g} must be positive")
+        raise UserError("the local section applies only to a local runtime (address: null); "
+                        "remove it or set address to null")
+    if w.cpus is None:
+        raise UserError("workers.cpus must be set for a remote cluster "
+                        "(null shares this machine's CPUs, for a local runtime only)")
 
 
 # ---------------------------------------------------------------- YAML -> typed
 
-def _describe(tp: Any) -> str:
-    if tp is int:
-        return "an integer"
-    if tp is float:
-        return "a number"
-    if tp is bool:
-        return "true or false"
-    if tp is str:
-        return "a string"
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + ", ".join(e.value for e in tp)
-    return "a mapping"
-
-
-def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [t for t in typing.get_args(tp) if t is not type(None)]
-        return _convert(value, inner, key, where)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise UserError(f"{where}: {key} must be a mapping, got {value!r}")
-        return _fields(tp, value, f"{key}.", where)
-    if typing.get_origin(tp) is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise UserError(f"{where}: {key} must be a mapping of names to values, got {value!r}")
-        return {k: str(v) for k, v in value.items()}
-    bad = f"{where}: {key} must be {_describe(tp)}, got {value!r}"
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(str(value).upper())
-        except ValueError:
-            raise UserError(bad) from None
-    if tp is bool:
-        _require(isinstance(value, bool), bad)
-        return value
-    if tp is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), bad)
-        return value
-    if tp is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), bad)
-        return float(value)
-    if tp is str:
-        _require(isinstance(value, (str, int, float)) and not isinstance(value, bool), bad)
-        return str(value)
-    raise TypeError(f"unsupported cluster config type {tp!r}")
-
-
-def _fields(cls: type, raw: dict, prefix: str, where: str) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    for key in raw:
-        if key not in names:
-            raise UserError(f"{where}: unknown key {prefix}{key!s}; known keys here: {', '.join(names)}")
-    values = {k: _convert(v, hints[k], f"{prefix}{k}", where) for k, v in raw.items()}
-    return values if cls is ClusterConfig else cls(**values)
-
-
 def cluster_from_dict(raw: Any, *, source: str = "(mapping)") -> ClusterConfig:
-    """Validate parsed YAML (a mapping; None or empty = all defaults) into a ``ClusterConfig``."""
-    where = f"cluster file {source}"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{where} must be a YAML mapping (address, workers, storage, failure, ...), "
-                        f"not a {type(raw).__name__}")
-    return ClusterConfig(**_fields(ClusterConfig, raw, "", where), source=source)
+    """Validate parsed YAML (a mapping) into a ``ClusterConfig``; errors name ``source``."""
+    return schema.parse(ClusterConfig, raw, voice=schema.CLUSTER, where=f"cluster file {source}",
+                        internal={"source": source})
 
 
 def cluster_to_dict(c: ClusterConfig) -> dict[str, Any]:
     """Plain YAML-able data that ``cluster_from_dict`` reads back unchanged."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, enum.Enum):
-            return v.value
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-    data = {k: plain(v) for k, v in dataclasses.asdict(c).items()}
+    data = schema.plain(dataclasses.asdict(c))
     data.pop("source")
     return data
 
@@ -284,7 +209,7 @@ def resolve_cluster_path(name: str | os.PathLike) -> Path:
     return path
 
 
-SECTION = "mat_dist"  # the cluster settings inside a Ray launcher file or a KubeRay manifest
+SECTION = schema.CLUSTER_SECTION  # the cluster settings inside a Ray launcher file or a KubeRay manifest
 
 
 def _mat_dist_section(docs: list[Any], file: Path) -> Any:
@@ -331,6 +256,8 @@ def load_cluster(path: str | os.PathLike | None = None) -> ClusterConfig:
         raise UserError(f"cluster file {file} is not valid YAML{at} ({problem}); fix the syntax") from None
     except OSError as err:
         raise UserError(f"cluster file {file} cannot be read ({err.strerror}); check the path") from None
+    if raw is None:  # an empty file, or an empty mat_dist: section
+        raise schema.empty_file(f"cluster file {file}", "cluster file", ClusterConfig, shipped_names(SHIPPED_CLUSTERS))
     cluster = cluster_from_dict(raw, source=str(file))
     if cluster.storage.path is not None and not is_uri(cluster.storage.path) \
             and not Path(cluster.storage.path).expanduser().is_absolute():

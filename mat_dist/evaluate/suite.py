@@ -14,9 +14,10 @@ A suite is a YAML mapping (see ``mat_dist/suites/quick.yaml``)::
     curves: {attacks: [pgd_linf], steps: [1, 5, 20], eps_scale: [0.5, 1, 2], examples: 200}
     sanity: {black_box_margin: 0.01, max_final_accuracy: 0.1}
 
-``key.sub=value`` overrides (``eps.linf=0.3``, ``attacks.pgd_linf.params.steps=50``)
-change single fields, as for training configs. Unknown keys, attacks, norms
-or parameters are refused with one line.
+The file's schema is ``SuiteFile`` (``mat_dist.schema``); ``key.sub=value``
+overrides (``eps.linf=0.3``, ``attacks.pgd_linf.params.steps=50``,
+``curves.steps.0=2``) change single fields, as for training configs. An empty
+file, unknown keys, attacks, norms or parameters are refused with one line.
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ import importlib.util
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping, Sequence
 
-from mat_dist.config import apply_overrides, find_yaml, read_yaml
+import pydantic
+from pydantic import BaseModel
+
+from mat_dist import schema
+from mat_dist.config import find_yaml
 from mat_dist.errors import UserError
 from mat_dist.evaluate.registry import ATTACKS, COMMON_DEFAULTS, attack_kind
+from mat_dist.schema import FORBID, Count, Int, NonNegative, NonNegInt, Num, Positive, Str, must
 from mat_dist.threats import Norm, radius_unit_problem
 
 SHIPPED_SUITES = Path(__file__).resolve().parent.parent / "suites"
@@ -51,32 +57,32 @@ class AttackSpec:
         return ATTACKS[self.attack]
 
 
-@dataclass(frozen=True, kw_only=True)
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
 class Resources:
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    max_retries: int = 2       # a shard whose worker dies is retried this many times
+    num_cpus: Positive = 1.0
+    num_gpus: NonNegative = 0.0
+    max_retries: NonNegInt = 2  # a shard whose worker dies is retried this many times
 
 
-@dataclass(frozen=True, kw_only=True)
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
 class TransferSpec:
-    attacks: tuple[str, ...] = ()
-    examples: int | None = None  # at most this many examples (default: all evaluated)
+    attacks: tuple[Str, ...] = ()
+    examples: Count | None = None  # at most this many examples (default: all evaluated)
 
 
-@dataclass(frozen=True, kw_only=True)
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
 class CurveSpec:
-    attacks: tuple[str, ...] = ()
-    steps: tuple[int, ...] = ()
-    eps_scale: tuple[float, ...] = ()
-    examples: int | None = None
+    attacks: tuple[Str, ...] = ()
+    steps: tuple[Count, ...] = ()
+    eps_scale: tuple[Positive, ...] = ()
+    examples: Count | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
 class SanitySpec:
-    black_box_margin: float = 0.01     # accuracy a black-box attack may beat white-box ones by
-    max_final_accuracy: float = 0.1    # robust accuracy expected at the largest radius of the curve
-    curve_tolerance: float = 0.02      # allowed rise of accuracy with more steps or a larger radius
+    black_box_margin: Num = 0.01     # accuracy a black-box attack may beat white-box ones by
+    max_final_accuracy: Num = 0.1    # robust accuracy expected at the largest radius of the curve
+    curve_tolerance: Num = 0.02      # allowed rise of accuracy with more steps or a larger radius
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +122,41 @@ class Suite:
         }
 
 
+# ------------------------------------------------------------------ the file's schema
+
+Radius = Annotated[Num, must(lambda e: e > 0, "{key} must be a positive number, got {value!r}")]
+AttackName = Annotated[Str, must(lambda n: _NAME.match(n) is not None and "__" not in n,
+                                 "attack name {value!r} must be lower-case letters, digits, '_', '.', '-' "
+                                 "(and no '__')")]
+
+
+class AttackFile(BaseModel):
+    """One attack of a suite file; ``params`` are checked against the attack's own (``_attack_spec``)."""
+
+    model_config = FORBID
+    attack: Annotated[Str, must(lambda a: a in ATTACKS, "{key}: unknown attack {value!r}; use one of "
+                                + ", ".join(ATTACKS))]
+    norm: Norm
+    eps: Radius | None = None  # default: the suite's eps for the norm
+    params: dict[Str, Any] = {}
+
+
+class SuiteFile(BaseModel):
+    model_config = FORBID
+    name: Str | None = None  # default: the file's name
+    examples: Count = 1000
+    shard_size: Count = 100
+    seed: Int = 0
+    eps: dict[Norm, Radius] = {}
+    resources: Resources = Resources()
+    attacks: Annotated[dict[AttackName, AttackFile], must(bool, "{key} must be a non-empty mapping of "
+                                                                "name -> {{attack, norm, params}}")] = \
+        pydantic.Field(default_factory=dict, validate_default=True)
+    transfer: TransferSpec = TransferSpec()
+    curves: CurveSpec = CurveSpec()
+    sanity: SanitySpec = SanitySpec()
+
+
 # ------------------------------------------------------------------ loading
 
 def shipped_suites() -> list[str]:
@@ -131,137 +172,66 @@ def resolve_suite_path(name_or_path: str) -> Path:
 
 def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
     path = resolve_suite_path(name_or_path)
-    raw = read_yaml(path) or {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{path} must hold a YAML mapping (name, eps, attacks, ...)")
-    return suite_from_dict(apply_overrides(raw, list(overrides or [])), source=str(path))
+    raw = schema.load_yaml(path, "suite", SuiteFile, ", ".join(shipped_suites()))
+    return suite_from_dict(raw, source=str(path), overrides=list(overrides or []))
 
 
-_TOP_KEYS = {"name", "examples", "shard_size", "seed", "eps", "resources", "attacks", "transfer", "curves", "sanity"}
+def suite_from_dict(raw: Any, *, source: str = "", overrides: Sequence[str] = ()) -> Suite:
+    """Validate parsed YAML (``overrides`` applied to a copy first) into a ``Suite``; one UserError line."""
+    where = f"suite {source}" if source else "suite"
+    if overrides and isinstance(raw, dict):
+        raw = schema.apply_overrides(copy.deepcopy(raw), overrides, model=SuiteFile, voice=schema.SUITE)
+    f = schema.parse(SuiteFile, raw, voice=schema.SUITE, where=where, overrides=overrides)
+    with schema.located(where, overrides):
+        for norm, eps in f.eps.items():
+            _unit_check(norm, eps, f"eps.{norm.value}")
+        attacks = tuple(_attack_spec(name, a, f.eps) for name, a in f.attacks.items())
+        names = {a.name for a in attacks}
+        _attack_names(f.transfer.attacks, names, "transfer.attacks")
+        _attack_names(f.curves.attacks, names, "curves.attacks")
+        for a in f.curves.attacks:
+            if "steps" not in attacks[[x.name for x in attacks].index(a)].params and f.curves.steps:
+                raise UserError(f"curves.attacks: {a} has no 'steps' parameter to sweep")
+    return Suite(name=f.name or Path(source).stem or "suite", examples=f.examples, shard_size=f.shard_size,
+                 seed=f.seed, eps=dict(f.eps), attacks=attacks, resources=f.resources, transfer=f.transfer,
+                 curves=f.curves, sanity=f.sanity, source=source)
 
 
-def _check_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    for key in raw:
-        if key not in allowed:
-            raise UserError(f"suite: unknown key {where}{key!r}; known keys here: {', '.join(sorted(allowed))}")
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"suite: {key} must be a positive integer, got {value!r}")
-    return value
-
-
-def _norm(value: Any, key: str) -> Norm:
-    try:
-        return Norm(value)
-    except ValueError:
-        known = ', '.join(n.value for n in Norm)
-        raise UserError(f"suite: {key}: unknown norm {value!r}; use one of {known}") from None
-
-
-def _radius(norm: Norm, value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise UserError(f"suite: {key} must be a positive number, got {value!r}")
-    problem = radius_unit_problem(norm, float(value))
+def _unit_check(norm: Norm, eps: float, key: str) -> None:
+    problem = radius_unit_problem(norm, eps)
     if problem is not None:
-        raise UserError(f"suite: {key}: {problem}")
-    return float(value)
+        raise UserError(f"{key}: {problem}")
 
 
-def _sub(raw: Mapping[str, Any], key: str) -> dict:
-    value = raw.get(key) or {}
-    if not isinstance(value, dict):
-        raise UserError(f"suite: {key} must be a mapping, got {value!r}")
-    return value
-
-
-def suite_from_dict(raw: Mapping[str, Any], *, source: str = "") -> Suite:
-    _check_keys(raw, _TOP_KEYS, "")
-    name = str(raw.get("name") or Path(source).stem or "suite")
-    eps_raw = _sub(raw, "eps")
-    eps = {_norm(k, f"eps.{k}"): 0.0 for k in eps_raw}
-    eps = {n: _radius(n, eps_raw[n.value], f"eps.{n.value}") for n in eps}
-    attacks_raw = raw.get("attacks")
-    if not isinstance(attacks_raw, dict) or not attacks_raw:
-        raise UserError("suite: attacks must be a non-empty mapping of name -> {attack, norm, params}")
-    attacks = tuple(_attack_spec(n, a, eps) for n, a in attacks_raw.items())
-    res = _sub(raw, "resources")
-    _check_keys(res, {"num_cpus", "num_gpus", "max_retries"}, "resources.")
-    resources = Resources(num_cpus=float(res.get("num_cpus", 1.0)), num_gpus=float(res.get("num_gpus", 0.0)),
-                          max_retries=int(res.get("max_retries", 2)))
-    if resources.num_cpus <= 0 or resources.num_gpus < 0 or resources.max_retries < 0:
-        raise UserError("suite: resources need num_cpus > 0, num_gpus >= 0 and max_retries >= 0")
-    names = {a.name for a in attacks}
-    tr = _sub(raw, "transfer")
-    _check_keys(tr, {"attacks", "examples"}, "transfer.")
-    transfer = TransferSpec(attacks=_attack_names(tr.get("attacks", []), names, "transfer.attacks"),
-                            examples=None if tr.get("examples") is None
-                            else _positive_int(tr["examples"], "transfer.examples"))
-    cu = _sub(raw, "curves")
-    _check_keys(cu, {"attacks", "steps", "eps_scale", "examples"}, "curves.")
-    curves = CurveSpec(
-        attacks=_attack_names(cu.get("attacks", []), names, "curves.attacks"),
-        steps=tuple(_positive_int(s, "curves.steps[]") for s in cu.get("steps", [])),
-        eps_scale=tuple(_radius(Norm.L2, s, "curves.eps_scale[]") for s in cu.get("eps_scale", [])),
-        examples=None if cu.get("examples") is None else _positive_int(cu["examples"], "curves.examples"))
-    for a in curves.attacks:
-        if "steps" not in attacks[[x.name for x in attacks].index(a)].params and curves.steps:
-            raise UserError(f"suite: curves.attacks: {a} has no 'steps' parameter to sweep")
-    sa = _sub(raw, "sanity")
-    _check_keys(sa, {"black_box_margin", "max_final_accuracy", "curve_tolerance"}, "sanity.")
-    sanity = SanitySpec(**{k: float(v) for k, v in sa.items()})
-    return Suite(name=name, examples=_positive_int(raw.get("examples", 1000), "examples"),
-                 shard_size=_positive_int(raw.get("shard_size", 100), "shard_size"),
-                 seed=int(raw.get("seed", 0)), eps=eps, attacks=attacks, resources=resources,
-                 transfer=transfer, curves=curves, sanity=sanity, source=source)
-
-
-def _attack_names(value: Any, known: set[str], key: str) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise UserError(f"suite: {key} must be a list of attack names")
-    for name in value:
+def _attack_names(names: tuple[str, ...], known: set[str], key: str) -> None:
+    for name in names:
         if name not in known:
-            raise UserError(f"suite: {key}: {name!r} is not an attack of this suite ({', '.join(sorted(known))})")
-    return tuple(value)
+            raise UserError(f"{key}: {name!r} is not an attack of this suite ({', '.join(sorted(known))})")
 
 
-def _attack_spec(name: Any, raw: Any, eps: Mapping[Norm, float]) -> AttackSpec:
-    if not isinstance(name, str) or not _NAME.match(name) or "__" in name:
-        raise UserError(f"suite: attack name {name!r} must be lower-case letters, digits, '_', '.', '-' "
-                        f"(and no '__')")
-    if not isinstance(raw, dict):
-        raise UserError(f"suite: attacks.{name} must be a mapping with attack, norm and params")
-    _check_keys(raw, {"attack", "norm", "eps", "params"}, f"attacks.{name}.")
-    if "attack" not in raw or "norm" not in raw:
-        raise UserError(f"suite: attacks.{name} needs 'attack' (one of {', '.join(ATTACKS)}) and 'norm'")
-    kind = attack_kind(str(raw["attack"]))
-    norm = _norm(raw["norm"], f"attacks.{name}.norm")
+def _attack_spec(name: str, raw: AttackFile, eps: Mapping[Norm, float]) -> AttackSpec:
+    kind, norm = attack_kind(raw.attack), raw.norm
     for module in kind.requires:
         if importlib.util.find_spec(module) is None:
-            raise UserError(f"suite: attacks.{name}: {kind.name} needs the {module} package; "
+            raise UserError(f"attacks.{name}: {kind.name} needs the {module} package; "
                             f"install it (pip install {module}) or drop the attack")
     if norm not in kind.norms:
-        raise UserError(f"suite: attacks.{name}: {kind.name} does not attack in {norm.value}; "
+        raise UserError(f"attacks.{name}: {kind.name} does not attack in {norm.value}; "
                         f"it supports {', '.join(n.value for n in Norm if n in kind.norms)}")
-    if "eps" in raw:
-        radius = _radius(norm, raw["eps"], f"attacks.{name}.eps")
-    elif norm in eps:
-        radius = eps[norm]
-    else:
-        raise UserError(f"suite: attacks.{name} has no eps and the suite's eps has no {norm.value} entry")
-    params_raw = raw.get("params") or {}
-    if not isinstance(params_raw, dict):
-        raise UserError(f"suite: attacks.{name}.params must be a mapping")
+    if raw.eps is not None:
+        _unit_check(norm, raw.eps, f"attacks.{name}.eps")
+    elif norm not in eps:
+        raise UserError(f"attacks.{name} has no eps and the suite's eps has no {norm.value} entry")
     allowed = {**COMMON_DEFAULTS, **kind.defaults}
-    for key in params_raw:
+    for key in raw.params:
         if key not in allowed:
-            raise UserError(f"suite: attacks.{name}.params: {kind.name} has no parameter {key!r}; "
+            raise UserError(f"attacks.{name}.params: {kind.name} has no parameter {key!r}; "
                             f"it takes {', '.join(allowed)}")
-    params = {**copy.deepcopy(allowed), **params_raw}
-    if not isinstance(params["restarts"], int) or params["restarts"] < 1:
-        raise UserError(f"suite: attacks.{name}.params.restarts must be a positive integer")
-    return AttackSpec(name=name, attack=kind.name, norm=norm, eps=radius, params=params)
+    params = {**copy.deepcopy(allowed), **raw.params}
+    if isinstance(params["restarts"], bool) or not isinstance(params["restarts"], int) or params["restarts"] < 1:
+        raise UserError(f"attacks.{name}.params.restarts must be a positive integer")
+    return AttackSpec(name=name, attack=kind.name, norm=norm, eps=raw.eps if raw.eps is not None else eps[norm],
+                      params=params)
 
 
 # ------------------------------------------------------------------ jobs

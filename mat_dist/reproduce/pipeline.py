@@ -19,7 +19,6 @@ is a run nested under it (tag ``mlflow.parentRunId``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -94,8 +93,8 @@ def preset_suite(preset: Preset):
     from mat_dist.evaluate.suite import load_suite, suite_from_dict
 
     if isinstance(preset.suite, Mapping):
-        raw = apply_overrides(copy.deepcopy(dict(preset.suite)), list(preset.suite_overrides))
-        return suite_from_dict(raw, source=f"preset {preset.name}")
+        return suite_from_dict(dict(preset.suite), source=f"preset {preset.name}",
+                               overrides=list(preset.suite_overrides))
     return load_suite(preset.suite, list(preset.suite_overrides))
 
 

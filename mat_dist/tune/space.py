@@ -24,14 +24,16 @@ A space file (``tune_spaces/*.yaml``) opens with the command that runs it:
 
 Distributions: ``choice`` and ``grid`` take a list of values (grid runs every
 value, each ``trials`` times); ``uniform``, ``loguniform`` and ``randint``
-take ``[low, high]`` with low < high. Keys are checked against the RunConfig
-schema; an integer part indexes a list (``attack.eps.2``: sub-model 2's
-radius). ``eval.*``, ``seed`` and the validation data cannot be searched: the
-evaluation radii and the validation split define the objective, and a search
-that could move them would reward shrinking the test rather than improving
-the model. Every candidate value (each choice, both range bounds) is applied
-to the base config and validated there, so a bad space fails before any trial
-starts, with one line naming the file and the key.
+take ``[low, high]`` with low < high. The file's schema is ``SpaceFile``; its
+keys are checked against the RunConfig schema, in the override syntax of
+``matd train`` (``mat_dist.schema.set_key``): an integer part indexes a list
+(``attack.eps.2``: sub-model 2's radius). ``eval.*``, ``seed`` and the
+validation data cannot be searched: the evaluation radii and the validation
+split define the objective, and a search that could move them would reward
+shrinking the test rather than improving the model. Every candidate value
+(each choice, both range bounds) is applied to the base config and validated
+there, so a bad space fails before any trial starts, with one line naming the
+file and the key.
 """
 
 from __future__ import annotations
@@ -40,17 +42,20 @@ import copy
 import dataclasses
 import enum
 import math
-import numbers
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from mat_dist.config import RunConfig, config_from_dict, find_yaml, read_yaml, shipped_names
+import pydantic
+from annotated_types import Gt
+from pydantic import BaseModel
+
+from mat_dist import schema
+from mat_dist.config import RunConfig, config_from_dict, find_yaml, shipped_names
 from mat_dist.errors import UserError
+from mat_dist.schema import FORBID, Count, NonNegInt, Num, Share, Str, bare, key_type, must
 
 # The shipped spaces: the repository's tune_spaces/ folder, installed as the package
 # mat_dist.tune_spaces (pyproject.toml), like clusters/.
@@ -127,16 +132,16 @@ class Param:
         return f"{self.dist.value} {list(self.values)}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
 class ObjectiveSpec:
-    min_clean_acc: float | None = None
+    min_clean_acc: Share | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
 class SchedulerSpec:
     name: Scheduler = Scheduler.ASHA
-    grace_period: int = 1
-    reduction_factor: float = 2.0
+    grace_period: Count = 1
+    reduction_factor: Annotated[Num, Gt(1)] = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,66 +191,9 @@ class SearchSpace:
 
 # ---------------------------------------------------------------- dotted keys
 
-def _strip_optional(tp: Any) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        options = [t for t in typing.get_args(tp) if t is not type(None)]
-        if len(options) == 1:
-            return options[0]
-    return tp
-
-
-def key_type(key: str, *, where: str) -> Any:
-    """The type of config key ``key`` (dotted; integer parts index lists). UserError if no such key."""
-    tp: Any = RunConfig
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        tp = _strip_optional(tp)
-        so_far = ".".join(parts[:i])
-        if dataclasses.is_dataclass(tp):
-            hints = typing.get_type_hints(tp)
-            names = [f.name for f in dataclasses.fields(tp)]
-            if part not in names:
-                here = f" in {so_far}" if so_far else ""
-                raise UserError(f"{where}: unknown config key {key!r} (no {part!r}{here}; known keys here: "
-                                f"{', '.join(names)})")
-            tp = hints[part]
-        elif typing.get_origin(tp) is list:
-            if not part.isdigit():
-                raise UserError(f"{where}: {so_far} is a list; index it with a number ({so_far}.0, {so_far}.1, "
-                                f"...), not {part!r}")
-            (tp,) = typing.get_args(tp)
-        elif typing.get_origin(tp) is dict:
-            tp = typing.get_args(tp)[1]
-        else:
-            raise UserError(f"{where}: {so_far} is a single value; it has no part {part!r}")
-    if dataclasses.is_dataclass(_strip_optional(tp)):
-        raise UserError(f"{where}: {key} is a whole section; search its fields ({key}.<field>)")
-    return tp
-
-
 def set_key(raw: dict, key: str, value: Any, *, where: str) -> None:
-    """Set dotted ``key`` in plain config data; an integer part replaces one element of a list."""
-    parts = key.split(".")
-    node: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        nxt = node[int(part)] if isinstance(node, list) and part.isdigit() else None
-        if isinstance(node, dict):
-            if not isinstance(node.get(part), (dict, list)):
-                node[part] = {}  # a section the base leaves at its defaults
-            nxt = node[part]
-        if nxt is None:
-            raise UserError(f"{where}: cannot set {key}: {'.'.join(parts[:i + 1])} is not a section or list")
-        node = nxt
-    last = parts[-1]
-    value = plain(value)
-    if isinstance(node, list):
-        index = int(last)
-        if index >= len(node):
-            raise UserError(f"{where}: {key} indexes element {index} but the base config's "
-                            f"{'.'.join(parts[:-1])} has {len(node)} elements")
-        node[index] = value
-    else:
-        node[last] = value
+    """Set dotted config ``key`` in plain config data: the override syntax of ``matd train``."""
+    schema.set_key(raw, key, value, model=RunConfig, voice=schema.RUN, where=where)
 
 
 def get_key(raw: dict, key: str) -> Any:
@@ -253,19 +201,6 @@ def get_key(raw: dict, key: str) -> Any:
     for part in key.split("."):
         node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None
     return node
-
-
-def plain(value: Any) -> Any:
-    """numpy scalars (Ray samples them) -> Python numbers, so the typed config accepts them."""
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    return value
 
 
 def _forbidden(key: str) -> str | None:
@@ -282,7 +217,20 @@ def _base_key(key: str) -> str:
 
 # ---------------------------------------------------------------- parsing
 
-_TOP_KEYS = ("base", "overrides", "trials", "seed", "max_concurrent", "objective", "scheduler", "params")
+class SpaceFile(BaseModel):
+    """A search-space file; each of ``params`` is checked by ``_parse_param`` (against the RunConfig schema)."""
+
+    model_config = FORBID
+    base: Str | None = None
+    overrides: dict[Str, Any] = {}
+    trials: Count = 8
+    seed: NonNegInt = 0
+    max_concurrent: Count | None = None
+    objective: ObjectiveSpec = ObjectiveSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    params: Annotated[dict[Str, Any], must(bool, "{key} must map config keys to distributions (at least one), "
+                                                 "e.g. params: {{optim.lr: {{loguniform: [0.0001, 0.01]}}}}")] = \
+        pydantic.Field(default_factory=dict, validate_default=True)
 
 
 def _number(value: Any, where: str) -> float:
@@ -305,12 +253,14 @@ def _flatten_numbers(value: Any) -> list[Any]:
 
 def _parse_param(key: Any, spec: Any, source: str) -> Param:
     where = f"{source}: params.{key}"
-    if not isinstance(key, str) or not key:
-        raise UserError(f"{source}: params has a key {key!r} that is not a dotted config key")
+    if not key:
+        raise UserError(f"{source}: params has an empty key; give a dotted config key")
     reason = _forbidden(key)
     if reason is not None:
         raise UserError(f"{where}: {key} cannot be searched ({reason})")
-    leaf = key_type(key, where=where)
+    leaf = key_type(RunConfig, key, voice=schema.RUN, where=where)
+    if dataclasses.is_dataclass(bare(leaf)):
+        raise UserError(f"{where}: {key} is a whole section; search its fields ({key}.<field>)")
     names = ", ".join(d.value for d in Dist)
     if not isinstance(spec, dict) or len(spec) != 1:
         raise UserError(f"{where}: give exactly one distribution as a mapping, e.g. {{uniform: [0.1, 1.0]}} "
@@ -329,7 +279,7 @@ def _parse_param(key: Any, spec: Any, source: str) -> Param:
         low, high = (_number(v, where) for v in arg)
         if low >= high:
             raise UserError(f"{where}: empty range [{low:g}, {high:g}]: low must be below high")
-        if dist is not Dist.RANDINT and _strip_optional(leaf) is int:
+        if dist is not Dist.RANDINT and bare(leaf) is int:
             raise UserError(f"{where}: {key} is an integer; {dist.value} draws real numbers: use randint or choice")
         if dist is not Dist.RANDINT:
             low, high = float(low), float(high)
@@ -355,76 +305,20 @@ def _parse_param(key: Any, spec: Any, source: str) -> Param:
     return Param(key=key, dist=dist, values=tuple(arg))
 
 
-def _int(raw: dict, key: str, source: str, default: int | None, *, minimum: int, allow_none: bool = False):
-    value = raw.get(key, default)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"{source}: {key} must be an integer >= {minimum}" + (" or null" if allow_none else "")
-                        + f", got {value!r}")
-    return value
-
-
-def _section(raw: Any, name: str, allowed: tuple[str, ...], source: str) -> dict:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: {name} must be a mapping, got {raw!r}")
-    for k in raw:
-        if k not in allowed:
-            raise UserError(f"{source}: unknown key {name}.{k}; known keys here: {', '.join(allowed)}")
-    return raw
-
-
 def space_from_dict(raw: Any, *, source: str = "(mapping)") -> SearchSpace:
     """Validate parsed YAML into a ``SearchSpace`` (keys checked against the schema, not yet a base config)."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{source} must be a YAML mapping with a params: section")
-    for k in raw:
-        if k not in _TOP_KEYS:
-            raise UserError(f"{source}: unknown key {k!r}; known keys: {', '.join(_TOP_KEYS)}")
-    params_raw = raw.get("params")
-    if not isinstance(params_raw, dict) or not params_raw:
-        raise UserError(f"{source}: params must map config keys to distributions (at least one), "
-                        f"e.g. params: {{optim.lr: {{loguniform: [0.0001, 0.01]}}}}")
-    params = tuple(_parse_param(k, v, source) for k, v in params_raw.items())
+    f = schema.parse(SpaceFile, raw, voice=schema.SPACE, where=source)
+    params = tuple(_parse_param(k, v, source) for k, v in f.params.items())
     keys = [p.key for p in params]
     for a in keys:
         for b in keys:
             if a != b and b.startswith(a + "."):
                 raise UserError(f"{source}: params {a} and {b} overlap; search the whole list or its elements")
-    base = raw.get("base")
-    if base is not None and not isinstance(base, str):
-        raise UserError(f"{source}: base must be a config file or shipped config name, got {base!r}")
-    overrides = raw.get("overrides") or {}
-    if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
-        raise UserError(f"{source}: overrides must map dotted config keys to values")
-    for k in overrides:
+    for k in f.overrides:
         if k in keys:
             raise UserError(f"{source}: {k} is both fixed (overrides) and searched (params); keep one")
-    obj = _section(raw.get("objective"), "objective", ("min_clean_acc",), source)
-    min_clean = obj.get("min_clean_acc")
-    if min_clean is not None and (isinstance(min_clean, bool) or not isinstance(min_clean, (int, float))
-                                  or not 0 <= min_clean <= 1):
-        raise UserError(f"{source}: objective.min_clean_acc must be a share in [0, 1] or null, got {min_clean!r}")
-    sch = _section(raw.get("scheduler"), "scheduler", ("name", "grace_period", "reduction_factor"), source)
-    try:
-        sched_name = Scheduler(sch.get("name", "asha"))
-    except ValueError:
-        raise UserError(f"{source}: scheduler.name {sch.get('name')!r} is unknown; use asha or fifo") from None
-    grace = _int(sch, "grace_period", source, 1, minimum=1)
-    rf = sch.get("reduction_factor", 2)
-    if isinstance(rf, bool) or not isinstance(rf, (int, float)) or rf <= 1:
-        raise UserError(f"{source}: scheduler.reduction_factor must be a number above 1, got {rf!r}")
-    return SearchSpace(
-        params=params, base=base, overrides=dict(overrides),
-        trials=_int(raw, "trials", source, 8, minimum=1),
-        seed=_int(raw, "seed", source, 0, minimum=0),
-        max_concurrent=_int(raw, "max_concurrent", source, None, minimum=1, allow_none=True),
-        objective=ObjectiveSpec(min_clean_acc=None if min_clean is None else float(min_clean)),
-        scheduler=SchedulerSpec(name=sched_name, grace_period=grace, reduction_factor=float(rf)),
-        source=source,
-    )
+    return SearchSpace(params=params, base=f.base, overrides=dict(f.overrides), trials=f.trials, seed=f.seed,
+                       max_concurrent=f.max_concurrent, objective=f.objective, scheduler=f.scheduler, source=source)
 
 
 def resolve_space_path(name_or_path: str | os.PathLike) -> Path:
@@ -438,7 +332,8 @@ def resolve_space_path(name_or_path: str | os.PathLike) -> Path:
 def load_space(name_or_path: str | os.PathLike) -> SearchSpace:
     """Read a space file (path or shipped name, e.g. ``mnist5k-cpu``); UserError with one line if it is bad."""
     path = resolve_space_path(name_or_path)
-    return space_from_dict(read_yaml(path), source=str(path))
+    raw = schema.load_yaml(path, "search space", SpaceFile, shipped_names(SHIPPED_SPACES))
+    return space_from_dict(raw, source=str(path))
 
 
 def space_to_dict(space: SearchSpace) -> dict[str, Any]:

@@ -273,3 +273,18 @@ def _suite_file() -> Path:
     path = folder("suite.yaml")
     path.write_text(json.dumps(SUITE))
     return path
+
+
+def test_shipped_field_and_blackbox_suites():
+    from mat_dist.evaluate.suite import load_suite
+
+    cifar = load_suite("field-cifar10")
+    assert {n.value: e for n, e in cifar.eps.items()} == pytest.approx({"linf": 8 / 255, "l2": 0.5, "l1": 12.0})
+    full = [a for a in cifar.attacks if a.attack == "autoattack"]
+    assert {a.norm.value for a in full} == {"linf", "l2", "l1"}
+    assert all(a.params["n_iter"] == 100 and a.params["n_target_classes"] == 9 for a in full)
+    blackbox = load_suite("blackbox")
+    assert not any(a.needs_gradients for a in blackbox.attacks)
+    assert {a.norm.value for a in blackbox.attacks} == {"linf", "l2", "l1"}
+    for name in ("field", "field-cifar10", "blackbox"):
+        assert f"--suite {name}" in open(load_suite(name).source).read()

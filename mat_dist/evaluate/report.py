@@ -113,7 +113,7 @@ def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], m
         f"# Evaluation: suite `{meta['suite']}` on `{meta['model']}`",
         "",
         f"{summary['examples']} {meta['dataset']} test images (the first {summary['examples']}), {model_line} "
-        f"Wall time {meta['wall_time_s']:.0f} s with {meta['workers']} Ray worker(s) on {meta['machine']}; "
+        f"Wall time {meta['wall_time_s']:.0f} s {_where(meta['workers'])} on {meta['machine']}; "
         f"torch {meta['versions']['torch']}, foolbox {meta['versions']['foolbox']}, "
         f"pyautoattack {meta['versions']['pyautoattack']}, ray {meta['versions']['ray']}. "
         + ("One run." if meta.get("calls", 1) <= 1 else f"{meta['calls']} calls (resumed); the wall time is their sum."),
@@ -147,6 +147,10 @@ def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], m
     lines += ["", "## Sanity checks", ""]
     lines += [f"- WARNING: {w}" for w in warnings] or ["- no sign of gradient masking found"]
     return "\n".join(lines) + "\n"
+
+
+def _where(workers: int) -> str:
+    return "in one process" if not workers else f"with {workers} Ray worker{'s' if workers != 1 else ''}"
 
 
 def machine() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import typer
@@ -55,23 +56,139 @@ def parent_run_id(run_folder: Path | None) -> str | None:
         return None
 
 
+def parse_models(specs: list[str], *, weights: Path | None, input_mean: str | None, input_std: str | None):
+    """ModelSources from --model values (NAME=SPEC names one; a .yaml file lists several)."""
+    from mat_dist.evaluate.model_source import parse
+
+    mean, std = _floats(input_mean, "--input-mean"), _floats(input_std, "--input-std")
+    if len(specs) > 1 and weights is not None:
+        raise UserError("--weights belongs to one model; with several --model give a models YAML file "
+                        "(models: [{name, model, weights, input_mean, input_std}])")
+    sources = []
+    for text in specs:
+        if text.endswith((".yaml", ".yml")) and Path(text).is_file():
+            sources += _models_file(Path(text))
+            continue
+        label, spec = _named(text)
+        sources.append(parse(spec, weights=weights, input_mean=mean, input_std=std, label=label))
+    return sources
+
+
+def _named(text: str) -> tuple[str | None, str]:
+    name, sep, rest = text.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z0-9][\w.-]*", name) and not Path(text).exists():
+        return name, rest
+    return None, text
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: give numbers separated by commas, one per channel") from None
+
+
+def _models_file(path: Path):
+    from mat_dist.config import read_yaml
+    from mat_dist.evaluate.model_source import parse
+
+    raw = read_yaml(path)
+    entries = raw.get("models") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: expected 'models:' with a list of {{name, model, weights, input_mean, input_std}}")
+    known = {"name", "model", "weights", "input_mean", "input_std"}
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "model" not in entry:
+            raise UserError(f"{path}: models[{i}] must be a mapping with a 'model' key (the SPEC)")
+        unknown = sorted(set(entry) - known)
+        if unknown:
+            raise UserError(f"{path}: models[{i}]: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+        weights = entry.get("weights")
+        base = path.parent  # relative files in the list are relative to the list
+        spec = str(entry["model"])
+        if (base / spec).exists():
+            spec = str(base / spec)
+        out.append(parse(spec, weights=(base / weights) if weights else None, input_mean=entry.get("input_mean"),
+                         input_std=entry.get("input_std"), label=entry.get("name")))
+    return out
+
+
 def run_evaluate(*, run: Path | None, checkpoint: Path | None, suite: str, examples: int | None,
                  cluster: str | None, workers: int | None, output: Path | None, data: str | None,
-                 data_root: str | None, tracking_uri: str | None, tracking: bool, overrides: list[str]) -> None:
+                 data_root: str | None, tracking_uri: str | None, tracking: bool, overrides: list[str],
+                 models: list[str] | None = None, weights: Path | None = None, input_mean: str | None = None,
+                 input_std: str | None = None) -> None:
+    from mat_dist.evaluate.suite import load_suite
+
+    if models and (run is not None or checkpoint is not None):
+        raise UserError("give --model, or one of --run / --checkpoint, not both (a run folder is a --model too)")
+    if not models and (weights is not None or input_mean is not None or input_std is not None):
+        raise UserError("--weights and --input-mean/--input-std apply to --model only")
+    the_suite = load_suite(suite, overrides)
+    n_workers = workers if workers is not None else len(os.sched_getaffinity(0))
+    if not models:
+        model_path, run_folder = resolve_model(run, checkpoint)
+        from mat_dist.evaluate.model_source import parse
+
+        source = parse(model_path)
+        dataset, root = resolve_data(data, data_root, run_folder)
+        if output is None:
+            base = run_folder if run_folder is not None else model_path.resolve().parent
+            output = base / f"eval-{the_suite.name}"
+        _evaluate_one(source, output, suite=the_suite, dataset=dataset, root=root, examples=examples,
+                      cluster=cluster, workers=n_workers, tracking=tracking, tracking_uri=tracking_uri,
+                      run_folder=run_folder)
+        return
+    sources = parse_models(models, weights=weights, input_mean=input_mean, input_std=input_std)
+    dataset, root = _data_for(sources, data, data_root)
+    if len(sources) == 1:
+        output = output or Path("runs") / f"eval-{sources[0].label}-{the_suite.name}"
+        _evaluate_one(sources[0], output, suite=the_suite, dataset=dataset, root=root, examples=examples,
+                      cluster=cluster, workers=n_workers, tracking=tracking, tracking_uri=tracking_uri,
+                      run_folder=_run_folder_of(Path(sources[0].location)) if sources[0].is_checkpoint else None)
+        return
+    from mat_dist.evaluate.leaderboard import LEADERBOARD_MD, evaluate_models, ranked
+
+    output = output or Path("runs") / f"leaderboard-{the_suite.name}"
+
+    def one(source, out_dir: Path):
+        return _evaluate_one(source, out_dir, suite=the_suite, dataset=dataset, root=root, examples=examples,
+                             cluster=cluster, workers=n_workers, tracking=tracking, tracking_uri=tracking_uri,
+                             run_folder=_run_folder_of(Path(source.location)) if source.is_checkpoint else None)
+
+    entries = evaluate_models(sources, suite=the_suite, output=output, workers=n_workers, cluster=cluster,
+                              evaluate_one=one)
+    typer.echo("leaderboard (all_attacks, 95% interval):")
+    for i, e in enumerate(ranked(entries), 1):
+        lo, hi = e.summary["intervals"]["all_attacks"]
+        typer.echo(f"  {i}. {e.source.label}: {100 * e.summary['all_attacks']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+    typer.echo(f"done: {output / LEADERBOARD_MD}")
+
+
+def _data_for(sources, data: str | None, data_root: str | None) -> tuple[str, str | None]:
+    """--data, else the data set of the models' run folders (mat-dist models), which must agree."""
+    if data is not None:
+        return data, data_root
+    found = {resolve_data(None, data_root, _run_folder_of(Path(s.location))) for s in sources if s.is_checkpoint
+             and _run_folder_of(Path(s.location)) is not None}
+    if len(found) == 1 and all(s.is_checkpoint for s in sources):
+        return found.pop()
+    raise UserError("pass --data NAME (mnist5k, mnist, cifar10, digits): the images to attack the models on")
+
+
+def _evaluate_one(source, output: Path, *, suite, dataset: str, root: str | None, examples: int | None,
+                  cluster: str | None, workers: int, tracking: bool, tracking_uri: str | None,
+                  run_folder: Path | None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mat_dist.evaluate.evaluator import TrackingOptions, evaluate
-    from mat_dist.evaluate.suite import load_suite
 
-    model_path, run_folder = resolve_model(run, checkpoint)
-    the_suite = load_suite(suite, overrides)
-    dataset, root = resolve_data(data, data_root, run_folder)
-    if output is None:
-        base = run_folder if run_folder is not None else model_path.resolve().parent
-        output = base / f"eval-{the_suite.name}"
-    n_workers = workers if workers is not None else len(os.sched_getaffinity(0))
-    where = f"cluster {cluster}" if cluster else f"{n_workers} local Ray worker(s)" if n_workers else "this process"
-    typer.echo(f"evaluating {model_path} with suite {the_suite.name} on {examples or the_suite.examples} "
+    where = f"cluster {cluster}" if cluster else f"{workers} local Ray worker{'s' if workers != 1 else ''}" \
+        if workers else "this process"
+    typer.echo(f"evaluating {source.location} with suite {suite.name} on {examples or suite.examples} "
                f"{dataset} test images, {where} -> {output}")
     options = TrackingOptions(enabled=tracking, uri=tracking_uri, parent_run_id=parent_run_id(run_folder))
     with Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -81,8 +198,8 @@ def run_evaluate(*, run: Path | None, checkpoint: Path | None, suite: str, examp
         def on_progress(done: int, total: int, name: str) -> None:
             bar.update(task, completed=done, total=total, last=name)
 
-        result = evaluate(model_path=model_path, suite=the_suite, output=output, dataset=dataset, data_root=root,
-                          examples=examples, workers=n_workers, cluster=cluster, on_progress=on_progress,
+        result = evaluate(model=source, suite=suite, output=output, dataset=dataset, data_root=root,
+                          examples=examples, workers=workers, cluster=cluster, on_progress=on_progress,
                           tracking=options)
     typer.echo(summary_table(result.summary))
     for w in result.warnings:
@@ -93,6 +210,7 @@ def run_evaluate(*, run: Path | None, checkpoint: Path | None, suite: str, examp
                 if skipped else f"{result.shards_run} shards run in {result.wall_time_s:.0f} s")
     typer.echo(f"done ({progress}): {output / 'report.md'}"
                + (f"; MLflow run {result.tracking_run_id}" if result.tracking_run_id else ""))
+    return result
 
 
 def summary_table(summary: dict) -> str:

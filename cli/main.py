@@ -53,16 +53,29 @@ def evaluate(
     run: Optional[Path] = typer.Option(None, "--run", help="Training run folder (its model.safetensors)."),
     checkpoint: Optional[Path] = typer.Option(
         None, "--checkpoint", help="A .safetensors weights file or a checkpoint folder."),
-    suite: str = typer.Option("quick", "--suite", "-s", help="Suite YAML file, or a shipped suite: quick, paper, full."),
+    model: Optional[list[str]] = typer.Option(
+        None, "--model", "-m", help="Any model mapping [0, 1] images to logits: a TorchScript file, a "
+        "torch.export .pt2, an .onnx file (gradient-free attacks only), package.module:function or file.py:function "
+        "returning an nn.Module, or a mat-dist run folder. NAME=SPEC names it. Repeat for a leaderboard."),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", help="With a factory --model: its weights (.safetensors, or a state dict)."),
+    input_mean: Optional[str] = typer.Option(
+        None, "--input-mean", help="Per-channel mean the model expects its inputs normalised by, e.g. 0.1307 "
+        "or 0.4914,0.4822,0.4465 (attacks still work on [0, 1] pixels)."),
+    input_std: Optional[str] = typer.Option(None, "--input-std", help="Per-channel std, with --input-mean."),
+    suite: str = typer.Option("quick", "--suite", "-s", help="Suite YAML file, or a shipped suite: quick, field, "
+                              "field-cifar10, blackbox, paper, full."),
     examples: Optional[int] = typer.Option(None, "--examples", "-n", help="Evaluate the first N test images "
                                            "(default: the suite's)."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file, as for training "
                                           "(default: a local Ray runtime with --workers CPUs)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="CPUs of the local Ray runtime "
                                           "(default: all of this machine's; 0: no Ray, in this process)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: <run>/eval-<suite>); "
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: <run>/eval-<suite>; "
+                                          "--model: runs/eval-<name>-<suite>, several: runs/leaderboard-<suite>); "
                                           "re-running the same command resumes it."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset (default: the run's)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset: mnist5k, mnist, cifar10, digits "
+                                       "(default: the run's; needed for a model mat-dist did not train)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder of MNIST / CIFAR-10 files."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
@@ -70,10 +83,12 @@ def evaluate(
     overrides: Optional[list[str]] = typer.Argument(
         None, help="Suite overrides key.sub=value, e.g. eps.linf=0.3 attacks.pgd_linf.params.steps=50."),
 ) -> None:
-    """Attack a trained model with a suite, sharded over Ray; writes results.parquet, summary.json, report.md."""
+    """Attack a model with a suite, sharded over Ray; writes results.parquet, summary.json, report.md (several
+    --model: one folder each and leaderboard.md / leaderboard.parquet)."""
     from mat_dist.cli.evaluate_cmd import run_evaluate
 
-    run_evaluate(run=run, checkpoint=checkpoint, suite=suite, examples=examples, cluster=cluster, workers=workers,
+    run_evaluate(run=run, checkpoint=checkpoint, models=list(model or []), weights=weights,
+                 input_mean=input_mean, input_std=input_std, suite=suite, examples=examples, cluster=cluster, workers=workers,
                  output=output, data=data, data_root=data_root, tracking_uri=tracking_uri, tracking=tracking,
                  overrides=list(overrides or []))
 

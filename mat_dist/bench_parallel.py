@@ -60,11 +60,12 @@ def attack_throughput(weights: Path, suite, images: torch.Tensor, labels: torch.
                       warmup: int, threads: int) -> dict[str, Any]:
     """Examples per second of every attack of ``suite`` (attack + gate) against the deployed ensemble."""
     from mat_dist.bench import time_interleaved
+    from mat_dist.evaluate.model_source import parse
     from mat_dist.evaluate.shards import attack_and_gate, models_for
     from mat_dist.evaluate.suite import ENSEMBLE
 
     torch.set_num_threads(threads)
-    model = models_for(str(weights), (ENSEMBLE,), torch.device("cpu"))[ENSEMBLE]
+    model = models_for(parse(weights), (ENSEMBLE,), torch.device("cpu"))[ENSEMBLE]
     fns: dict[str, Callable[[], None]] = {
         spec.name: (lambda spec=spec: attack_and_gate(spec, model, images, labels, seed=suite.seed))
         for spec in suite.attacks}
@@ -85,6 +86,7 @@ def worker_speedup(weights: Path, suite, images: torch.Tensor, labels: torch.Ten
     import ray
 
     from mat_dist.distributed.launch import quiet_ray_env
+    from mat_dist.evaluate.model_source import parse
     from mat_dist.evaluate.runner import _shard_task
     from mat_dist.evaluate.shards import plan_shards
     from mat_dist.evaluate.suite import plan_jobs
@@ -99,12 +101,13 @@ def worker_speedup(weights: Path, suite, images: torch.Tensor, labels: torch.Ten
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         images_ref, labels_ref = ray.put(images), ray.put(labels)
+        model = parse(weights)
         task = ray.remote(_shard_task)
         for _ in range(repeats):
             for c in concurrency:
                 with tempfile.TemporaryDirectory(prefix="mat-dist-bench-eval-") as out:
                     start = time.perf_counter()
-                    refs = [task.options(num_cpus=cpus / c).remote(s, str(weights), images_ref, labels_ref, out,
+                    refs = [task.options(num_cpus=cpus / c).remote(s, model, images_ref, labels_ref, out,
                                                                     suite.seed, 1, False, None) for s in shards]
                     ray.get(refs)
                     walls[c].append(time.perf_counter() - start)

@@ -17,3 +17,19 @@ succeed; a clean-misclassified example counts as broken by every attack
 union ever counts it as robust. Only ``runner`` imports Ray; only
 ``mat_dist.tracking`` talks to MLflow.
 """
+
+import sys
+import types
+
+
+class _CallablePackage(types.ModuleType):
+    """``mat_dist.evaluate(model, ...)`` calls ``api.evaluate_model``: the package is the API's name, and a
+    function of that name in ``mat_dist`` would be replaced by this package the moment it is imported."""
+
+    def __call__(self, model, **kwargs):
+        from mat_dist.evaluate.api import evaluate_model
+
+        return evaluate_model(model, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

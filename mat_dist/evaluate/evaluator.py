@@ -14,7 +14,6 @@ Output folder:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -24,15 +23,17 @@ from typing import Any
 
 import torch
 
-from mat_dist.checkpoint import find_weights, load_model
 from mat_dist.data import load_splits
 from mat_dist.errors import UserError
 from mat_dist.evaluate import curves as curves_mod
 from mat_dist.evaluate import metrics, report, sanity
 from mat_dist.evaluate.adapters.aa import is_full_strength
+from mat_dist.evaluate.contract import check_contract
+from mat_dist.evaluate.model_source import ModelSource, file_digest  # noqa: F401 - file_digest: public here too
+from mat_dist.evaluate.model_source import parse as parse_model
 from mat_dist.evaluate.runner import Chaos, ProgressFn, run_shards
 from mat_dist.evaluate.shards import SHARDS_DIR, merge_shards, plan_shards
-from mat_dist.evaluate.suite import Suite, plan_jobs
+from mat_dist.evaluate.suite import Suite, plan_jobs, without_gradients
 
 FINGERPRINT = "eval.json"
 CALLS = "calls.jsonl"
@@ -56,14 +57,6 @@ class TrackingOptions:
     experiment: str = "mat-dist"
     parent_run_id: str | None = None   # the training run, when there is one
     extra_tags: dict[str, str] = field(default_factory=dict)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_fingerprint(output: Path, fingerprint: dict[str, Any]) -> None:
@@ -112,33 +105,48 @@ def trained_as(weights: Path) -> str | None:
         return None
 
 
-def load_test_images(dataset: str, root: str | None, examples: int, spec) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``examples`` test images of ``dataset``, checked against the model's input shape."""
+def load_test_images(dataset: str, root: str | None, examples: int, spec=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``examples`` test images of ``dataset``, checked against a mat-dist model's input shape
+    (``spec``; a foreign model's shape is checked by its contract instead)."""
     splits = load_splits(dataset, root=root, val_size=0)
     test = splits.test
     if examples > len(test):
         raise UserError(f"--examples {examples} is more than the {len(test)} test images of {dataset}; "
                         f"use at most {len(test)}")
     shape = tuple(test.images.shape[1:])
-    expected = (spec.in_channels, *spec.image_size)
+    expected = shape if spec is None else (spec.in_channels, *spec.image_size)
     if shape != expected:
         raise UserError(f"the model takes {'x'.join(map(str, expected))} images but {dataset} has "
                         f"{'x'.join(map(str, shape))}; pass the dataset the model was trained on (--data)")
     return test.images[:examples].contiguous(), test.labels[:examples].contiguous()
 
 
-def evaluate(*, model_path: str | os.PathLike, suite: Suite, output: Path, dataset: str,
-             data_root: str | None = None, examples: int | None = None, workers: int = 2,
-             cluster: str | os.PathLike | None = None, on_progress: ProgressFn | None = None,
-             tracking: TrackingOptions | None = None, chaos: Chaos | None = None) -> EvalResult:
+def evaluate(*, model_path: str | os.PathLike | None = None, model: ModelSource | None = None, suite: Suite,
+             output: Path, dataset: str, data_root: str | None = None, examples: int | None = None,
+             workers: int = 2, cluster: str | os.PathLike | None = None, on_progress: ProgressFn | None = None,
+             tracking: TrackingOptions | None = None, chaos: Chaos | None = None,
+             data: tuple[torch.Tensor, torch.Tensor] | None = None) -> EvalResult:
+    """Evaluate one model: a mat-dist checkpoint (``model_path``) or any ``ModelSource`` (``model``).
+
+    ``data`` (images in [0, 1], labels) replaces the data set's test images; ``dataset`` then only names them.
+    """
     start = time.perf_counter()
-    weights = find_weights(Path(model_path)).resolve()
-    model = load_model(weights)  # validates the file here, before any worker sees it
-    spec = model.spec
+    if (model_path is None) == (model is None):
+        raise UserError("give exactly one model: a mat-dist checkpoint path or a model source")
+    if model is None:
+        model = parse_model(Path(model_path))
+    net = model.load()  # validates the file here, before any worker sees it
+    spec = getattr(net, "spec", None) if model.is_checkpoint else None
     n = examples or suite.examples
     if n < 1:
         raise UserError(f"--examples {n} must be at least 1")
-    images, labels = load_test_images(dataset, data_root, n, spec)
+    images, labels = _images(data, dataset, data_root, n, spec)
+    dropped: tuple[str, ...] = ()
+    if not model.differentiable:
+        suite, dropped = without_gradients(suite)
+    if not model.is_checkpoint:
+        check_contract(net, images, labels, num_classes=_num_classes(labels), label=model.label,
+                       needs_gradients=model.differentiable)
     if workers < 0:
         raise UserError(f"--workers {workers} must be 0 (in this process) or more")
     if tracking is not None and tracking.enabled:
@@ -152,13 +160,13 @@ def evaluate(*, model_path: str | os.PathLike, suite: Suite, output: Path, datas
         probe.unlink()
     except OSError as err:
         raise UserError(f"output folder {output} is not writable ({err.strerror}); choose another --output") from None
-    _check_fingerprint(output, {"model": str(weights), "model_sha256": file_digest(weights), "dataset": dataset,
-                                "examples": n, "suite": suite.to_dict()})
-    jobs = plan_jobs(suite, num_members=spec.num_members, examples=n)
+    data_id = {"dataset": dataset} if data is None else {"dataset": dataset, "data_sha256": _tensor_digest(images)}
+    _check_fingerprint(output, {**model.fingerprint(), **data_id, "examples": n, "suite": suite.to_dict()})
+    jobs = plan_jobs(suite, num_members=spec.num_members if spec is not None else 0, examples=n)
     shards = plan_shards(jobs, suite.shard_size)
     done_before = _finished_shards(output)
     try:
-        shards_run = run_shards(shards, model_path=str(weights), images=images, labels=labels, out_dir=output,
+        shards_run = run_shards(shards, model=model, images=images, labels=labels, out_dir=output,
                                 base_seed=suite.seed, resources=suite.resources, workers=workers, cluster=cluster,
                                 on_progress=on_progress, chaos=chaos)
     finally:  # an interrupted call's time counts too: its finished shards are not run again
@@ -167,15 +175,41 @@ def evaluate(*, model_path: str | os.PathLike, suite: Suite, output: Path, datas
     table = merge_shards(shards, output)
     calls = _calls(output)  # seconds spent running this folder's shards, over every call
     wall = sum(call["wall_s"] for call in calls) or time.perf_counter() - start
-    return _write_outputs(table, suite=suite, output=output, model=model, weights=weights, dataset=dataset,
+    return _write_outputs(table, suite=suite, output=output, model=net, source=model, dataset=dataset,
                           images=images, labels=labels, workers=workers, wall=wall, calls=max(1, len(calls)),
-                          shards_run=shards_run, shards_total=len(shards),
+                          shards_run=shards_run, shards_total=len(shards), dropped=dropped,
                           tracking=tracking or TrackingOptions(enabled=False))
 
 
-def _write_outputs(table, *, suite: Suite, output: Path, model, weights: Path, dataset: str, images, labels,
+def _images(data, dataset: str, root: str | None, n: int, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    if data is None:
+        return load_test_images(dataset, root, n, spec)
+    images, labels = data
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or labels.shape != images.shape[:1]:
+        raise UserError("data must be (images (N, C, H, W), labels (N,)) tensors")
+    if n > len(images):
+        raise UserError(f"--examples {n} is more than the {len(images)} images given; use at most {len(images)}")
+    if images.min() < 0 or images.max() > 1:
+        raise UserError("data images must lie in [0, 1]; the model source normalises (input_mean/input_std)")
+    return images[:n].float().contiguous(), labels[:n].long().contiguous()
+
+
+def _num_classes(labels: torch.Tensor) -> int:
+    """The logits a model must return: the data sets' 10 classes (more if the labels say so)."""
+    from mat_dist.data.datasets import NUM_CLASSES
+
+    return max(NUM_CLASSES, int(labels.max()) + 1)
+
+
+def _tensor_digest(images: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _write_outputs(table, *, suite: Suite, output: Path, model, source: ModelSource, dataset: str, images, labels,
                    workers: int, wall: float, calls: int, shards_run: int, shards_total: int,
-                   tracking: TrackingOptions) -> EvalResult:
+                   dropped: tuple[str, ...], tracking: TrackingOptions) -> EvalResult:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -200,15 +234,18 @@ def _write_outputs(table, *, suite: Suite, output: Path, model, weights: Path, d
         pq.write_table(curve_rows, output / "curves.parquet")
         points = metrics.curve_points(curve_rows)
         curves_mod.write_curves_csv(points, output / "curves.csv")
-        figure = curves_mod.plot_curves(points, output / "curves.png", title=f"{weights.parent.name}: {suite.name}")
-    found = sanity.gradient_warnings(model, images, labels, seed=suite.seed)
+        figure = curves_mod.plot_curves(points, output / "curves.png", title=f"{source.label}: {suite.name}")
+    found = sanity.gradient_warnings(model, images, labels, seed=suite.seed) if source.differentiable else []
     found += sanity.black_box_warnings(summary, attack_info, suite.sanity.black_box_margin)
     found += sanity.curve_warnings(points, max_final_accuracy=suite.sanity.max_final_accuracy,
                                    tolerance=suite.sanity.curve_tolerance)
-    meta = {"suite": suite.name, "model": str(weights), "dataset": dataset, "num_members": model.spec.num_members,
-            "ensemble_output": model.spec.ensemble_output.value, "workers": workers, "wall_time_s": wall,
-            "machine": report.machine(), "versions": _versions(), "trained_as": trained_as(weights),
-            "calls": calls}
+    spec = getattr(model, "spec", None) if source.is_checkpoint else None
+    meta = {"suite": suite.name, "model": source.location, "model_kind": source.kind, "label": source.label,
+            "dataset": dataset, "num_members": spec.num_members if spec is not None else None,
+            "ensemble_output": spec.ensemble_output.value if spec is not None else None,
+            "workers": workers, "wall_time_s": wall, "machine": report.machine(), "versions": _versions(),
+            "trained_as": trained_as(Path(source.location)) if source.is_checkpoint else None, "calls": calls,
+            "white_box": source.differentiable, "dropped_attacks": list(dropped)}
     full = {**summary, "attack_info": attack_info, "transfer": transfer, "curves": points, "warnings": found,
             "meta": meta}
     write_atomic(output / "summary.json", json.dumps(full, indent=1))

@@ -16,7 +16,7 @@ accuracies, or taking the minimum of per-attack accuracies) over-states it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -38,6 +38,11 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def separated(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:
+    """True when two 95% intervals do not overlap: the difference counts; otherwise it is a tie."""
+    return a is not None and b is not None and (a[1] < b[0] or b[1] < a[0])
 
 
 def _interval(robust: np.ndarray) -> list[float]:

@@ -35,6 +35,10 @@ def _interval(summary: dict[str, Any], metric: str) -> str:
     return "" if bounds is None else f"[{100 * bounds[0]:.1f}, {100 * bounds[1]:.1f}]"
 
 
+KIND_LABEL = {"torchscript": "TorchScript file", "export": "torch.export program", "factory": "Python factory",
+              "onnx": "ONNX file, run by onnxruntime", "module": "Python module object",
+              "checkpoint": "mat-dist checkpoint"}
+
 # How the paper's tables name each training method (paper_tables.csv's ``method`` column).
 PAPER_METHOD_LABEL = {"mat": "MAT", "standard": "standard training", "at_linf": "AT l_inf", "at_l2": "AT l_2",
                       "at_l1": "AT l_1", "ensemble_at": "ensemble AT", "msd": "MSD"}
@@ -98,15 +102,18 @@ def transfer_lines(transfer: dict[str, Any]) -> list[str]:
 
 def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], meta: dict[str, Any],
            transfer: dict[str, Any], curves: list[dict[str, Any]], warnings: list[str]) -> str:
+    foreign = meta.get("num_members") is None  # a model mat-dist did not train
     method = meta.get("trained_as") or "mat"  # the paper row beside the model; bare weights: MAT
     label = PAPER_METHOD_LABEL.get(method, method)
-    paper = paper_values(meta.get("dataset", ""), method)
+    paper = {} if foreign else paper_values(meta.get("dataset", ""), method)
+    model_line = (f"model `{meta.get('label')}` ({KIND_LABEL.get(meta.get('model_kind'), meta.get('model_kind'))}, "
+                  f"not trained by mat-dist)." if foreign else
+                  f"deployed ensemble (image copied to all {meta['num_members']} heads, {meta['ensemble_output']}).")
     lines = [
         f"# Evaluation: suite `{meta['suite']}` on `{meta['model']}`",
         "",
-        f"{summary['examples']} {meta['dataset']} test images (the first {summary['examples']}), "
-        f"deployed ensemble (image copied to all {meta['num_members']} heads, {meta['ensemble_output']}). "
-        f"Wall time {meta['wall_time_s']:.0f} s with {meta['workers']} Ray worker(s) on {meta['machine']}; "
+        f"{summary['examples']} {meta['dataset']} test images (the first {summary['examples']}), {model_line} "
+        f"Wall time {meta['wall_time_s']:.0f} s {_where(meta['workers'])} on {meta['machine']}; "
         f"torch {meta['versions']['torch']}, foolbox {meta['versions']['foolbox']}, "
         f"pyautoattack {meta['versions']['pyautoattack']}, ray {meta['versions']['ray']}. "
         + ("One run." if meta.get("calls", 1) <= 1 else f"{meta['calls']} calls (resumed); the wall time is their sum."),
@@ -123,7 +130,13 @@ def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], m
         key = {"mnist5k": "mnist"}.get(meta["dataset"], meta["dataset"])
         lines += ["", f"Paper column: {label} in the paper ({PAPER_TABLE[key]}, ResNet-18, radii {PAPER_EPS[key]}, "
                       "first 1000 test images): comparable only where the radii and the model agree."]
-    lines += ["", "## Strength of this suite", ""] + strength_lines(attack_info)
+    lines += ["", "## Strength of this suite", ""]
+    if not meta.get("white_box", True):
+        dropped = ", ".join(meta.get("dropped_attacks") or []) or "none"
+        lines += ["- **White-box attacks were not possible**: this model has no input gradients (an ONNX file), "
+                  f"so only the suite's gradient-free attacks ran (dropped: {dropped}). Every figure is an upper "
+                  "bound on the robust accuracy a white-box attack would find.", ""]
+    lines += strength_lines(attack_info)
     if transfer:
         lines += ["", "## Transferability between sub-models (paper Tables 1, 2, 9-12)"]
         lines += transfer_lines(transfer)
@@ -134,6 +147,10 @@ def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], m
     lines += ["", "## Sanity checks", ""]
     lines += [f"- WARNING: {w}" for w in warnings] or ["- no sign of gradient masking found"]
     return "\n".join(lines) + "\n"
+
+
+def _where(workers: int) -> str:
+    return "in one process" if not workers else f"with {workers} Ray worker{'s' if workers != 1 else ''}"
 
 
 def machine() -> str:

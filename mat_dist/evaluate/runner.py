@@ -2,7 +2,7 @@
 
 This is the only evaluator module that imports Ray (inside functions: nothing
 runs at import time). Each task is thin: it calls ``shards.run_shard``, which
-loads the model from its path, attacks, gates and writes its own Parquet file
+loads the model from its ``ModelSource``, attacks, gates and writes its own Parquet file
 atomically. Resume needs no state here: shards whose file exists are never
 submitted again.
 """
@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import torch
 
 from mat_dist.errors import UserError
+from mat_dist.evaluate.model_source import ModelSource
 from mat_dist.evaluate.shards import Shard, pending_shards, run_shard
 from mat_dist.evaluate.suite import Resources
 
@@ -42,13 +43,13 @@ class ShardsFailed(UserError):
     """Some shards failed for good; the finished ones are kept, and re-running resumes."""
 
 
-def _shard_task(shard: Shard, model_path: str, images: torch.Tensor, labels: torch.Tensor, out_dir: str,
+def _shard_task(shard: Shard, model: ModelSource, images: torch.Tensor, labels: torch.Tensor, out_dir: str,
                 base_seed: int, threads: int, use_gpu: bool, chaos: Chaos | None) -> str:
     if chaos is not None and shard.name == chaos.shard_name and not os.path.exists(chaos.marker):
         Path(chaos.marker).touch()
         os.kill(os.getpid(), signal.SIGKILL)
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-    return run_shard(shard, model_path=model_path, images=images, labels=labels, out_dir=out_dir,
+    return run_shard(shard, model=model, images=images, labels=labels, out_dir=out_dir,
                      base_seed=base_seed, threads=threads, device=device)
 
 
@@ -85,7 +86,7 @@ def ray_runtime(*, workers: int, cluster: str | os.PathLike | None) -> Iterator[
         ray.shutdown()
 
 
-def run_shards(shards: list[Shard], *, model_path: str, images: torch.Tensor, labels: torch.Tensor,
+def run_shards(shards: list[Shard], *, model: ModelSource, images: torch.Tensor, labels: torch.Tensor,
                out_dir: Path, base_seed: int, resources: Resources, workers: int,
                cluster: str | os.PathLike | None = None, on_progress: ProgressFn | None = None,
                chaos: Chaos | None = None) -> int:
@@ -97,7 +98,7 @@ def run_shards(shards: list[Shard], *, model_path: str, images: torch.Tensor, la
     if not todo:
         return 0
     threads = max(1, int(resources.num_cpus))
-    args = dict(model_path=str(Path(model_path).resolve()), out_dir=str(out_dir.resolve()), base_seed=base_seed)
+    args = dict(model=model, out_dir=str(out_dir.resolve()), base_seed=base_seed)
     if workers == 0 and cluster is None:
         for shard in todo:
             run_shard(shard, images=images, labels=labels, threads=threads, **args)
@@ -110,7 +111,7 @@ def run_shards(shards: list[Shard], *, model_path: str, images: torch.Tensor, la
 
 
 def _run_on_ray(todo: list[Shard], *, images, labels, threads, resources: Resources, workers, cluster,
-                on_progress, done, total, chaos, model_path, out_dir, base_seed) -> int:
+                on_progress, done, total, chaos, model, out_dir, base_seed) -> int:
     import ray
     from ray.exceptions import RayError
 
@@ -119,7 +120,8 @@ def _run_on_ray(todo: list[Shard], *, images, labels, threads, resources: Resour
             num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=resources.max_retries,
             retry_exceptions=False, name="matd-eval-shard")
         images_ref, labels_ref = ray.put(images), ray.put(labels)
-        refs = {task.remote(s, model_path, images_ref, labels_ref, out_dir, base_seed, threads,
+        model_ref = ray.put(model)  # once, not per task (an in-memory module may be large)
+        refs = {task.remote(s, model_ref, images_ref, labels_ref, out_dir, base_seed, threads,
                             resources.num_gpus > 0, chaos): s for s in todo}
         failures: list[tuple[Shard, BaseException]] = []
         pending = list(refs)

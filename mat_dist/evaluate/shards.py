@@ -2,6 +2,8 @@
 
 Nothing here imports Ray: ``run_shard`` is a plain function that the Ray runner
 (``mat_dist.evaluate.runner``) calls inside a task, and tests call directly.
+Each shard loads its model from a ``ModelSource`` (a file, a factory), so only
+that small description travels to the worker.
 A shard's rows go to ``OUT/shards/<job>__<start>-<end>.parquet`` through a
 temporary file and ``os.replace``, so a file with that name is always whole
 and a retried shard simply replaces it; resume skips shards whose file exists.
@@ -21,6 +23,7 @@ from torch import nn
 from mat_dist.atomic import atomic_path
 from mat_dist.errors import UserError
 from mat_dist.evaluate.gate import GateResult, gate, predict
+from mat_dist.evaluate.model_source import ModelSource
 from mat_dist.evaluate.suite import ENSEMBLE, AttackSpec, Job
 from mat_dist.threats import clip_to_box, make_threat
 
@@ -102,11 +105,9 @@ def _raw_or_projected(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: to
 
 # ------------------------------------------------------------------ the shard function
 
-def models_for(model_path: str, targets: tuple[str, ...], device: torch.device) -> dict[str, nn.Module]:
-    """The deployed ensemble and the sub-models named in ``targets`` ("ensemble", "m0", "m1", ...)."""
-    from mat_dist.checkpoint import load_model
-
-    ensemble = load_model(model_path).to(device)
+def models_for(model: ModelSource, targets: tuple[str, ...], device: torch.device) -> dict[str, nn.Module]:
+    """The deployed model and the sub-models named in ``targets`` ("ensemble", "m0", "m1", ...)."""
+    ensemble = model.load(device)
     for p in ensemble.parameters():
         p.requires_grad_(False)  # attacks need input gradients only
     out: dict[str, nn.Module] = {}
@@ -115,13 +116,13 @@ def models_for(model_path: str, targets: tuple[str, ...], device: torch.device) 
     return out
 
 
-def run_shard(shard: Shard, *, model_path: str, images: torch.Tensor, labels: torch.Tensor, out_dir: str,
+def run_shard(shard: Shard, *, model: ModelSource, images: torch.Tensor, labels: torch.Tensor, out_dir: str,
               base_seed: int, threads: int = 1, device: str = "cpu") -> str:
     """Attack the shard's examples, gate, score on every target, write the rows; return the file path."""
     torch.set_num_threads(max(1, threads))
     job = shard.job
     dev = torch.device(device)
-    models = models_for(model_path, tuple(dict.fromkeys((job.source, *job.targets))), dev)
+    models = models_for(model, tuple(dict.fromkeys((job.source, *job.targets))), dev)
     x = images[shard.start:shard.end].to(dev)
     y = labels[shard.start:shard.end].to(dev)
     seed = shard_seed(base_seed, shard)

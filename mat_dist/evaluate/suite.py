@@ -42,6 +42,7 @@ from mat_dist.threats import Norm, radius_unit_problem
 SHIPPED_SUITES = Path(__file__).resolve().parent.parent / "suites"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 ENSEMBLE = "ensemble"
+GRADIENT_FREE_AUTOATTACKS = frozenset({"square"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +56,13 @@ class AttackSpec:
     @property
     def kind(self):
         return ATTACKS[self.attack]
+
+    @property
+    def needs_gradients(self) -> bool:
+        """White-box: needs input gradients. AutoAttack restricted to Square is score-based."""
+        if self.attack == "autoattack" and self.params.get("version") == "custom":
+            return not set(self.params.get("attacks") or ()) <= GRADIENT_FREE_AUTOATTACKS
+        return self.kind.white_box
 
 
 @pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
@@ -157,6 +165,20 @@ class SuiteFile(BaseModel):
     sanity: SanitySpec = SanitySpec()
 
 
+def without_gradients(suite: Suite) -> tuple[Suite, tuple[str, ...]]:
+    """The suite's gradient-free attacks only (for models without input gradients), and the names dropped.
+
+    Transfer and curve jobs are dropped too: they name white-box attacks, and a
+    model without gradients has no sub-models to transfer between.
+    """
+    kept = tuple(a for a in suite.attacks if not a.needs_gradients)
+    dropped = tuple(a.name for a in suite.attacks if a.needs_gradients)
+    if not kept:
+        raise UserError(f"suite {suite.name} has only white-box attacks ({', '.join(dropped)}), and this model "
+                        f"has no gradients; use a suite with gradient-free attacks (--suite blackbox)")
+    return replace(suite, attacks=kept, transfer=TransferSpec(), curves=CurveSpec()), dropped
+
+
 # ------------------------------------------------------------------ loading
 
 def shipped_suites() -> list[str]:
@@ -254,12 +276,15 @@ def member_names(num_members: int) -> list[str]:
 
 
 def plan_jobs(suite: Suite, *, num_members: int, examples: int) -> list[Job]:
-    """Every job of the suite for a model with ``num_members`` sub-models, on ``examples`` examples."""
+    """Every job of the suite for a model with ``num_members`` sub-models, on ``examples`` examples.
+
+    ``num_members=0`` is a model mat-dist did not train: it has no sub-models, so no transfer jobs."""
     jobs = [Job(name=a.name, group="suite", spec=a, source=ENSEMBLE, targets=(ENSEMBLE,), examples=examples)
             for a in suite.attacks]
     models = [ENSEMBLE, *member_names(num_members)]
+    transfer = suite.transfer.attacks if num_members > 0 else ()  # a foreign model has no sub-models
     n_transfer = min(examples, suite.transfer.examples or examples)
-    for a in suite.transfer.attacks:
+    for a in transfer:
         for source in models:
             jobs.append(Job(name=f"transfer_{a}_from_{source}", group="transfer", spec=suite.attack(a),
                             source=source, targets=tuple(models), examples=n_transfer))

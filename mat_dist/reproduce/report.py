@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from mat_dist.evaluate.metrics import separated
 from mat_dist.reproduce.presets import PAPER_SETUP, Preset
 from mat_dist.threats import Norm
 
@@ -123,11 +124,6 @@ def collect(preset: Preset, outcomes: Sequence[Any], configs: Mapping[str, Any])
                                       epochs=cfg.train.epochs, summary=summary,
                                       metrics=_read_jsonl(o.run_dir / "metrics.jsonl"), seed_summaries=[summary])
     return list(out.values())
-
-
-def separated(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
-    """True when two 95% intervals do not overlap: the difference counts; otherwise it is a tie."""
-    return a is not None and b is not None and (a[1] < b[0] or b[1] < a[0])
 
 
 def cell(d: MethodData, metric: str) -> str:

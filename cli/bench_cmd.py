@@ -30,7 +30,7 @@ def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, ba
               steps: int, repeats: int, image_size: int, channels: int, model: Path, suite: str,
               eval_examples: int, train_config: str, train_overrides: list[str]) -> None:
     from mat_dist.bench import BenchSettings, bench_methods, machine_info
-    from mat_dist.runner import write_atomic
+    from mat_dist.atomic import write_atomic
     from mat_dist.train import resolve_device, set_threads
 
     chosen = parse_parts(parts)

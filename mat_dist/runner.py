@@ -16,7 +16,6 @@ checkpoint are dropped and re-run, MLflow gets the epochs it lacks.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ from typing import Any, Callable
 
 import yaml
 
-from mat_dist.atomic import atomic_path
+# write_atomic and the JSON-lines helpers live in mat_dist.atomic; imported here for the modules that have not moved
+from mat_dist.atomic import append_jsonl as append_metrics, read_jsonl as read_metrics, write_atomic  # noqa: F401
 from mat_dist.checkpoint import WEIGHTS, load_latest_checkpoint, save_checkpoint, save_weights
 from mat_dist.config import RunConfig, config_from_dict, config_to_dict, config_to_yaml, read_yaml
 from mat_dist.data import DataSplits, load_splits
@@ -37,33 +37,6 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
 REPORT_FILE = "report.md"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a crash ends the file's valid part
-    return rows
-
-
-def append_metrics(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def check_writable(folder: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mat_dist.atomic import append_jsonl, read_jsonl, write_atomic
 from mat_dist.data import load_splits
 from mat_dist.errors import UserError
 from mat_dist.evaluate import curves as curves_mod
@@ -69,8 +70,6 @@ def _check_fingerprint(output: Path, fingerprint: dict[str, Any]) -> None:
             raise UserError(f"{output} holds an evaluation with another {', '.join(changed)}; "
                             f"choose another --output (finished shards would not match)")
         return
-    from mat_dist.runner import write_atomic
-
     write_atomic(path, json.dumps(fingerprint, indent=1, sort_keys=True))
 
 
@@ -79,16 +78,12 @@ def _finished_shards(output: Path) -> int:
 
 
 def _record_call(output: Path, *, wall_s: float, workers: int, shards_finished: int) -> None:
-    from mat_dist.runner import append_metrics
-
     if shards_finished:  # a call that only merged finished shards adds nothing to the evaluation's cost
-        append_metrics(output / CALLS, {"wall_s": wall_s, "workers": workers, "shards_finished": shards_finished})
+        append_jsonl(output / CALLS, {"wall_s": wall_s, "workers": workers, "shards_finished": shards_finished})
 
 
 def _calls(output: Path) -> list[dict[str, Any]]:
-    from mat_dist.runner import read_metrics
-
-    return read_metrics(output / CALLS)
+    return read_jsonl(output / CALLS)
 
 
 def trained_as(weights: Path) -> str | None:
@@ -212,8 +207,6 @@ def _write_outputs(table, *, suite: Suite, output: Path, model, source: ModelSou
                    dropped: tuple[str, ...], tracking: TrackingOptions) -> EvalResult:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-
-    from mat_dist.runner import write_atomic
 
     group = table.column("group")
     suite_rows = table.filter(pc.equal(group, "suite"))

@@ -129,8 +129,7 @@ def table(entries: list[Entry]):
 def write_leaderboard(entries: list[Entry], output: Path, *, suite: Suite) -> None:
     import pyarrow.parquet as pq
 
-    from mat_dist.atomic import atomic_path
-    from mat_dist.runner import write_atomic
+    from mat_dist.atomic import atomic_path, write_atomic
 
     output.mkdir(parents=True, exist_ok=True)
     with atomic_path(output / LEADERBOARD_PARQUET, suffix=".tmp") as tmp:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from mat_dist.atomic import append_jsonl, read_jsonl, write_atomic
 from mat_dist.checkpoint import WEIGHTS
 from mat_dist.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, read_yaml, \
     resolve_config_path
@@ -99,8 +100,6 @@ def preset_suite(preset: Preset):
 
 
 def _check_preset_file(output: Path, preset: Preset, overrides: list[str], seeds: int = 1) -> None:
-    from mat_dist.runner import write_atomic
-
     wanted = {"preset": preset.to_dict(), "overrides": list(overrides)}
     if seeds > 1:  # a one-seed folder keeps the layout it had before seeds existed
         wanted["seeds"] = seeds
@@ -121,20 +120,17 @@ def _record_invocation(output: Path, outcomes: list[MethodOutcome], wall_s: floa
     The report's total wall time is their sum: a reproduction resumed after a stop, or re-run only to
     rewrite the report, still reports what the whole reproduction cost.
     """
-    from mat_dist.runner import append_metrics, read_metrics
-
     path = output / INVOCATIONS_FILE
     trained = sum(o.training != "skipped" for o in outcomes)
     evaluated = sum(o.evaluation != "skipped" for o in outcomes)
     if trained or evaluated:
-        append_metrics(path, {"wall_s": wall_s, "trained": trained, "evaluated": evaluated})
-    return read_metrics(path)
+        append_jsonl(path, {"wall_s": wall_s, "trained": trained, "evaluated": evaluated})
+    return read_jsonl(path)
 
 
 # ---------------------------------------------------------------- MLflow
 
 def _parent_tracker(output: Path, preset: Preset, *, uri: str | None, experiment: str, enabled: bool):
-    from mat_dist.runner import write_atomic
     from mat_dist.tracking import NullTracker, Tracker, git_commit
 
     if not enabled:
@@ -161,7 +157,7 @@ def _nest_training_run(cfg: RunConfig, run_dir: Path, *, parent_run_id: str | No
     The runner resumes the run named in ``run.json``; creating it here is how
     it gets its ``mlflow.parentRunId`` without the runner knowing of parents.
     """
-    from mat_dist.runner import RUN_FILE, write_atomic
+    from mat_dist.runner import RUN_FILE
     from mat_dist.tracking import Tracker, git_commit
 
     if parent_run_id is None or not cfg.tracking.enabled or (run_dir / RUN_FILE).is_file():

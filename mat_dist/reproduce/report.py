@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from mat_dist.atomic import read_jsonl, write_atomic
 from mat_dist.evaluate.metrics import separated
 from mat_dist.reproduce.presets import PAPER_SETUP, Preset
 from mat_dist.threats import Norm
@@ -63,12 +64,6 @@ def paper_numbers() -> dict[tuple[str, str, str, str], float]:
     """(source, dataset, method, metric) -> published value (percent, or minutes for Table 7)."""
     with PAPER_TABLES.open() as f:
         return {(r["source"], r["dataset"], r["method"], r["metric"]): float(r["value"]) for r in csv.DictReader(f)}
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    from mat_dist.runner import read_metrics
-
-    return read_metrics(path)
 
 
 @dataclass
@@ -122,7 +117,7 @@ def collect(preset: Preset, outcomes: Sequence[Any], configs: Mapping[str, Any])
                                       table7_name=o.spec.table7_name, num_members=cfg.model.num_members,
                                       steps=cfg.attack.steps, norms=[n.value for n in cfg.attack.norms],
                                       epochs=cfg.train.epochs, summary=summary,
-                                      metrics=_read_jsonl(o.run_dir / "metrics.jsonl"), seed_summaries=[summary])
+                                      metrics=read_jsonl(o.run_dir / "metrics.jsonl"), seed_summaries=[summary])
     return list(out.values())
 
 
@@ -539,8 +534,6 @@ def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[st
                  output: Path, wall_s: float, invocations: Sequence[Mapping[str, Any]] = (),
                  seeds: int = 1) -> Written:
     """Write report.md, report.json and the PNG figures into ``output``."""
-    from mat_dist.runner import write_atomic
-
     output.mkdir(parents=True, exist_ok=True)
     paper = paper_numbers()
     data = collect(preset, outcomes, configs)

@@ -106,6 +106,11 @@ class ThreatModel:
         """The same threat model at another radius (used by the radius warm-up)."""
         return replace(self, eps=eps)
 
+    def with_topk(self, k_min: int, k_max: int) -> ThreatModel:
+        """The same threat model with the top-k range [k_min, k_max] of an l_1 step (MSD). Only the l_1
+        step moves k coordinates; the l_inf and l_2 steps have no k and come back as they are."""
+        return self
+
     def norm(self, delta: torch.Tensor) -> torch.Tensor:
         """||delta||_p per example, shape (B,)."""
         return torch.linalg.vector_norm(_flat(delta), ord=self.order, dim=1)
@@ -214,6 +219,9 @@ class L1Threat(ThreatModel):
         super().__post_init__()
         if not 1 <= self.k_min <= self.k_max:
             raise UserError(f"l1 top-k range [{self.k_min}, {self.k_max}] must satisfy 1 <= k_min <= k_max")
+
+    def with_topk(self, k_min: int, k_max: int) -> L1Threat:
+        return replace(self, k_min=int(k_min), k_max=int(k_max))
 
     def direction(self, grad, x_adv, generator=None):
         g = _flat(grad)  # (B, D)

@@ -27,7 +27,7 @@ from mat_dist.errors import UserError
 from mat_dist.fastpath import prepare_model
 from mat_dist.methods import METHODS, adversarial_loss, per_member_ce
 from mat_dist.models.mimo import ModelSpec, build_model
-from mat_dist.threats import L1Threat, ThreatModel, make_threat
+from mat_dist.threats import ThreatModel, make_threat
 from mat_dist.validation import Selection, robust_counts
 
 
@@ -47,9 +47,7 @@ def training_threats(cfg: RunConfig, radius_scale: float = 1.0) -> list[ThreatMo
     a = cfg.attack
     threats = []
     for norm, eps, alpha in zip(a.norms, a.eps, a.alpha):
-        threat = make_threat(norm, eps=eps * radius_scale, alpha=alpha)
-        if isinstance(threat, L1Threat):
-            threat = L1Threat(eps=threat.eps, alpha=alpha, k_min=a.l1_topk[0], k_max=a.l1_topk[1])
+        threat = make_threat(norm, eps=eps * radius_scale, alpha=alpha).with_topk(*a.l1_topk)
         threats.append(threat)
     return threats
 

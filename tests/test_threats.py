@@ -117,6 +117,18 @@ def test_l1_topk_k_is_drawn_in_range():
 
 
 @pytest.mark.parametrize("norm", list(Norm))
+def test_only_the_l1_threat_takes_a_topk_range(norm):
+    """Callers set the l_1 step's k range on any threat model, without asking which norm it is."""
+    threat = THREATS[norm].with_topk(2, 3)
+    if norm is Norm.L1:
+        assert (threat.k_min, threat.k_max, threat.eps, threat.alpha) == (2, 3, 5.0, 1.0)
+        with pytest.raises(UserError, match="1 <= k_min <= k_max"):
+            threat.with_topk(4, 3)
+    else:
+        assert threat is THREATS[norm]
+
+
+@pytest.mark.parametrize("norm", list(Norm))
 def test_random_start_is_signed_inside_ball_and_box(norm):
     threat = THREATS[norm]
     x = torch.rand(64, 1, 28, 28)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mat_dist.attacks import SlotAttack, perturb
-from mat_dist.threats import L1Threat, Norm, make_threat
+from mat_dist.threats import Norm, make_threat
 
 PGD_DEFAULTS: dict[str, Any] = {
     "steps": 20,
@@ -26,10 +26,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: Norm, eps: 
     The deployed ensemble's scores are log-probabilities, so cross-entropy on
     them is the NLL of the deployed prediction (as in ``Trainer.evaluate``).
     """
-    threat = make_threat(norm, eps=eps, alpha=params["rel_alpha"] * eps)
-    if isinstance(threat, L1Threat):
-        k_min, k_max = params["l1_topk"]
-        threat = L1Threat(eps=threat.eps, alpha=threat.alpha, k_min=int(k_min), k_max=int(k_max))
+    threat = make_threat(norm, eps=eps, alpha=params["rel_alpha"] * eps).with_topk(*params["l1_topk"])
     generator = torch.Generator(device=x.device).manual_seed(seed)
 
     def loss_fn(xa: torch.Tensor) -> torch.Tensor:  # (B, 1, C, H, W) -> (B, 1)

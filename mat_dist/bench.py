@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import torch
 
-from mat_dist.config import TrainConfig
-from mat_dist.fastpath import Precision, prepare_model
+from mat_dist.config import Precision, TrainConfig
+from mat_dist.fastpath import prepare_model
 from mat_dist.methods import METHODS, OuterLoss, adversarial_loss, per_member_ce
 from mat_dist.models import ModelKind, ModelSpec, build_model
 from mat_dist.threats import Norm, ThreatModel, make_threat

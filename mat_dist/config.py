@@ -26,7 +26,6 @@ from mat_dist import schema
 from mat_dist.attacks import GradientMode
 from mat_dist.data import DatasetName
 from mat_dist.errors import UserError
-from mat_dist.fastpath import Precision
 from mat_dist.methods import METHODS, OuterLoss
 from mat_dist.models import BACKBONES, EnsembleOutput, ModelKind
 from mat_dist.schema import (FORBID, Bool, Count, Hint, Int, NonNegative, NonNegInt, Num, Positive, Share, Str, must,
@@ -41,6 +40,13 @@ SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 class OptimizerName(str, enum.Enum):
     ADAM = "adam"
     SGD = "sgd"
+
+
+class Precision(str, enum.Enum):
+    """``train.precision``: the fast path's (mat_dist.fastpath) forward passes in fp32 or under bf16 autocast."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"  # autocast around the forward passes; weights, optimiser state and loss stay fp32
 
 
 def _is_schedule(points: list[list[float]]) -> bool:

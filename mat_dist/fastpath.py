@@ -20,21 +20,11 @@ parameters, so the optimiser steps one set of weights, kept in fp32.
 
 from __future__ import annotations
 
-import enum
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
+from mat_dist.config import Precision, TrainConfig
 from mat_dist.errors import UserError
-
-if TYPE_CHECKING:
-    from mat_dist.config import TrainConfig
-
-
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    BF16 = "bf16"  # autocast around the forward passes; weights, optimiser state and loss stay fp32
 
 
 class AutocastForward(nn.Module):

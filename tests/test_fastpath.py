@@ -16,10 +16,10 @@ from torch import nn
 from conftest import TINY
 from mat_dist.bench import SWITCHES, BenchSettings, bench_switches
 from mat_dist.checkpoint import load_checkpoint, save_checkpoint
-from mat_dist.config import RunConfig, TrainConfig, config_from_dict
+from mat_dist.config import Precision, RunConfig, TrainConfig, config_from_dict
 from mat_dist.data import load_splits
 from mat_dist.errors import UserError
-from mat_dist.fastpath import AutocastForward, Precision
+from mat_dist.fastpath import AutocastForward
 from mat_dist.models import build_model
 from mat_dist.train import Trainer
 

@@ -19,8 +19,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
-
 TRIAL_RUNS_FILE = "trial_runs.json"
 # Tune's own bookkeeping in every result: not metrics of the model.
 _TUNE_KEYS = {"done", "pid", "timestamp", "training_iteration", "iterations_since_restore", "time_since_restore",
@@ -28,7 +26,9 @@ _TUNE_KEYS = {"done", "pid", "timestamp", "training_iteration", "iterations_sinc
               "trial_id", "config", "experiment_tag", "checkpoint_path"}
 
 
-class TrialTracking(Callback):
+class TrialTrackingHooks:
+    """The callback's hooks as plain Python; ``TrialTracking`` is them as a Ray Tune ``Callback`` (see below)."""
+
     def __init__(self, *, uri: str, experiment: str, parent_run_id: str, sweep_dir: str, base_raw: dict,
                  run_prefix: str) -> None:
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
@@ -98,3 +98,19 @@ class TrialTracking(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "FAILED")
+
+
+def __getattr__(name: str) -> Any:
+    """``TrialTracking``: ``TrialTrackingHooks`` as a ``ray.tune.Callback``, made on first use so that importing
+    this module does not import Ray. It is then kept as a module attribute, so Tune pickles its instances (into
+    the experiment state, for ``Tuner.restore``) by reference, as it would a class defined at module level."""
+    if name != "TrialTracking":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ray.tune import Callback
+
+    class TrialTracking(TrialTrackingHooks, Callback):
+        """The Ray Tune callback that gives every trial its nested MLflow run (the module's docstring)."""
+
+    TrialTracking.__qualname__ = "TrialTracking"
+    globals()[name] = TrialTracking
+    return TrialTracking

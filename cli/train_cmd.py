@@ -29,7 +29,7 @@ def resolve_run_config(config: str | None, output: Path | None, resume: bool, ov
 def run_train(*, config: str | None, output: Path | None, resume: bool, tracking_uri: str | None,
               overrides: list[str], cluster: str | None = None) -> None:
     """``cluster``: a cluster file or shipped name; None: the embedded default (local Ray); "none": in-process."""
-    from mat_dist.distributed.cluster import IN_PROCESS, load_cluster
+    from mat_dist.cluster.files import IN_PROCESS, load_cluster
 
     cluster_cfg = None if cluster == IN_PROCESS else load_cluster(cluster)  # a bad file fails before anything runs
     cfg, output = resolve_run_config(config, output, resume, overrides)

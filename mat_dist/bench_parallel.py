@@ -85,7 +85,7 @@ def worker_speedup(weights: Path, suite, images: torch.Tensor, labels: torch.Ten
     """
     import ray
 
-    from mat_dist.distributed.launch import quiet_ray_env
+    from mat_dist.cluster import ClusterConfig, LocalConfig, connect
     from mat_dist.evaluate.model_source import parse
     from mat_dist.evaluate.runner import _shard_task
     from mat_dist.evaluate.shards import plan_shards
@@ -95,11 +95,7 @@ def worker_speedup(weights: Path, suite, images: torch.Tensor, labels: torch.Ten
     jobs = [j for j in plan_jobs(suite, num_members=1, examples=len(images)) if j.group == "suite"]
     shards = plan_shards(jobs, suite.shard_size)
     walls: dict[int, list[float]] = {c: [] for c in concurrency}
-    quiet_ray_env()
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    try:
+    with connect(ClusterConfig(local=LocalConfig(num_cpus=cpus), source="bench"), check=False, tasks_only=True):
         images_ref, labels_ref = ray.put(images), ray.put(labels)
         model = parse(weights)
         task = ray.remote(_shard_task)
@@ -111,9 +107,6 @@ def worker_speedup(weights: Path, suite, images: torch.Tensor, labels: torch.Ten
                                                                     suite.seed, 1, False, None) for s in shards]
                     ray.get(refs)
                     walls[c].append(time.perf_counter() - start)
-    finally:
-        if started_here:
-            ray.shutdown()
     out: dict[str, Any] = {"shards": len(shards), "shard_size": suite.shard_size,
                            "workers": {str(c): _stats(w) for c, w in walls.items()}}
     base = statistics.median(walls[min(concurrency)])
@@ -149,7 +142,7 @@ TRAIN_PATHS = ("in_process", "ray_1_worker", "ray_2_workers")
 
 
 def _train_once(path: str, cfg, output: Path, cpus: int) -> dict[str, float]:
-    from mat_dist.distributed.cluster import ClusterConfig, LocalConfig, WorkersConfig
+    from mat_dist.cluster.files import ClusterConfig, LocalConfig, WorkersConfig
 
     start = time.perf_counter()
     if path == "in_process":

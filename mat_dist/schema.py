@@ -4,7 +4,7 @@ The four kinds are pydantic 2 models (``extra="forbid"``, strict scalars)
 written with the small vocabulary below, next to the types they build:
 
     run config     mat_dist.config.RunConfig                 (frozen pydantic dataclasses)
-    cluster file   mat_dist.distributed.cluster.ClusterConfig
+    cluster file   mat_dist.cluster.files.ClusterConfig
     suite          mat_dist.evaluate.suite.SuiteFile         (-> Suite)
     search space   mat_dist.tune.space.SpaceFile             (-> SearchSpace)
 
@@ -473,7 +473,7 @@ KIND_WORDS = {FileKind.RUN: "run config", FileKind.CLUSTER: "cluster file", File
               FileKind.SPACE: "search space"}
 # Each kind's model, imported only when asked (they pull in torch, the attack registry, ...).
 _MODELS = {FileKind.RUN: ("mat_dist.config", "RunConfig"),
-           FileKind.CLUSTER: ("mat_dist.distributed.cluster", "ClusterConfig"),
+           FileKind.CLUSTER: ("mat_dist.cluster.files", "ClusterConfig"),
            FileKind.SUITE: ("mat_dist.evaluate.suite", "SuiteFile"),
            FileKind.SPACE: ("mat_dist.tune.space", "SpaceFile")}
 CLUSTER_SECTION = "mat_dist"  # a Ray launcher file or KubeRay manifest carries the cluster settings here
@@ -523,7 +523,7 @@ def _describe_run(name: str) -> str:
 
 
 def _describe_cluster(name: str) -> str:
-    from mat_dist.distributed.cluster import load_cluster
+    from mat_dist.cluster.files import load_cluster
 
     c = load_cluster(name)
     w = c.workers

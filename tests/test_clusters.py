@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mat_dist.config import load_config
-from mat_dist.distributed.cluster import (
+from mat_dist.cluster.files import (
     SHIPPED_CLUSTERS,
     ClusterConfig,
     LocalConfig,
@@ -24,7 +24,7 @@ from mat_dist.distributed.cluster import (
     load_cluster,
 )
 from mat_dist.distributed.job import check_job
-from mat_dist.distributed.launch import Runtime, check_resources, check_storage, probe_address
+from mat_dist.cluster.runtime import Runtime, check_resources, check_storage, probe_address
 from mat_dist.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

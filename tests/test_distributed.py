@@ -20,7 +20,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from mat_dist.config import RunConfig, load_config  # noqa: E402
-from mat_dist.distributed.cluster import (  # noqa: E402
+from mat_dist.cluster.files import (  # noqa: E402
     ClusterConfig,
     FailureConfig,
     LocalConfig,
@@ -48,7 +48,7 @@ def two_workers(**failure: float) -> ClusterConfig:
 @pytest.fixture(scope="module")
 def ray_runtime():
     """One local runtime for the module (started through mat-dist's own connect)."""
-    from mat_dist.distributed.launch import connect
+    from mat_dist.cluster.runtime import connect
 
     import ray
 

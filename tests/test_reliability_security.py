@@ -42,7 +42,7 @@ PAYLOAD = "!!python/object/apply:os.system ['touch {marker}']\n"
 @pytest.mark.parametrize("kind", ["config", "cluster", "suite", "space"])
 def test_yaml_with_python_tags_is_refused_and_not_run(tmp_path: Path, kind: str) -> None:
     from mat_dist.config import load_config
-    from mat_dist.distributed.cluster import load_cluster
+    from mat_dist.cluster.files import load_cluster
     from mat_dist.evaluate.suite import load_suite
     from mat_dist.tune.space import load_space
 
@@ -115,8 +115,8 @@ def test_cluster_env_secrets_reach_only_the_workers() -> None:
 
 _PROBE = """
 import json, socket, ray
-from mat_dist.distributed.cluster import load_cluster
-from mat_dist.distributed.launch import connect
+from mat_dist.cluster.files import load_cluster
+from mat_dist.cluster.runtime import connect
 with connect(load_cluster("local"), check=False):
     node = ray._private.worker._global_node
     host, port = node.webui_url.rsplit(":", 1)
@@ -130,8 +130,8 @@ with connect(load_cluster("local"), check=False):
 
 def test_local_ray_dashboard_binds_to_localhost_only(tmp_path: Path) -> None:
     """clusters/local.yaml through ``connect``: the dashboard (HTTP UI and job API) answers on 127.0.0.1 only."""
-    from mat_dist.distributed.cluster import load_cluster
-    from mat_dist.distributed.launch import ray_init_args
+    from mat_dist.cluster.files import load_cluster
+    from mat_dist.cluster.runtime import ray_init_args
 
     assert ray_init_args(load_cluster("local"))["dashboard_host"] == "127.0.0.1"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}

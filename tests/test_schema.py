@@ -12,7 +12,7 @@ import yaml
 
 from mat_dist import schema
 from mat_dist.config import SHIPPED_CONFIGS, RunConfig, apply_overrides, config_from_dict, load_config
-from mat_dist.distributed.cluster import SHIPPED_CLUSTERS, ClusterConfig, load_cluster
+from mat_dist.cluster.files import SHIPPED_CLUSTERS, ClusterConfig, load_cluster
 from mat_dist.errors import UserError
 from mat_dist.evaluate.suite import SHIPPED_SUITES, SuiteFile, load_suite
 from mat_dist.schema import FileKind, detect_kind, validate_file

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from mat_dist.config import config_from_dict
-from mat_dist.distributed.cluster import ClusterConfig, LocalConfig, WorkersConfig
+from mat_dist.cluster.files import ClusterConfig, LocalConfig, WorkersConfig
 from mat_dist.tune.space import space_from_dict
 from mat_dist.tune.sweep import run_sweep, trial_shape
 from tune_helpers import ray_session, tiny_base, wait_for_full_cpus

@@ -65,7 +65,7 @@ def test_pyproject_lists_every_package_and_only_mat_dist() -> None:
 
 def test_the_command_line_is_imported_once_and_reads_the_repository_s_folders() -> None:
     import mat_dist.cli.main
-    from mat_dist.distributed.cluster import SHIPPED_CLUSTERS
+    from mat_dist.cluster.files import SHIPPED_CLUSTERS
     from mat_dist.tune.space import SHIPPED_SPACES
 
     assert Path(mat_dist.cli.main.__file__) == ROOT / "cli" / "main.py"
@@ -116,7 +116,7 @@ import json, sys
 from pathlib import Path
 import mat_dist
 from mat_dist.config import load_config, resolve_config_path
-from mat_dist.distributed.cluster import load_cluster, resolve_cluster_path
+from mat_dist.cluster.files import load_cluster, resolve_cluster_path
 from mat_dist.evaluate.suite import load_suite, resolve_suite_path
 from mat_dist.tune.space import load_space, resolve_space_path
 

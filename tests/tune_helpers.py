@@ -33,8 +33,8 @@ def ray_session() -> None:
 
     import ray
 
-    from mat_dist.distributed.cluster import ClusterConfig, LocalConfig
-    from mat_dist.distributed.launch import ray_init_args
+    from mat_dist.cluster.files import ClusterConfig, LocalConfig
+    from mat_dist.cluster.runtime import ray_init_args
 
     if not ray.is_initialized():
         ray.init(**ray_init_args(ClusterConfig(local=LocalConfig(num_cpus=2))), logging_level=logging.WARNING,

@@ -33,8 +33,8 @@ from mat_dist.checkpoint import PREFIX, STATE, WEIGHTS, save_final_model
 from mat_dist.config import RunConfig, config_to_dict
 from mat_dist.console import plural
 from mat_dist.data import MimoBatches, load_splits
-from mat_dist.distributed.cluster import ClusterConfig, is_uri
-from mat_dist.distributed.launch import check_storage, connect
+from mat_dist.cluster.files import ClusterConfig, is_uri
+from mat_dist.cluster.runtime import check_storage, connect
 from mat_dist.distributed.trainer import fit, torch_trainer
 from mat_dist.errors import UserError
 from mat_dist.tracking import check_store

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mat_dist.distributed.cluster import ClusterConfig
+from mat_dist.cluster.files import ClusterConfig
 from mat_dist.distributed.worker import train_worker
 from mat_dist.environ import scoped_env
 

@@ -59,31 +59,18 @@ def ray_runtime(*, workers: int, cluster: str | os.PathLike | None) -> Iterator[
 
     An already initialised runtime (tests, notebooks) is used as it is and left
     running; a runtime started here is shut down on exit. Cluster files are the
-    training ones (``mat_dist.distributed.load_cluster``: a file or a shipped
-    name such as ``local``) and are connected through ``distributed.connect``.
+    training ones (``mat_dist.cluster.load_cluster``: a file or a shipped name
+    such as ``local``); both kinds of runtime are started by ``mat_dist.cluster.connect``.
     """
-    import ray
+    from mat_dist.cluster import ClusterConfig, LocalConfig, connect, load_cluster
 
-    if ray.is_initialized():
-        yield
-        return
     if cluster is not None:
-        from mat_dist.distributed import connect, load_cluster
-
-        with connect(load_cluster(cluster), check=False):  # check=False: the evaluator asks per-shard resources
-            yield
-        return
-    from mat_dist.distributed.launch import quiet_ray_env
-
-    quiet_ray_env()
-    # address="local": always a new private runtime, never another user's cluster found on this machine.
-    # Tasks only, no Train placement groups: the dashboard is not needed (saves time and memory).
-    ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False)
-    try:
+        target = load_cluster(cluster)
+    else:  # a new private runtime of ``workers`` CPUs, never another user's cluster found on this machine
+        target = ClusterConfig(local=LocalConfig(num_cpus=workers), source=f"--workers {workers}")
+    # check=False: the evaluator asks per-shard resources. Shards are plain tasks: no dashboard, no task output.
+    with connect(target, check=False, tasks_only=cluster is None):
         yield
-    finally:
-        ray.shutdown()
 
 
 def run_shards(shards: list[Shard], *, model: ModelSource, images: torch.Tensor, labels: torch.Tensor,

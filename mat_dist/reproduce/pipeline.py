@@ -184,7 +184,8 @@ def _train(cfg: RunConfig, run_dir: Path, *, cluster: str | None, tracking_uri: 
         return "skipped"
     resume = (run_dir / CONFIG_FILE).is_file()
     if cluster is not None:
-        from mat_dist.distributed import load_cluster, train_ray
+        from mat_dist.cluster import load_cluster
+        from mat_dist.distributed import train_ray
 
         train_ray(cfg, run_dir, load_cluster(cluster), resume=resume, tracking_uri=tracking_uri)
     else:

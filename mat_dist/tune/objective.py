@@ -158,7 +158,7 @@ def ray_train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     import ray.util
 
     from mat_dist.config import config_to_dict
-    from mat_dist.distributed.cluster import cluster_from_dict
+    from mat_dist.cluster.files import cluster_from_dict
     from mat_dist.distributed.trainer import fit, torch_trainer
 
     trial_id, folder, cfg = _prepare_trial(spec, params)

@@ -146,7 +146,7 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
     embedded default: a local runtime, one 1-CPU worker per trial). ``trials``
     replaces the space's count. ``callbacks``: extra Ray Tune callbacks.
     """
-    from mat_dist.distributed.cluster import IN_PROCESS, ClusterConfig, cluster_from_dict, cluster_to_dict, load_cluster
+    from mat_dist.cluster.files import IN_PROCESS, ClusterConfig, cluster_from_dict, cluster_to_dict, load_cluster
 
     started = time.perf_counter()
     # Tune warns whenever trials checkpoint every epoch (each epoch is a checkpoint here, on purpose).
@@ -185,7 +185,7 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
     shape = trial_shape(cluster_cfg)
     base_cfg = trial_config(base_raw, {})
 
-    from mat_dist.distributed.launch import connect
+    from mat_dist.cluster.runtime import connect
 
     with connect(cluster_cfg) as runtime:
         concurrency = max_concurrent(shape, runtime.resources, space.max_concurrent, source=cluster_cfg.source)
@@ -242,7 +242,7 @@ def _tuner(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from mat_dist.distributed.cluster import cluster_to_dict
+    from mat_dist.cluster.files import cluster_to_dict
     from mat_dist.tune.objective import ray_train_trial, train_trial
 
     storage = output / "ray"

@@ -28,8 +28,9 @@ run folder.
       worker_start_timeout_s: 60    # each such attempt waits this long for resources
     env: {}                  # environment variables for the workers (e.g. NCCL_SOCKET_IFNAME)
 
-Other parts of mat-dist (evaluator, tune) read the same files through
-``load_cluster`` and connect with ``mat_dist.distributed.launch.connect``.
+Every part of mat-dist that uses Ray (training, evaluator, tune, bench) reads
+the same files through ``load_cluster`` and connects with
+``mat_dist.cluster.runtime.connect``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Start or attach a Ray runtime for a cluster file, and fail fast with one clear line.
 
-``connect(cluster)`` is a context manager used by every Ray entry point of
-mat-dist (train, and later evaluate and tune):
+``connect(cluster)`` is a context manager, and the only ``ray.init`` of
+mat-dist: training, the evaluator's shards, the sweep and the benchmarks all
+connect through it.
 
     with connect(load_cluster("clusters/multi-gpu.yaml")) as runtime:
         ...  # ray is initialised; runtime.resources holds the cluster's totals
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mat_dist.console import plural, route_worker_lines
-from mat_dist.distributed.cluster import ClusterConfig, is_uri
+from mat_dist.cluster.files import ClusterConfig, is_uri
 from mat_dist.errors import UserError
 
 PROBE_TIMEOUT_S = 3.0          # TCP connect to the Ray head
@@ -81,8 +82,15 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
                     f"address in the cluster file, or use address: null for a local runtime")
 
 
-def ray_init_args(cluster: ClusterConfig) -> dict[str, Any]:
-    """``ray.init`` arguments for ``cluster``: a private local runtime, or the cluster file's address."""
+def ray_init_args(cluster: ClusterConfig, *, tasks_only: bool = False) -> dict[str, Any]:
+    """``ray.init`` arguments for ``cluster``: a private local runtime, or the cluster file's address.
+
+    ``tasks_only``: a local runtime that runs plain Ray tasks (the evaluator's shards), no Ray Train
+    placement groups, so no dashboard (its cleaner is what needs one): seconds and memory saved.
+    """
+    if cluster.is_local and tasks_only:
+        return {"address": "local", "num_cpus": cluster.local.num_cpus, "num_gpus": cluster.local.num_gpus,
+                "include_dashboard": False}
     if cluster.is_local:
         # address "local": always a private runtime; without it ray.init attaches to any
         # cluster already running on this machine (another job's, a test's). Ray Train's
@@ -102,11 +110,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def connect(cluster: ClusterConfig, *, check: bool = True) -> Iterator[Runtime]:
+def connect(cluster: ClusterConfig, *, check: bool = True, tasks_only: bool = False) -> Iterator[Runtime]:
     """Start a local Ray runtime (address null) or attach to the cluster's; check its resources.
 
     A driver that is already connected (tests, notebooks) is reused as it is
-    and left running. A runtime started here is shut down on exit.
+    and left running. A runtime started here is shut down on exit. ``check``:
+    compare the cluster file's workers with the resources (the evaluator asks
+    per-shard resources instead). ``tasks_only``: see ``ray_init_args``; the
+    tasks' own output is not printed either.
     """
     import ray
 
@@ -120,7 +131,8 @@ def connect(cluster: ClusterConfig, *, check: bool = True) -> Iterator[Runtime]:
     if not cluster.is_local and cluster.address != "auto":
         probe_address(cluster.address)
     try:
-        ray.init(**ray_init_args(cluster), logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(**ray_init_args(cluster, tasks_only=tasks_only), logging_level=logging.WARNING,
+                 log_to_driver=not tasks_only)
     except ConnectionError as err:
         raise UserError(f"could not connect to the Ray cluster {cluster.address} ({str(err).splitlines()[0]}); "
                         f"check address in {cluster.source}") from None

@@ -10,12 +10,13 @@ from pathlib import Path
 import typer
 
 from mat_dist.errors import UserError
+from mat_dist.training.run_folder import RunFolder
 
 
 def _run_folder_of(path: Path) -> Path | None:
     """The run folder a weights file or checkpoint folder belongs to (it holds config.yaml), if any."""
     for folder in [path, *path.parents][:4]:
-        if (folder / "config.yaml").is_file():
+        if RunFolder(folder).config.is_file():
             return folder
     return None
 
@@ -39,7 +40,7 @@ def resolve_data(data: str | None, data_root: str | None, run_folder: Path | Non
     if run_folder is not None:
         from mat_dist.config import read_yaml
 
-        raw = read_yaml(run_folder / "config.yaml") or {}
+        raw = read_yaml(RunFolder(run_folder).config) or {}
         section = raw.get("data") or {}
         return str(section.get("name", "mnist5k")), data_root or section.get("root")
     raise UserError("the checkpoint is not inside a run folder, so its dataset is unknown; pass --data NAME "
@@ -47,7 +48,7 @@ def resolve_data(data: str | None, data_root: str | None, run_folder: Path | Non
 
 
 def parent_run_id(run_folder: Path | None) -> str | None:
-    run_file = run_folder / "run.json" if run_folder is not None else None
+    run_file = RunFolder(run_folder).run_record if run_folder is not None else None
     if run_file is None or not run_file.is_file():
         return None
     try:

@@ -1,24 +1,26 @@
-"""``matd train``: options -> config -> a Ray Train job (``--cluster``), or the in-process loop with a progress bar."""
+"""``matd train``: options -> config -> ``mat_dist.training.train`` (a Ray Train job, or with ``--cluster none``
+the in-process loop with a progress bar)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 
 from mat_dist.config import config_from_dict, load_config, apply_overrides, read_yaml
 from mat_dist.console import plural
+from mat_dist.training.run_folder import CONFIG_FILE, RunFolder
 
 
 def resolve_run_config(config: str | None, output: Path | None, resume: bool, overrides: list[str]):
     """The config to run and its output folder; with --resume the run folder's config is the default."""
     from mat_dist.errors import UserError
-    from mat_dist.runner import CONFIG_FILE
 
     if config is None:
         if not (resume and output is not None):
             raise UserError("give --config FILE (or a shipped config name; see `matd configs`)")
-        saved = output / CONFIG_FILE
+        saved = RunFolder(output).config
         if not saved.is_file():
             raise UserError(f"--resume: {output} holds no run (no {CONFIG_FILE}); give --config to start one")
         return config_from_dict(apply_overrides(read_yaml(saved), overrides)), output
@@ -30,44 +32,44 @@ def run_train(*, config: str | None, output: Path | None, resume: bool, tracking
               overrides: list[str], cluster: str | None = None) -> None:
     """``cluster``: a cluster file or shipped name; None: the embedded default (local Ray); "none": in-process."""
     from mat_dist.cluster.files import IN_PROCESS, load_cluster
+    from mat_dist.training import train
+    from mat_dist.training.ray_job import RayRunResult
 
     cluster_cfg = None if cluster == IN_PROCESS else load_cluster(cluster)  # a bad file fails before anything runs
     cfg, output = resolve_run_config(config, output, resume, overrides)
-    if cluster_cfg is not None:
-        _run_on_ray(cfg, output, cluster_cfg, resume=resume, tracking_uri=tracking_uri)
-    else:
-        _run_in_process(cfg, output, resume=resume, tracking_uri=tracking_uri)
+    typer.echo(f"training {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, "
+               f"{plural(cfg.train.epochs, 'epoch')}{_where(cluster_cfg)} -> {output}")
+    # The progress bar follows this process's batches: only the in-process loop has them (on Ray, rank 0
+    # prints a line per epoch to this console).
+    with _progress_bar(cfg) if cluster_cfg is None else contextlib.nullcontext({}) as callbacks:
+        result = train(cfg, output, cluster_cfg, resume=resume, tracking_uri=tracking_uri, **callbacks)
+    run = RunFolder(result.output)
+    if not isinstance(result, RayRunResult):
+        typer.echo(f"done: {run.model}; report {run.report}")
+        return
+    resumed_from = (result.worker_summary or {}).get("resumed_from")
+    if resumed_from:
+        typer.echo(f"resumed from the checkpoint of epoch {resumed_from}")
+    typer.echo(f"done in {result.wall_s:.0f} s: {run.model}; report {run.report}; "
+               f"Ray checkpoints {result.storage}/{result.ray_run_name}")
 
 
-def _run_on_ray(cfg, output: Path, cluster, *, resume: bool, tracking_uri: str | None) -> None:
-    from mat_dist.distributed.job import train_ray
-
+def _where(cluster) -> str:
+    """Where the run trains, for the first line ('' in-process)."""
+    if cluster is None:
+        return ""
     w = cluster.workers
     width = f"{w.min}..{w.num}" if cluster.elastic else w.num
     where = "a local Ray runtime" if cluster.is_local else f"Ray cluster {cluster.address}"
-    typer.echo(f"training {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, "
-               f"{plural(cfg.train.epochs, 'epoch')} on {where}, {plural(width, 'worker')} x ({w.cpus:g} CPU, "
-               f"{w.gpus:g} GPU) [{cluster.source}] -> {output}")
-    result = train_ray(cfg, output, cluster, resume=resume, tracking_uri=tracking_uri)
-    summary = result.worker_summary or {}
-    if summary.get("resumed_from"):
-        typer.echo(f"resumed from the checkpoint of epoch {summary['resumed_from']}")
-    typer.echo(f"done in {result.wall_s:.0f} s: {result.output / 'model.safetensors'}; "
-               f"report {result.output / 'report.md'}; Ray checkpoints {result.storage}/{result.ray_run_name}")
+    return (f" on {where}, {plural(width, 'worker')} x ({w.cpus:g} CPU, {w.gpus:g} GPU) "
+            f"[{cluster.source}]")
 
 
-def _run_in_process(cfg, output: Path, *, resume: bool, tracking_uri: str | None) -> None:
+@contextlib.contextmanager
+def _progress_bar(cfg):
+    """A bar over each epoch's batches and a line per epoch: the ``on_batch`` / ``on_epoch`` callbacks of ``train``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mat_dist.distributed.job import RAY_RUN_FILE
-    from mat_dist.errors import UserError
-    from mat_dist.runner import train_local
-
-    if resume and (output / RAY_RUN_FILE).is_file():
-        raise UserError(f"--resume: {output} is a Ray run ({RAY_RUN_FILE}); resume it with --cluster FILE "
-                        f"(or no --cluster for the local default)")
-    typer.echo(f"training {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, "
-               f"{plural(cfg.train.epochs, 'epoch')} -> {output}")
     with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), TextColumn("{task.fields[last]}"), transient=False) as bar:
         task = bar.add_task("train", total=None, epoch=1, last="")
@@ -82,6 +84,4 @@ def _run_in_process(cfg, output: Path, *, resume: bool, tracking_uri: str | None
             bar.console.print(f"epoch {int(m['epoch'])}: loss {m['train/loss']:.3f}  clean "
                               f"{100 * m['val/clean_acc']:.1f}%  {cfg.eval.attack.value.upper()} robust {robust}  ({m['epoch_time_s']:.0f} s)")
 
-        result = train_local(cfg, output, resume=resume, tracking_uri=tracking_uri,
-                             on_batch=on_batch, on_epoch=on_epoch)
-    typer.echo(f"done: {result.output / 'model.safetensors'}; report {result.output / 'report.md'}")
+        yield {"on_batch": on_batch, "on_epoch": on_epoch}

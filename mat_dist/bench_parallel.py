@@ -48,8 +48,9 @@ def _suite_and_data(model_path: str, suite_name: str, examples: int, dataset: st
 def _run_dataset(weights: Path) -> str:
     """The dataset of the run folder the weights come from (its config.yaml), else the embedded default."""
     from mat_dist.config import read_yaml
+    from mat_dist.training.run_folder import RunFolder
 
-    config = weights.parent / "config.yaml"
+    config = RunFolder(weights.parent).config
     if config.is_file():
         raw = read_yaml(config) or {}
         return str((raw.get("data") or {}).get("name") or "mnist5k")
@@ -143,19 +144,15 @@ TRAIN_PATHS = ("in_process", "ray_1_worker", "ray_2_workers")
 
 def _train_once(path: str, cfg, output: Path, cpus: int) -> dict[str, float]:
     from mat_dist.cluster.files import ClusterConfig, LocalConfig, WorkersConfig
+    from mat_dist.training import train
 
-    start = time.perf_counter()
-    if path == "in_process":
-        from mat_dist.runner import train_local
-
-        rows = train_local(cfg, output).metrics
-    else:
-        from mat_dist.distributed.job import train_ray
-
+    cluster = None  # in_process
+    if path != "in_process":
         num = 1 if path == "ray_1_worker" else 2
         cluster = ClusterConfig(workers=WorkersConfig(num=num, cpus=float(max(1, cpus // num))),
                                 local=LocalConfig(num_cpus=cpus), source="bench")
-        rows = train_ray(cfg, output, cluster).metrics
+    start = time.perf_counter()
+    rows = train(cfg, output, cluster).metrics
     wall = time.perf_counter() - start
     epochs = [float(r["epoch_time_s"]) for r in rows]
     return {"wall_s": wall, "epoch_s": statistics.median(epochs), "final_loss": float(rows[-1]["train/loss"])}

@@ -20,7 +20,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -35,6 +35,7 @@ SPEC_KEY = "mat_dist.model_spec"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 PREFIX = "epoch-"
+CHECKPOINTS_DIR = "checkpoints"  # where a run folder keeps its epoch-NNNN checkpoints (mat_dist.training.run_folder)
 
 
 def save_weights(net: nn.Module, path: Path, *, extra: dict[str, str] | None = None) -> None:
@@ -105,7 +106,7 @@ def find_weights(path: Path) -> Path:
         return path
     if (path / WEIGHTS).is_file():
         return path / WEIGHTS
-    latest = latest_checkpoint(path / "checkpoints")
+    latest = latest_checkpoint(path / CHECKPOINTS_DIR)
     if latest is not None:
         return latest / WEIGHTS
     raise UserError(f"no model found at {path}: expected a .safetensors file, a checkpoint folder or a run folder")
@@ -122,14 +123,33 @@ class TrainingCheckpoint:
 
 def save_checkpoint(folder: Path, *, net: nn.Module, state: dict[str, Any], keep: int) -> Path:
     """Write checkpoint ``folder/epoch-NNNN`` atomically, then prune to the newest ``keep``."""
+
+    def write(tmp: Path) -> None:
+        save_weights(net, tmp / WEIGHTS)
+        torch.save(state, tmp / STATE)
+
+    return _install(folder, int(state["epoch"]), write, keep=keep)
+
+
+def copy_checkpoint(src: Path, folder: Path, *, epoch: int, keep: int) -> Path:
+    """Copy the training checkpoint in ``src`` (a Ray checkpoint's folder) to ``folder/epoch-NNNN`` the same way."""
+
+    def write(tmp: Path) -> None:
+        for name in (WEIGHTS, STATE):
+            shutil.copyfile(src / name, tmp / name)
+
+    return _install(folder, epoch, write, keep=keep)
+
+
+def _install(folder: Path, epoch: int, write: Callable[[Path], None], *, keep: int) -> Path:
+    """``write`` a checkpoint into a temporary folder, rename it to ``folder/epoch-NNNN``, prune to ``keep``."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".tmp-*"):  # left by a writer killed mid-write; never a whole checkpoint
         shutil.rmtree(stale, ignore_errors=True)
-    final = folder / f"{PREFIX}{state['epoch']:04d}"
+    final = folder / f"{PREFIX}{epoch:04d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
     try:
-        save_weights(net, tmp / WEIGHTS)
-        torch.save(state, tmp / STATE)
+        write(tmp)
         if final.exists():  # a re-run of the same epoch after a restart: replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -23,7 +23,7 @@ from mat_dist.cluster.files import (
     cluster_to_dict,
     load_cluster,
 )
-from mat_dist.distributed.job import check_job
+from mat_dist.training.ray_job import check_job
 from mat_dist.cluster.runtime import Runtime, check_resources, check_storage, probe_address
 from mat_dist.errors import UserError
 

@@ -73,13 +73,13 @@ def _mlflow_steps(cfg: RunConfig, output: Path, key: str = "val/clean_acc") -> l
 def test_two_workers_stay_synchronised_and_match_one_process(ray_runtime, tmp_path: Path) -> None:
     """2 DDP ranks (global batch 64 = 2 x 32) vs the in-process loop on the same global batch."""
     import mat_dist
-    from mat_dist.distributed.job import train_ray
-    from mat_dist.runner import train_local
+    from mat_dist.training.ray_job import train_ray
+    from mat_dist.training.in_process import train_in_process
 
     epochs = 3
     cfg = tiny_config(tmp_path, f"train.epochs={epochs}")
     ray_result = train_ray(cfg, tmp_path / "ray", two_workers())
-    local_result = train_local(cfg, tmp_path / "local")
+    local_result = train_in_process(cfg, tmp_path / "local")
 
     summary = ray_result.worker_summary
     assert summary["world_size"] == 2 and summary["epochs"] == epochs and summary["resumed_from"] == 0
@@ -125,7 +125,7 @@ def _registered_checkpoints(output: Path) -> int:
 def test_killed_worker_restarts_from_checkpoint_and_each_epoch_once(ray_runtime, tmp_path: Path) -> None:
     """SIGKILL a DDP rank mid-run: Ray restarts the group from the latest checkpoint; no epoch lost or doubled.
     Then --resume of the finished run, and the mistakes --resume refuses."""
-    from mat_dist.distributed.job import train_ray
+    from mat_dist.training.ray_job import train_ray
 
     epochs = 4
     cfg = tiny_config(tmp_path, f"train.epochs={epochs}", "eval.steps=10")
@@ -173,7 +173,7 @@ def test_killed_worker_restarts_from_checkpoint_and_each_epoch_once(ray_runtime,
 
 
 def test_too_many_workers_for_the_runtime_fails_fast(ray_runtime, tmp_path: Path) -> None:
-    from mat_dist.distributed.job import train_ray
+    from mat_dist.training.ray_job import train_ray
 
     start = time.perf_counter()
     with pytest.raises(UserError, match="4 workers x 1 CPU = 4 CPUs asked, the cluster has 2"):

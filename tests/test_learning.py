@@ -15,7 +15,7 @@ The thresholds below sit well under these margins (+28, +27, +17.5, +26).
 import pytest
 
 from mat_dist.config import load_config
-from mat_dist.runner import train_local
+from mat_dist.training.in_process import train_in_process
 
 SHORT = ["tracking.enabled=false", "train.epochs=4", "attack.steps=5", "attack.warmup=0.5",
          "optim.schedule=[[0.0,0.2],[0.1,1.0],[1.0,1.0]]",
@@ -26,8 +26,8 @@ SHORT = ["tracking.enabled=false", "train.epochs=4", "attack.steps=5", "attack.w
 @pytest.fixture(scope="module")
 def short_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("learning")
-    return {method: train_local(load_config("mnist5k-mat", SHORT + [f"method.name={method}"]),
-                                out / method).metrics[-1]
+    return {method: train_in_process(load_config("mnist5k-mat", SHORT + [f"method.name={method}"]),
+                                     out / method).metrics[-1]
             for method in ("standard", "mat")}
 
 

@@ -84,7 +84,7 @@ def test_mlflow_server_killed_mid_run_training_goes_on_and_metrics_jsonl_is_comp
     import mlflow
 
     from mat_dist.config import config_from_dict
-    from mat_dist.runner import train_local
+    from mat_dist.training.in_process import train_in_process
 
     url, kill = mlflow_server
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
@@ -108,7 +108,7 @@ def test_mlflow_server_killed_mid_run_training_goes_on_and_metrics_jsonl_is_comp
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = train_local(config_from_dict(raw), tmp_path / "run", tracking_uri=url, on_epoch=on_epoch)
+            result = train_in_process(config_from_dict(raw), tmp_path / "run", tracking_uri=url, on_epoch=on_epoch)
     finally:
         mlflow.set_tracking_uri(None)
     after_kill = time.monotonic() - killed_at[0]

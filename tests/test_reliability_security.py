@@ -64,7 +64,7 @@ def test_secrets_never_reach_mlflow_params_tags_or_artifacts(tmp_path: Path, mon
     import mlflow
 
     from mat_dist.config import config_from_dict
-    from mat_dist.runner import train_local
+    from mat_dist.training.in_process import train_in_process
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "mlflow-s3cr3t")
@@ -73,7 +73,7 @@ def test_secrets_never_reach_mlflow_params_tags_or_artifacts(tmp_path: Path, mon
     raw["train"]["epochs"] = 1
     raw["tracking"] = {"enabled": True, "uri": "http://alice:s3cr3t-t0ken@mlflow.example:5000"}
     store = f"sqlite:///{tmp_path}/m.db"
-    result = train_local(config_from_dict(raw), tmp_path / "run", tracking_uri=store)
+    result = train_in_process(config_from_dict(raw), tmp_path / "run", tracking_uri=store)
 
     client = mlflow.MlflowClient(tracking_uri=store)
     run = client.get_run(result.tracking_run_id)
@@ -107,7 +107,7 @@ def test_cluster_env_secrets_reach_only_the_workers() -> None:
     uses = [(path.relative_to(ROOT).as_posix(), line.strip())
             for path in sorted((ROOT / "mat_dist").rglob("*.py"))
             for line in path.read_text().splitlines() if "cluster.env" in line]
-    assert uses == [("mat_dist/distributed/trainer.py",
+    assert uses == [("mat_dist/training/ray_job.py",
                      'worker_runtime_env={"env_vars": dict(cluster.env)} if cluster.env else None,')]
 
 

@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 import mat_dist
 from mat_dist.config import config_from_dict
 from mat_dist.errors import UserError
-from mat_dist.runner import read_metrics, train_local
+from mat_dist.atomic import read_jsonl
 from mat_dist.train import TrainingDiverged, piecewise_linear, radius_scale
+from mat_dist.training.in_process import train_in_process
 
 
 class Interrupt(Exception):
@@ -26,10 +27,10 @@ def _stop_after(epoch):
 
 def test_run_folder_holds_config_metrics_checkpoints_and_model(tmp_path, tiny_raw):
     cfg = config_from_dict(tiny_raw)
-    result = train_local(cfg, tmp_path / "run")
+    result = train_in_process(cfg, tmp_path / "run")
     out = tmp_path / "run"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003"]
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3] == [r["epoch"] for r in result.metrics]
     for key in ("train/loss_m0", "train/loss_m1", "val/clean_acc", "val/robust_linf", "val/robust_l2",
                 "val/robust_l1", "val/robust_all", "val/clean_acc_m1", "epoch_time_s"):
@@ -42,16 +43,16 @@ def test_run_folder_holds_config_metrics_checkpoints_and_model(tmp_path, tiny_ra
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, tiny_raw):
     cfg = config_from_dict(tiny_raw)
-    train_local(cfg, tmp_path / "whole")
+    train_in_process(cfg, tmp_path / "whole")
     with pytest.raises(Interrupt):
-        train_local(cfg, tmp_path / "cut", on_epoch=_stop_after(2))
+        train_in_process(cfg, tmp_path / "cut", on_epoch=_stop_after(2))
     # A crash after the metrics line but before the checkpoint: a stray epoch-3 line.
     with (tmp_path / "cut" / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"epoch": 3, "stray": True}) + "\n" + '{"epoch": 4, "cut')
     resumed = []
-    train_local(cfg, tmp_path / "cut", resume=True, on_epoch=lambda m: resumed.append(m["epoch"]))
+    train_in_process(cfg, tmp_path / "cut", resume=True, on_epoch=lambda m: resumed.append(m["epoch"]))
     assert resumed == [3]
-    rows = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    rows = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3] and "stray" not in rows[-1]
     whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
     cut = load_file(str(tmp_path / "cut" / "model.safetensors"))
@@ -62,19 +63,19 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, tiny_ra
 def test_new_run_refuses_a_used_folder_and_resume_refuses_an_empty_one(tmp_path, tiny_raw):
     cfg = config_from_dict(tiny_raw | {"train": {"epochs": 1, "threads": 1}})
     with pytest.raises(UserError, match="holds no run"):
-        train_local(cfg, tmp_path / "run", resume=True)
-    train_local(cfg, tmp_path / "run")
+        train_in_process(cfg, tmp_path / "run", resume=True)
+    train_in_process(cfg, tmp_path / "run")
     with pytest.raises(UserError, match="already holds a run; pass --resume"):
-        train_local(cfg, tmp_path / "run")
+        train_in_process(cfg, tmp_path / "run")
     other = config_from_dict(tiny_raw | {"seed": 5, "train": {"epochs": 1, "threads": 1}})
     with pytest.raises(UserError, match=r"config differs .*\(seed\)"):
-        train_local(other, tmp_path / "run", resume=True)
+        train_in_process(other, tmp_path / "run", resume=True)
 
 
 def test_diverging_loss_stops_without_checkpointing_the_bad_epoch(tmp_path, tiny_raw):
     tiny_raw["optim"] = {"name": "sgd", "lr": 1e12, "momentum": 0.0, "schedule": [[0.0, 1.0], [1.0, 1.0]]}
     with pytest.raises(TrainingDiverged, match="lower optim.lr"):
-        train_local(config_from_dict(tiny_raw), tmp_path / "run")
+        train_in_process(config_from_dict(tiny_raw), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
@@ -85,8 +86,8 @@ def test_mlflow_gets_params_metrics_and_artifacts_once_per_epoch(tmp_path, tiny_
     tiny_raw["train"]["epochs"] = 2
     cfg = config_from_dict(tiny_raw)
     with pytest.raises(Interrupt):
-        train_local(cfg, tmp_path / "run", on_epoch=_stop_after(1))
-    result = train_local(cfg, tmp_path / "run", resume=True)
+        train_in_process(cfg, tmp_path / "run", on_epoch=_stop_after(1))
+    result = train_in_process(cfg, tmp_path / "run", resume=True)
     client = MlflowClient(uri)
     run = client.get_run(result.tracking_run_id)
     assert run.data.params["attack.eps"] == "[1.0, 0.1]"
@@ -107,7 +108,7 @@ def test_schedules():
 
 def test_union_metric_is_at_most_every_norm(tmp_path, tiny_raw):
     tiny_raw["train"]["epochs"] = 1
-    rows = train_local(config_from_dict(tiny_raw), tmp_path / "run").metrics
+    rows = train_in_process(config_from_dict(tiny_raw), tmp_path / "run").metrics
     last = rows[-1]
     assert last["val/robust_all"] <= min(last[f"val/robust_{n}"] for n in ("linf", "l2", "l1"))
     assert max(last[f"val/robust_{n}"] for n in ("linf", "l2", "l1")) <= last["val/clean_acc"]

@@ -17,7 +17,7 @@ import pytest
 from ray.tune import Callback
 
 from mat_dist.config import config_from_dict, load_config
-from mat_dist.runner import read_metrics
+from mat_dist.atomic import read_jsonl
 from mat_dist.tune.objective import STARTS_FILE, trial_folder
 from mat_dist.tune.space import space_from_dict
 from mat_dist.tune.sweep import run_sweep
@@ -108,7 +108,7 @@ def test_best_config_trains_with_matd_train_as_it_is(sweep) -> None:
     run = CliRunner().invoke(app, ["train", "--config", str(result.best_config), "--cluster", "none",
                                    "--output", str(out), "train.epochs=1"])
     assert run.exit_code == 0, run.output
-    assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [1]
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
     assert (out / "model.safetensors").is_file()
 
 
@@ -141,7 +141,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     output = tmp_path / "out"
     first = run_sweep(space, output=output, base=base, callbacks=[InterruptOnce(tmp_path / "fired")])
     assert first.interrupted and first.best_config is None
-    done_before = {r["trial_id"]: read_metrics(trial_folder(output, r["trial_id"]) / "metrics.jsonl")
+    done_before = {r["trial_id"]: read_jsonl(trial_folder(output, r["trial_id"]) / "metrics.jsonl")
                    for r in first.rows if r["status"] == "TERMINATED"}
     assert len(done_before) == 1  # trial 0 finished; trial 1 was cut in epoch 2 or 3; trial 2 had not started
 
@@ -152,10 +152,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     for r in second.rows:
         folder = trial_folder(output, r["trial_id"])
         starts[r["trial_id"]] = [json.loads(x)["from_epoch"] for x in (folder / STARTS_FILE).read_text().splitlines()]
-        assert [m["epoch"] for m in read_metrics(folder / "metrics.jsonl")] == [1, 2, 3]  # each epoch once
+        assert [m["epoch"] for m in read_jsonl(folder / "metrics.jsonl")] == [1, 2, 3]  # each epoch once
     for tid, history in done_before.items():
         assert starts[tid] == [0]  # the finished trial did not run again
-        assert read_metrics(trial_folder(output, tid) / "metrics.jsonl") == history
+        assert read_jsonl(trial_folder(output, tid) / "metrics.jsonl") == history
     cut = next(tid for tid in starts if tid.endswith("_00001"))
     assert starts[cut][0] == 0 and len(starts[cut]) == 2 and starts[cut][1] >= 1  # resumed from its checkpoint
     assert sum(len(s) for s in starts.values()) == 4

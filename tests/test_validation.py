@@ -4,11 +4,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mat_dist.atomic import read_jsonl
 from mat_dist.attacks import SlotAttack, TiedRows, perturb
 from mat_dist.checkpoint import load_checkpoint, save_final_model
 from mat_dist.config import config_from_dict
 from mat_dist.errors import UserError
-from mat_dist.runner import read_metrics, train_local
+from mat_dist.training.in_process import train_in_process
 from mat_dist.threats import LinfThreat, L2Threat, Norm
 from mat_dist.train import Trainer, rotated
 
@@ -31,7 +32,7 @@ def test_apgd_check_reports_every_norm_and_leaves_the_global_rng_alone(tiny_raw)
 def test_apgd_finds_at_least_what_pgd_finds_on_a_trained_model(tmp_path, tiny_raw):
     tiny_raw["train"]["epochs"] = 2
     tiny_raw["eval"].update({"examples": 60, "steps": 10})
-    trained = train_local(config_from_dict(tiny_raw), tmp_path / "run")
+    trained = train_in_process(config_from_dict(tiny_raw), tmp_path / "run")
     from mat_dist.data import load_splits
 
     cfg = config_from_dict(tiny_raw)
@@ -58,13 +59,13 @@ def test_best_checkpoint_is_the_epoch_whose_validation_union_peaked(tmp_path, ti
 
     monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
     out = tmp_path / "run"
-    train_local(cfg, out)
+    train_in_process(cfg, out)
     kept = load_file(str(out / "model.safetensors"))
     epoch2 = load_file(str(out / "checkpoints" / "epoch-0002" / "model.safetensors"))
     epoch3 = load_file(str(out / "checkpoints" / "epoch-0003" / "model.safetensors"))
     assert all(torch.equal(kept[k], epoch2[k]) for k in kept)
     assert any(not torch.equal(kept[k], epoch3[k]) for k in kept)
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["best_epoch"] for r in rows] == [1, 2, 2]
     assert "epoch 2 (not the last one)" in (out / "report.md").read_text()
     # The Ray path's copy of the final model reads the best weights from the last checkpoint.
@@ -93,9 +94,9 @@ def test_best_selection_survives_a_resume(tmp_path, tiny_raw, monkeypatch):
             raise Stop
 
     with pytest.raises(Stop):
-        train_local(cfg, tmp_path / "run", on_epoch=stop_at_2)
+        train_in_process(cfg, tmp_path / "run", on_epoch=stop_at_2)
     first = load_file(str(tmp_path / "run" / "checkpoints" / "epoch-0001" / "model.safetensors"))
-    train_local(cfg, tmp_path / "run", resume=True)
+    train_in_process(cfg, tmp_path / "run", resume=True)
     kept = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert all(torch.equal(kept[k], first[k]) for k in kept)
 

@@ -90,7 +90,7 @@ def trained_as(weights: Path) -> str | None:
     """The training method of the run folder holding ``weights`` as the paper's tables name it (AT with its
     norm: ``at_linf``); None for weights outside a run folder."""
     from mat_dist.config import read_yaml
-    from mat_dist.runner import CONFIG_FILE
+    from mat_dist.training.run_folder import CONFIG_FILE
 
     try:
         raw = read_yaml(weights.parent / CONFIG_FILE) or {}

@@ -154,8 +154,10 @@ def _file_kind(path: Path) -> str:
 
 def _checkpoint_label(weights: Path) -> str:
     """A run's folder name (runs/<name>/model.safetensors), else the file's stem."""
-    if weights.name == "model.safetensors":
-        return weights.parent.name if not weights.parent.name.startswith("epoch-") else weights.parent.parent.parent.name
+    from mat_dist.checkpoint import PREFIX, WEIGHTS
+
+    if weights.name == WEIGHTS:
+        return weights.parent.name if not weights.parent.name.startswith(PREFIX) else weights.parent.parent.parent.name
     return weights.stem
 
 

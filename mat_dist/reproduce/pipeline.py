@@ -3,7 +3,7 @@
 Output folder (``DIR``):
     preset.json        the preset as data; a re-run must match it
     parent_run.json    the MLflow parent run's id (a re-run logs into the same run)
-    runs/<method>/     one training run folder per method (mat_dist.runner's layout)
+    runs/<method>/     one training run folder per method (mat_dist.training.run_folder's layout)
     evals/<method>/    one evaluation folder per method (mat_dist.evaluate's layout)
     report.md, *.png   the report (``--report-dir`` puts these elsewhere)
 
@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from mat_dist.atomic import append_jsonl, read_jsonl, write_atomic
-from mat_dist.checkpoint import WEIGHTS
 from mat_dist.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, read_yaml, \
     resolve_config_path
 from mat_dist.console import plural
 from mat_dist.errors import UserError
 from mat_dist.reproduce.presets import MethodSpec, Preset
+from mat_dist.training.run_folder import RunFolder, check_writable
 
 PRESET_FILE = "preset.json"
 PARENT_RUN_FILE = "parent_run.json"
@@ -157,10 +157,10 @@ def _nest_training_run(cfg: RunConfig, run_dir: Path, *, parent_run_id: str | No
     The runner resumes the run named in ``run.json``; creating it here is how
     it gets its ``mlflow.parentRunId`` without the runner knowing of parents.
     """
-    from mat_dist.runner import RUN_FILE
     from mat_dist.tracking import Tracker, git_commit
 
-    if parent_run_id is None or not cfg.tracking.enabled or (run_dir / RUN_FILE).is_file():
+    run = RunFolder(run_dir)
+    if parent_run_id is None or not cfg.tracking.enabled or run.run_record.is_file():
         return
     tracker = Tracker.start(uri=uri or cfg.tracking.uri, experiment=cfg.tracking.experiment, run_name=cfg.name,
                             parent_run_id=parent_run_id,
@@ -171,32 +171,29 @@ def _nest_training_run(cfg: RunConfig, run_dir: Path, *, parent_run_id: str | No
         tracker.set_tags({"mat_dist.git_commit": git_commit(Path(__file__).parent) or "unknown",
                           "mat_dist.method": cfg.method.name})
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / RUN_FILE, json.dumps({"run_id": tracker.run_id}))
+    write_atomic(run.run_record, json.dumps({"run_id": tracker.run_id}))
 
 
 # ---------------------------------------------------------------- train and evaluate
 
 def _train(cfg: RunConfig, run_dir: Path, *, cluster: str | None, tracking_uri: str | None, log: Log) -> str:
     """Train one method unless finished; returns trained, resumed or skipped."""
-    from mat_dist.runner import CONFIG_FILE
+    from mat_dist.cluster import load_cluster
+    from mat_dist.training import train
 
-    if (run_dir / WEIGHTS).is_file():
+    run = RunFolder(run_dir)
+    if run.model.is_file():
         return "skipped"
-    resume = (run_dir / CONFIG_FILE).is_file()
-    if cluster is not None:
-        from mat_dist.cluster import load_cluster
-        from mat_dist.distributed import train_ray
+    resume = run.config.is_file()
 
-        train_ray(cfg, run_dir, load_cluster(cluster), resume=resume, tracking_uri=tracking_uri)
-    else:
-        from mat_dist.runner import train_local
+    def on_epoch(m: dict[str, Any]) -> None:  # called on the in-process path; on Ray rank 0 prints its lines
+        log(f"  {cfg.name} epoch {int(m['epoch'])}/{cfg.train.epochs}: loss {m['train/loss']:.3f}, "
+            f"clean {100 * m['val/clean_acc']:.1f}%, {cfg.eval.attack.value.upper()} all norms {100 * m.get('val/robust_all', 0):.1f}% "
+            f"({m['epoch_time_s']:.0f} s)")
 
-        def on_epoch(m: dict[str, Any]) -> None:
-            log(f"  {cfg.name} epoch {int(m['epoch'])}/{cfg.train.epochs}: loss {m['train/loss']:.3f}, "
-                f"clean {100 * m['val/clean_acc']:.1f}%, {cfg.eval.attack.value.upper()} all norms {100 * m.get('val/robust_all', 0):.1f}% "
-                f"({m['epoch_time_s']:.0f} s)")
-
-        train_local(cfg, run_dir, resume=resume, tracking_uri=tracking_uri, on_epoch=on_epoch)
+    # --cluster: a Ray Train job on it; without, the in-process loop (reproduce's default)
+    train(cfg, run_dir, load_cluster(cluster) if cluster is not None else None, resume=resume,
+          tracking_uri=tracking_uri, on_epoch=on_epoch)
     return "resumed" if resume else "trained"
 
 
@@ -214,7 +211,7 @@ def _evaluate(run_dir: Path, eval_dir: Path, cfg: RunConfig, suite, *, examples:
               cluster: str | None, tracking, log: Log) -> str:
     from mat_dist.evaluate.evaluator import evaluate
 
-    weights = run_dir / WEIGHTS
+    weights = RunFolder(run_dir).model
     if _eval_finished(eval_dir, weights, {"dataset": cfg.data.name.value, "examples": examples,
                                           "suite": suite.to_dict()}):
         return "skipped"
@@ -247,7 +244,6 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
     from mat_dist.evaluate.evaluator import TrackingOptions
     from mat_dist.evaluate.runner import ray_runtime
     from mat_dist.reproduce import report as report_mod
-    from mat_dist.runner import check_writable
 
     log = log or (lambda _: None)
     started = time.perf_counter()

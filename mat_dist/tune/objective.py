@@ -15,7 +15,7 @@ Two kinds of trial:
   holds ``workers.cpus`` CPUs and ``workers.gpus`` GPUs of the cluster file);
   reports with ``ray.tune.report`` and checkpoints with ``ray.tune`` checkpoints;
 - ``ray_train_trial``: the trial is a driver that runs a Ray Train TorchTrainer
-  of ``workers.num`` ranks (``mat_dist.distributed``'s worker) with a
+  of ``workers.num`` ranks (``mat_dist.training.ray_worker``) with a
   ``TuneReportCallback`` that adds the objective.
 
 Each trial keeps a small folder ``<sweep>/trials/<trial id>/``: config.yaml,
@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ def _prepare_trial(spec: dict[str, Any], params: dict[str, Any]):
     from ray import tune
 
     from mat_dist.config import config_to_yaml
-    from mat_dist.runner import write_atomic
+    from mat_dist.atomic import write_atomic
     from mat_dist.tune.space import trial_config
 
     trial_id = tune.get_context().get_trial_id()
@@ -80,11 +79,9 @@ def _prepare_trial(spec: dict[str, Any], params: dict[str, Any]):
 
 def _history_upto(folder: Path, epoch: int) -> list[dict[str, Any]]:
     """The trial's metrics lines up to ``epoch`` (lines past a restored checkpoint are dropped)."""
-    from mat_dist.runner import read_metrics, write_atomic
+    from mat_dist.training.run_folder import RunFolder
 
-    rows = [r for r in read_metrics(folder / "metrics.jsonl") if int(r["epoch"]) <= epoch]
-    write_atomic(folder / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    return rows
+    return RunFolder(folder).resume_metrics(epoch)
 
 
 # ---------------------------------------------------------------- single-process trial
@@ -97,10 +94,10 @@ def train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     """
     from ray import tune
 
-    from mat_dist.checkpoint import load_checkpoint, save_checkpoint
+    from mat_dist.checkpoint import load_checkpoint
     from mat_dist.data import load_splits
-    from mat_dist.runner import append_metrics
     from mat_dist.train import Trainer, resolve_device, set_threads
+    from mat_dist.training.recorder import EpochRecorder
 
     # One INFO line per checkpoint ("Checkpoint successfully created") is noise at one checkpoint per epoch.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -114,20 +111,16 @@ def train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
         with checkpoint.as_directory() as path:
             saved = load_checkpoint(Path(path), expect=trainer.spec)
             trainer.load_state(saved.net, saved.state)
-    _history_upto(folder, trainer.progress.epoch)
+    history = _history_upto(folder, trainer.progress.epoch)
     _append_line(folder / STARTS_FILE, {"from_epoch": trainer.progress.epoch, "pid": os.getpid(),
                                         "time": time.time()})
     min_clean = spec.get("min_clean_acc")
 
-    def sink(metrics: dict[str, float], trainer: Trainer) -> None:
-        row = {**metrics, **objective_metrics(metrics, min_clean)}
-        append_metrics(folder / "metrics.jsonl", row)
-        with tempfile.TemporaryDirectory(prefix="mat-dist-trial-") as tmp:
-            ckpt = save_checkpoint(Path(tmp), net=trainer.net, state=trainer.state_dict(), keep=1)
-            # report() copies the folder into the sweep's storage before it returns.
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+    def publish(row: dict[str, Any], ckpt: Path) -> None:  # report() copies ckpt into the sweep's storage
+        tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
 
-    trainer.fit(sink)
+    trainer.fit(EpochRecorder(history, metrics=folder / "metrics.jsonl", publish=publish,
+                              score=lambda m: {**m, **objective_metrics(m, min_clean)}))
 
 
 # ---------------------------------------------------------------- multi-worker trial
@@ -136,30 +129,28 @@ def _objective_report_callback(min_clean_acc: float | None, folder: Path):
     """A ``TuneReportCallback`` that adds the objective to rank 0's metrics before Tune sees them."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mat_dist.runner import append_metrics
+    from mat_dist.atomic import append_jsonl
 
     class ObjectiveReportCallback(TuneReportCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             first = dict(metrics[0])
             first.update(objective_metrics(first, min_clean_acc))
-            append_metrics(folder / "metrics.jsonl", first)
+            append_jsonl(folder / "metrics.jsonl", first)
             super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
     return ObjectiveReportCallback()
 
 
 def ray_train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
-    """Tune function: the trial is a Ray Train job of ``workers.num`` DDP ranks (mat_dist.distributed's worker).
+    """Tune function: the trial is a Ray Train job of ``workers.num`` DDP ranks (mat_dist.training.ray_worker).
 
     The Train run's name is ``train-<trial id>``, stable across a restored
     sweep, so Ray Train resumes the trial from its own latest checkpoint.
     ``spec`` adds to ``train_trial``'s: cluster (the cluster file as plain data), storage.
     """
-    import ray.util
-
-    from mat_dist.config import config_to_dict
     from mat_dist.cluster.files import cluster_from_dict
-    from mat_dist.distributed.trainer import fit, torch_trainer
+    from mat_dist.training.ray_job import fit, torch_trainer
+    from mat_dist.training.ray_worker import WorkerArgs
 
     trial_id, folder, cfg = _prepare_trial(spec, params)
     cluster = cluster_from_dict(spec["cluster"], source=spec.get("cluster_source", "(sweep)"))
@@ -168,13 +159,10 @@ def ray_train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     _history_upto(folder, resumed_from)
     _append_line(folder / STARTS_FILE, {"from_epoch": resumed_from, "pid": os.getpid(), "time": time.time()})
     (folder / "train").mkdir(parents=True, exist_ok=True)
-    args = {
-        # The worker writes its own metrics.jsonl (without the objective) into "output": keep it apart.
-        "config": config_to_dict(cfg), "output": str(folder / "train"), "threads": cluster.threads_per_worker,
-        "use_gpu": cluster.use_gpu, "tracking_uri": None, "tracking_run_id": None,  # the sweep's driver logs
-        "experiment": cfg.tracking.experiment, "run_name": cfg.name, "driver_ip": ray.util.get_node_ip_address(),
-    }
-    trainer = torch_trainer(cluster, loop_config=args, run_name=f"train-{trial_id}", storage=spec["storage"],
+    # The worker writes its own metrics.jsonl (without the objective) into "output": keep it apart.
+    # No MLflow run for the workers: the sweep's driver logs.
+    args = WorkerArgs.of(cfg, folder / "train", cluster)
+    trainer = torch_trainer(cluster, args=args, run_name=f"train-{trial_id}", storage=spec["storage"],
                             callbacks=[_objective_report_callback(spec.get("min_clean_acc"), folder)])
     fit(trainer, cluster)
 

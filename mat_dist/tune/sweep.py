@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 from mat_dist.config import RunConfig, config_to_yaml, load_config
 from mat_dist.errors import UserError
-from mat_dist.runner import read_metrics, write_atomic
+from mat_dist.atomic import read_jsonl, write_atomic
 from mat_dist.tune.objective import CLEAN, FEASIBLE, OBJECTIVE, ROBUST_ALL, STARTS_FILE, trial_folder
 from mat_dist.tune.space import Dist, Scheduler, SearchSpace, space_from_dict, space_to_dict, trial_config
 
@@ -323,7 +323,7 @@ def trial_rows(output: Path, space: SearchSpace, statuses: dict[str, str], *, ma
     rows = []
     for tid in sorted(statuses):
         folder = trial_folder(output, tid)
-        history = read_metrics(folder / "metrics.jsonl")
+        history = read_jsonl(folder / "metrics.jsonl")
         raw = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
         starts = len((folder / STARTS_FILE).read_text().splitlines()) if (folder / STARTS_FILE).is_file() else 0
         last = history[-1] if history else {}

@@ -49,7 +49,7 @@ class TrialTrackingHooks:
 
     def _tracker(self, trial: Any) -> Any:
         from mat_dist.config import config_to_dict
-        from mat_dist.runner import write_atomic
+        from mat_dist.atomic import write_atomic
         from mat_dist.tracking import Tracker
         from mat_dist.tune.space import trial_config
 

@@ -1,6 +1,6 @@
-"""The driver of ``matd train --cluster``: one training run as a Ray Train TorchTrainer job.
+"""The driver of a training run on Ray: one Ray Train TorchTrainer job of the cluster file's workers.
 
-    train_ray(cfg, Path("runs/x"), load_cluster("clusters/local.yaml"))
+    train_ray(cfg, Path("runs/x"), load_cluster("clusters/local.yaml"))   # or mat_dist.training.train(...)
 
 Order, each step failing fast with one line before the next, slower one:
 cluster/config checks (batch divisible by every worker count, device) ->
@@ -10,46 +10,45 @@ the driver before any worker logs -> ``TorchTrainer.fit()`` -> the final
 model, metrics.jsonl and report.md copied from the last checkpoint into the
 run folder, so ``mat_dist.load_model(output)`` works as after a local run.
 
-The run folder gets, beside what ``mat_dist.runner`` writes, ``ray_run.json``:
-the Ray run name and storage path. The name is made once and then kept, so
-``fit()`` of a resumed run (``--resume``) finds Ray's checkpoint snapshot at
+The run folder (``run_folder``) gets ``ray_run.json`` besides: the Ray run
+name and storage path. The name is made once and then kept, so ``fit()`` of a
+resumed run (``--resume``) finds Ray's checkpoint snapshot at
 ``<storage>/<name>/`` and every worker restarts from the latest checkpoint.
+
+``torch_trainer`` is the one TorchTrainer of mat-dist: ``train_ray`` and the
+Tune trials that are multi-worker Train jobs (``tune.objective.ray_train_trial``)
+both build theirs here, so the scaling, failure, checkpoint and logging
+settings of a cluster file mean the same thing in both. Ray Train V2 reads the
+worker-group start timeout from the environment of the process that calls
+``fit()`` (and propagates it to its controller actor): a Tune trial is such a
+process, so ``fit`` sets it there too, not only in the driver of ``matd train``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from mat_dist.checkpoint import PREFIX, STATE, WEIGHTS, save_final_model
-from mat_dist.config import RunConfig, config_to_dict
-from mat_dist.console import plural
-from mat_dist.data import MimoBatches, load_splits
+from mat_dist.atomic import read_jsonl, write_atomic
+from mat_dist.checkpoint import copy_checkpoint, save_final_model
 from mat_dist.cluster.files import ClusterConfig, is_uri
 from mat_dist.cluster.runtime import check_storage, connect
-from mat_dist.distributed.trainer import fit, torch_trainer
+from mat_dist.config import RunConfig
+from mat_dist.console import plural
+from mat_dist.data import MimoBatches, load_splits
+from mat_dist.environ import scoped_env
 from mat_dist.errors import UserError
 from mat_dist.tracking import check_store
-from mat_dist.runner import (
-    METRICS_FILE,
-    REPORT_FILE,
-    RunResult,
-    epoch_report,
-    prepare_output,
-    read_metrics,
-    start_tracker,
-    write_atomic,
-)
+from mat_dist.training.ray_worker import WorkerArgs, train_worker
+from mat_dist.training.recorder import log_missing_epochs, start_tracker
+from mat_dist.training.run_folder import METRICS_FILE, RAY_RUN_FILE, RunFolder, RunResult
 
-RAY_RUN_FILE = "ray_run.json"
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 @dataclass(frozen=True)
@@ -95,14 +94,15 @@ def check_data(cfg: RunConfig, cluster: ClusterConfig) -> None:
 
 def _ray_run(output: Path, storage: str, cfg: RunConfig, resume: bool) -> dict[str, str]:
     """The run's Ray name and storage: made for a new run, read back (and checked) on --resume."""
-    record = output / RAY_RUN_FILE
+    run = RunFolder(output)
+    record = run.ray_run
     if record.is_file():
         saved = json.loads(record.read_text())
         if saved["storage"] != storage:
             raise UserError(f"--resume: the run's checkpoints are in {saved['storage']} but the cluster file puts "
                             f"storage at {storage}; set storage.path to {saved['storage']}")
         return saved
-    if resume and (output / "checkpoints").is_dir():
+    if resume and run.checkpoints.is_dir():
         raise UserError(f"--resume: {output} was trained in-process (no {RAY_RUN_FILE}); "
                         f"resume it with --cluster none")
     saved = {"name": f"{cfg.name}-{uuid.uuid4().hex[:8]}", "storage": storage}
@@ -110,12 +110,39 @@ def _ray_run(output: Path, storage: str, cfg: RunConfig, resume: bool) -> dict[s
     return saved
 
 
-def _worker_config(cfg: RunConfig) -> dict[str, Any]:
-    """The config as plain data, with data.root absolute (workers run in another directory)."""
-    raw = config_to_dict(cfg)
-    if raw["data"].get("root"):
-        raw["data"]["root"] = str(Path(raw["data"]["root"]).expanduser().resolve())
-    return raw
+def torch_trainer(cluster: ClusterConfig, *, args: WorkerArgs, run_name: str, storage: str,
+                  callbacks: Sequence[Any] = ()):
+    """A ``TorchTrainer`` of ``cluster.workers`` ranks (elastic when ``workers.min`` is set), gloo or nccl,
+    each running ``train_worker(args)``."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    w, f = cluster.workers, cluster.failure
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=asdict(args),  # plain data through Ray; the worker makes it a WorkerArgs again
+        torch_config=TorchConfig(backend="nccl" if cluster.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=(min(cluster.worker_counts), w.num) if cluster.elastic else w.num,
+            use_gpu=cluster.use_gpu,
+            resources_per_worker={"CPU": w.cpus, **({"GPU": w.gpus} if w.gpus else {})},
+            placement_strategy=w.placement.value),
+        run_config=RunConfig(
+            name=run_name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=f.max_failures,
+                                         controller_failure_limit=f.controller_failure_limit),
+            checkpoint_config=CheckpointConfig(num_to_keep=cluster.storage.checkpoints_kept),
+            worker_runtime_env={"env_vars": dict(cluster.env)} if cluster.env else None,
+            callbacks=list(callbacks) or None,
+            # WARNING: Ray Train's INFO lines repeat every report's whole metrics dict; rank 0 prints its own.
+            logging_config=LoggingConfig(log_level="WARNING")),
+    )
+
+
+def fit(trainer, cluster: ClusterConfig):
+    """``trainer.fit()`` with the cluster file's worker-group start timeout (seconds) in force."""
+    with scoped_env(**{START_TIMEOUT_ENV: str(cluster.failure.worker_start_timeout_s)}):
+        return trainer.fit()
 
 
 def _failure(err: BaseException, cluster: ClusterConfig, output: Path) -> BaseException:
@@ -145,33 +172,20 @@ def _finish(cfg: RunConfig, output: Path, checkpoint: Any, keep: int) -> list[di
     """Copy the final checkpoint's model, metrics and state into the run folder; write report.md."""
     if checkpoint is None:
         raise UserError(f"the Ray run finished without a checkpoint; nothing to copy to {output}")
+    run = RunFolder(output)
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
-        rows = read_metrics(folder / METRICS_FILE)
-        save_final_model(folder, output / WEIGHTS)  # the best epoch's weights with eval.select=best
-        write_atomic(output / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        epoch = int(rows[-1]["epoch"]) if rows else 0
-        local = output / "checkpoints"
-        local.mkdir(exist_ok=True)
-        final = local / f"{PREFIX}{epoch:04d}"
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=local))
-        try:
-            for name in (WEIGHTS, STATE):
-                shutil.copyfile(folder / name, tmp / name)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        for old in sorted(p for p in local.iterdir() if p.is_dir() and p.name.startswith(PREFIX))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    write_atomic(output / REPORT_FILE, epoch_report(cfg, rows))
+        rows = read_jsonl(folder / METRICS_FILE)  # the history rank 0 put into its last checkpoint
+        save_final_model(folder, run.model)  # the best epoch's weights with eval.select=best
+        run.write_metrics(rows)
+        copy_checkpoint(folder, run.checkpoints, epoch=int(rows[-1]["epoch"]) if rows else 0, keep=keep)
+    run.write_report(cfg, rows)
     return rows
 
 
 def train_ray(cfg: RunConfig, output: Path, cluster: ClusterConfig, *, resume: bool = False,
               tracking_uri: str | None = None) -> RayRunResult:
-    """Train ``cfg`` as a Ray Train DDP job on ``cluster``; ``output`` ends up as after ``train_local``."""
+    """Train ``cfg`` as a Ray Train DDP job on ``cluster``; ``output`` ends up as after ``train_in_process``."""
     started = time.perf_counter()
     output = Path(output).expanduser().resolve()
     check_job(cfg, cluster)  # on a local runtime also the data (check_data), before config.yaml is written
@@ -183,21 +197,16 @@ def train_ray(cfg: RunConfig, output: Path, cluster: ClusterConfig, *, resume: b
         if len(runtime.node_resources) > 1 and not is_uri(storage):
             warnings.warn(f"storage {storage} is a local path: on a multi-node cluster it must be a shared "
                           f"folder (NFS) mounted at the same path on every node", RuntimeWarning, stacklevel=2)
-        import ray.util
-
-        cfg = prepare_output(cfg, output, resume=resume)
+        run = RunFolder(output)
+        cfg = run.prepare(cfg, resume=resume)
         ray_run = _ray_run(output, storage, cfg, resume)
-        tracker = start_tracker(cfg, output, tracking_uri)
+        tracker = start_tracker(cfg, run, tracking_uri)
         if tracker.tracking_uri and tracker.tracking_uri.startswith("sqlite:") and not cluster.is_local:
             warnings.warn(f"MLflow store {tracker.tracking_uri} is a local sqlite file; rank 0 may run on "
                           f"another node: pass --tracking-uri http://HEAD:5000 (mlflow server)",
                           RuntimeWarning, stacklevel=2)
-        args = {
-            "config": _worker_config(cfg), "output": str(output), "threads": cluster.threads_per_worker,
-            "use_gpu": cluster.use_gpu, "tracking_uri": tracker.tracking_uri, "tracking_run_id": tracker.run_id,
-            "experiment": cfg.tracking.experiment, "run_name": cfg.name, "driver_ip": ray.util.get_node_ip_address(),
-        }
-        trainer = torch_trainer(cluster, loop_config=args, run_name=ray_run["name"], storage=storage)
+        args = WorkerArgs.of(cfg, output, cluster, tracking_uri=tracker.tracking_uri, tracking_run_id=tracker.run_id)
+        trainer = torch_trainer(cluster, args=args, run_name=ray_run["name"], storage=storage)
         with tracker:
             from ray.train import TrainingFailedError
 
@@ -209,15 +218,12 @@ def train_ray(cfg: RunConfig, output: Path, cluster: ClusterConfig, *, resume: b
                     raise
                 raise failure from None
             rows = _finish(cfg, output, result.checkpoint, cfg.train.checkpoints_kept)
-            logged = tracker.logged_steps("epoch")
-            for row in rows:
-                if int(row["epoch"]) not in logged:
-                    tracker.log_metrics(row, step=int(row["epoch"]))
-            for name in (WEIGHTS, REPORT_FILE, METRICS_FILE):
-                tracker.log_artifact(output / name)
+            log_missing_epochs(tracker, rows)  # an epoch rank 0 could not log (killed before its MLflow step)
+            for path in (run.model, run.report, run.metrics):
+                tracker.log_artifact(path)
     return RayRunResult(output=output, metrics=rows, tracking_run_id=tracker.run_id, ray_run_name=ray_run["name"],
                         storage=storage, worker_summary=result.return_value,
                         wall_s=time.perf_counter() - started)
 
 
-__all__ = ["RAY_RUN_FILE", "RayRunResult", "check_job", "train_ray"]
+__all__ = ["RayRunResult", "check_job", "fit", "torch_trainer", "train_ray"]

@@ -29,7 +29,7 @@ def parse_parts(text: str) -> list[str]:
 def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, batch_size: int, members: int,
               steps: int, repeats: int, image_size: int, channels: int, model: Path, suite: str,
               eval_examples: int, train_config: str, train_overrides: list[str]) -> None:
-    from mat_dist.bench import BenchSettings, bench_methods, machine_info
+    from mat_dist.bench.methods import BenchSettings, bench_methods, machine_info
     from mat_dist.atomic import write_atomic
     from mat_dist.train import resolve_device, set_threads
 
@@ -49,7 +49,7 @@ def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, ba
         result.update(methods)
         _echo_methods(methods)
     if "switches" in chosen:
-        from mat_dist.bench import bench_switches
+        from mat_dist.bench.methods import bench_switches
 
         result["switches"] = bench_switches(settings)
         for name, row in result["switches"]["switches"].items():
@@ -59,7 +59,7 @@ def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, ba
                 typer.echo(f"switch {name:14s} {1000 * row['median_s']:9.1f} ms/batch  "
                            f"x{row['ratio_to_baseline']:.3f} of baseline")
     if "evaluator" in chosen:
-        from mat_dist.bench_parallel import bench_evaluator
+        from mat_dist.bench.parallel import bench_evaluator
 
         typer.echo(f"evaluator: suite {suite} on {eval_examples} test images, model {model}")
         result["evaluator"] = bench_evaluator(model, suite_name=suite, examples=eval_examples,
@@ -68,7 +68,7 @@ def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, ba
             typer.echo(f"  {name:18s} {row['examples_per_s']:8.1f} examples/s (spread {100 * row['spread']:.0f}%)")
         result["ratios"].update(result["evaluator"].get("ratios", {}))
     if "ray_train" in chosen:
-        from mat_dist.bench_parallel import bench_ray_train
+        from mat_dist.bench.parallel import bench_ray_train
 
         typer.echo(f"ray_train: {cfg.name}, {plural(cfg.train.epochs, 'epoch')} on {cfg.data.limit_train or 'all'} "
                    f"training images, in-process / 1 Ray worker / 2 Ray workers, interleaved")

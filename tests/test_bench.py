@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mat_dist.bench import AT_OTHER_NORMS, BENCH_METHODS, BenchSettings, bench_methods
+from mat_dist.bench.methods import AT_OTHER_NORMS, BENCH_METHODS, BenchSettings, bench_methods
 
 
 def test_bench_smoke_pass_counts_equal_table_6():

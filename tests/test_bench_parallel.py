@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from evaluate_helpers import tiny_model_path
-from mat_dist.bench_parallel import bench_evaluator, bench_ray_train
+from mat_dist.bench.parallel import bench_evaluator, bench_ray_train
 from mat_dist.config import load_config
 
 TINY_SUITE = """

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from conftest import TINY
-from mat_dist.bench import SWITCHES, BenchSettings, bench_switches
+from mat_dist.bench.methods import SWITCHES, BenchSettings, bench_switches
 from mat_dist.checkpoint import load_checkpoint, save_checkpoint
 from mat_dist.config import Precision, RunConfig, TrainConfig, config_from_dict
 from mat_dist.data import load_splits

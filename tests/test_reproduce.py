@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mat_dist.bench import table6_passes
+from mat_dist.bench.methods import table6_passes
 from mat_dist.reproduce.presets import PRESETS, TINY
 
 REQUIRED = {"standard", "at_linf", "at_l2", "at_l1", "ensemble_at", "msd", "mat", "mat_msd"}

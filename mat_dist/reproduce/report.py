@@ -313,7 +313,7 @@ def diag_table(series: dict[str, list[tuple[int, float]]], title: str) -> Table 
 
 def cost_table(preset: Preset, data: list[MethodData], paper: dict) -> Table:
     """Paper Tables 6-7: passes per batch (the code's invariants) and measured time per method."""
-    from mat_dist.bench import table6_passes
+    from mat_dist.bench.methods import table6_passes
 
     table = Table("Training cost: passes per batch (paper Table 6) and measured time (paper Table 7)",
                   ["method", "networks x heads", "K", "fwd / bwd (formula)", "fwd", "bwd", "epochs",

@@ -156,7 +156,7 @@ def time_interleaved(fns: dict[str, Callable[[], None]], *, repeats: int, warmup
     return times
 
 
-def _stats(samples: list[float]) -> dict[str, float]:
+def summary_stats(samples: list[float]) -> dict[str, float]:
     median = statistics.median(samples)
     return {"median_s": median, "min_s": min(samples), "max_s": max(samples),
             "spread": (max(samples) - min(samples)) / median, "n": len(samples)}
@@ -190,7 +190,7 @@ def bench_methods(s: BenchSettings, methods: tuple[str, ...] = BENCH_METHODS) ->
     for name in methods:
         fwd, bwd = passes[name]
         expected = table6_passes(_method_and_norm(name)[0], s.steps, _members(name, s.num_members))
-        result["methods"][name] = {**_stats(times[name]), "forward_passes": fwd, "backward_passes": bwd,
+        result["methods"][name] = {**summary_stats(times[name]), "forward_passes": fwd, "backward_passes": bwd,
                                    "table6_forward": expected[0], "table6_backward": expected[1]}
     med = {name: statistics.median(t) for name, t in times.items()}
     ratios: dict[str, float] = {}
@@ -245,7 +245,7 @@ def bench_switches(s: BenchSettings, switches: tuple[str, ...] = tuple(SWITCHES)
         if name in errors:
             rows[name] = {"error": errors[name]}
             continue
-        row = _stats(times[name])
+        row = summary_stats(times[name])
         row["ratio_to_baseline"] = row["median_s"] / baseline if baseline else None
         rows[name] = row
     return {"settings": s.__dict__, "machine": machine_info(s.device), "switches": rows}

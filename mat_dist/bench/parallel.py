@@ -1,6 +1,6 @@
 """Benchmarks of the parallel parts: evaluator throughput and workers, Ray Train against the in-process loop.
 
-Like ``mat_dist.bench``: medians of interleaved repeats (A, B, A, B, ...)
+Like ``mat_dist.bench.methods``: medians of interleaved repeats (A, B, A, B, ...)
 after a warm-up, ratios of two things measured in the same run, no assertion
 on time anywhere.
 
@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from mat_dist.bench import _stats, machine_info
+from mat_dist.bench.methods import machine_info, summary_stats
 from mat_dist.errors import UserError
 
 # ---------------------------------------------------------------- evaluator
@@ -60,7 +60,7 @@ def _run_dataset(weights: Path) -> str:
 def attack_throughput(weights: Path, suite, images: torch.Tensor, labels: torch.Tensor, *, repeats: int,
                       warmup: int, threads: int) -> dict[str, Any]:
     """Examples per second of every attack of ``suite`` (attack + gate) against the deployed ensemble."""
-    from mat_dist.bench import time_interleaved
+    from mat_dist.bench.methods import time_interleaved
     from mat_dist.evaluate.model_source import parse
     from mat_dist.evaluate.shards import attack_and_gate, models_for
     from mat_dist.evaluate.suite import ENSEMBLE
@@ -72,7 +72,7 @@ def attack_throughput(weights: Path, suite, images: torch.Tensor, labels: torch.
         for spec in suite.attacks}
     times = time_interleaved(fns, repeats=repeats, warmup=warmup, device="cpu")
     n = len(images)
-    return {name: {**_stats(t), "examples": n, "examples_per_s": n / statistics.median(t)}
+    return {name: {**summary_stats(t), "examples": n, "examples_per_s": n / statistics.median(t)}
             for name, t in times.items()}
 
 
@@ -109,7 +109,7 @@ def worker_speedup(weights: Path, suite, images: torch.Tensor, labels: torch.Ten
                     ray.get(refs)
                     walls[c].append(time.perf_counter() - start)
     out: dict[str, Any] = {"shards": len(shards), "shard_size": suite.shard_size,
-                           "workers": {str(c): _stats(w) for c, w in walls.items()}}
+                           "workers": {str(c): summary_stats(w) for c, w in walls.items()}}
     base = statistics.median(walls[min(concurrency)])
     out["speedup"] = {str(c): base / statistics.median(w) for c, w in walls.items()}
     return out
@@ -183,7 +183,7 @@ def bench_ray_train(cfg, *, repeats: int = 2, paths: tuple[str, ...] = TRAIN_PAT
                      "limit_train": cfg.data.limit_train, "batch_size": cfg.data.batch_size,
                      "steps": cfg.attack.steps, "eval_examples": cfg.eval.examples, "repeats": repeats, "cpus": cpus},
         "machine": machine_info("cpu"),
-        "paths": {p: {"epoch_s": _stats([r["epoch_s"] for r in rs]), "wall_s": _stats([r["wall_s"] for r in rs]),
+        "paths": {p: {"epoch_s": summary_stats([r["epoch_s"] for r in rs]), "wall_s": summary_stats([r["wall_s"] for r in rs]),
                       "final_loss": [r["final_loss"] for r in rs]} for p, rs in runs.items()},
     }
     med = {p: {k: statistics.median(r[k] for r in rs) for k in ("epoch_s", "wall_s")} for p, rs in runs.items()}

@@ -187,7 +187,7 @@ def reproduce(
 @app.command(context_settings={"allow_extra_args": False})
 def validate(
     file: str = typer.Argument(..., help="The YAML file to check (with --kind, also a shipped name)."),
-    # The values of mat_dist.schema.FileKind, not imported here so that every other command starts without pydantic.
+    # The values of mat_dist.file_kinds.FileKind, not imported here so that every other command starts without pydantic.
     kind: Optional[Literal["run", "cluster", "suite", "space"]] = typer.Option(
         None, "--kind", "-k", help="What the file is. Default: detected from its top-level keys, the kind that "
         "knows most of them: params: a search space; attacks:, eps: a suite; workers:, address:, storage:, several "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from mat_dist.errors import UserError
-from mat_dist.schema import FileKind, validate_file
+from mat_dist.file_kinds import FileKind, validate_file
 
 
 def run_validate(*, file: str, kind: str | None) -> None:

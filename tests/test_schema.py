@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mat_dist import schema
+from mat_dist import file_kinds
 from mat_dist.config import SHIPPED_CONFIGS, RunConfig, apply_overrides, config_from_dict, load_config
 from mat_dist.cluster.files import SHIPPED_CLUSTERS, ClusterConfig, load_cluster
 from mat_dist.errors import UserError
 from mat_dist.evaluate.suite import SHIPPED_SUITES, SuiteFile, load_suite
-from mat_dist.schema import FileKind, detect_kind, validate_file
+from mat_dist.file_kinds import FileKind, detect_kind, validate_file
 from mat_dist.tune.space import SHIPPED_SPACES, SpaceFile, load_space, trial_config
 
 SHIPPED = {FileKind.RUN: SHIPPED_CONFIGS, FileKind.CLUSTER: SHIPPED_CLUSTERS, FileKind.SUITE: SHIPPED_SUITES,
@@ -44,7 +44,7 @@ def one_line(message: str) -> str:
 
 @pytest.mark.parametrize("kind", list(FileKind), ids=lambda k: k.value)
 def test_every_kind_is_a_pydantic_model_that_forbids_unknown_keys(kind: FileKind) -> None:
-    model = schema.model_of(kind)
+    model = file_kinds.model_of(kind)
     config = getattr(model, "__pydantic_config__", None) or model.model_config
     assert config["extra"] == "forbid"
     assert {RunConfig: FileKind.RUN, ClusterConfig: FileKind.CLUSTER, SuiteFile: FileKind.SUITE,
@@ -59,7 +59,7 @@ def test_every_kind_ships_files() -> None:
 def test_every_shipped_yaml_validates_and_its_kind_is_detected(kind: FileKind, path: Path) -> None:
     assert detect_kind(path) is kind
     line = validate_file(str(path))
-    assert line.startswith(f"{path}: valid {schema.KIND_WORDS[kind]} (")
+    assert line.startswith(f"{path}: valid {file_kinds.KIND_WORDS[kind]} (")
 
 
 @pytest.mark.parametrize("kind", list(FileKind), ids=lambda k: k.value)
@@ -67,7 +67,7 @@ def test_matd_validate_checks_every_shipped_file(monkeypatch, capsys, kind: File
     for path in sorted(SHIPPED[kind].glob("*.yaml")):
         code, out, err = matd(monkeypatch, capsys, "validate", path)
         assert code == 0 and not err.strip(), err
-        assert out.strip().startswith(f"{path}: valid {schema.KIND_WORDS[kind]}"), out
+        assert out.strip().startswith(f"{path}: valid {file_kinds.KIND_WORDS[kind]}"), out
 
 
 def test_matd_validate_with_kind_takes_a_shipped_name(monkeypatch, capsys) -> None:

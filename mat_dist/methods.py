@@ -65,6 +65,18 @@ class Method:
             raise UserError(f"method {self.name} needs the same norm for every sub-model, "
                             f"got {[n.value for n in norms]}")
 
+    def passes_per_batch(self, *, steps: int, members: int, msd_norms: int) -> tuple[int, int]:
+        """Forward / backward passes of one training batch (paper Table 6): the attack's K steps, then the
+        outer step. MSD forwards every candidate norm's step; per-member gradients take one backward per
+        sub-model; M separate networks count each network's pass. The unit of a trial's training cost."""
+        if not self.attacks:
+            return 1, 1
+        forward = (1 + msd_norms) * steps + 1 if self.msd else steps + 1
+        backward = members * steps + 1 if self.gradient is GradientMode.PER_MEMBER else steps + 1
+        if self.model_kind is ModelKind.SEPARATE:
+            return members * forward, members * backward
+        return forward, backward
+
     def slot_attacks(self, threats: Sequence[ThreatModel], num_members: int) -> list[SlotAttack]:
         """What each input slot is attacked with: its own threat model, or all of them (MSD)."""
         if self.msd:

@@ -142,6 +142,9 @@ class Trainer:
         self.loss_weights = torch.tensor(weights, device=self.device)
         self.progress = Progress()
         self.best: BestModel | None = None
+        # Forward + backward passes of one global batch (paper Table 6): the unit of training cost.
+        self.passes_per_batch = sum(self.method.passes_per_batch(
+            steps=cfg.attack.steps, members=self.spec.num_members, msd_norms=len(cfg.attack.norms)))
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -188,6 +191,7 @@ class Trainer:
             metrics["epoch"] = self.progress.epoch
             self._track_best(metrics)
             metrics["epoch_time_s"] = time.perf_counter() - start
+            metrics["train/passes"] = float(self.progress.step * self.passes_per_batch)  # since epoch 0
             sink(metrics, self)
 
     def _current_threats(self) -> list[ThreatModel]:

@@ -35,6 +35,8 @@ def test_run_folder_holds_config_metrics_checkpoints_and_model(tmp_path, tiny_ra
     for key in ("train/loss_m0", "train/loss_m1", "val/clean_acc", "val/robust_linf", "val/robust_l2",
                 "val/robust_l1", "val/robust_all", "val/clean_acc_m1", "epoch_time_s"):
         assert key in rows[-1]
+    # training cost: 320 images in batches of 32 = 10 batches per epoch, MAT with K=2: 3 forward + 3 backward each
+    assert [r["train/passes"] for r in rows] == [60.0, 120.0, 180.0]
     assert config_from_dict(__import__("yaml").safe_load((out / "config.yaml").read_text())) == cfg
     model = mat_dist.load_model(out)
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)

@@ -96,7 +96,8 @@ def evaluate(
 @app.command(context_settings={"allow_extra_args": False})
 def tune(
     space: Optional[str] = typer.Option(
-        None, "--space", help="Search space YAML, or a shipped space: mnist5k-cpu, mnist-paper, cifar10-paper."),
+        None, "--space", help="Search space YAML, or a shipped space: mnist5k-cpu, mnist5k-paper, mnist-paper,"
+        " cifar10-paper."),
     config: Optional[str] = typer.Option(
         None, "--config", "-c", help="Base config (file or shipped name); default: the space's base:."),
     cluster: Optional[str] = typer.Option(
@@ -109,15 +110,26 @@ def tune(
                                 "trials are not run again."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    fidelity: Optional[int] = typer.Option(
+        None, "--fidelity", help="Re-train the top K trials (and the space's fidelity.random more, drawn at "
+        "random) at the full budget and report the proxy's Spearman rank correlation (fidelity.csv, .png); "
+        "default: the space's fidelity.top (0: none). Works on a finished sweep with --resume."),
+    confirm: int = typer.Option(
+        0, "--confirm", help="Train the best config and the base config with N seeds each at the full budget and "
+        "evaluate them on the test images with --confirm-suite, in one table with intervals (confirm.json)."),
+    confirm_suite: str = typer.Option("field", "--confirm-suite", help="Suite of --confirm (name or file)."),
+    confirm_examples: Optional[int] = typer.Option(
+        None, "--confirm-examples", help="Test images of --confirm (default: the suite's examples)."),
     overrides: Optional[list[str]] = typer.Argument(
         None, help="Base config overrides key.sub=value, applied after the space's overrides."),
 ) -> None:
-    """Search attack step sizes, radii, loss weights, K, lr with Ray Tune (ASHA); writes trials.csv, a plot and
-    best_config.yaml to --output."""
+    """Search attack step sizes, radii, loss weights, K, lr with Ray Tune (random or TPE, ASHA); writes
+    trials.csv, a plot, the Pareto front against training cost, best_config.yaml and report.md to --output."""
     from mat_dist.cli.tune_cmd import run_tune
 
     run_tune(space=space, config=config, cluster=cluster, trials=trials, output=output, resume=resume,
-             tracking_uri=tracking_uri, overrides=list(overrides or []))
+             tracking_uri=tracking_uri, overrides=list(overrides or []), fidelity=fidelity, confirm=confirm,
+             confirm_suite=confirm_suite, confirm_examples=confirm_examples)
 
 
 @app.command()

@@ -7,7 +7,11 @@
 - ``space``: the YAML format of ``tune_spaces/*.yaml`` -> ``SearchSpace`` -> Ray Tune param space;
 - ``objective``: the trial (the core ``Trainer`` in the trial's process, or a Ray Train job) and
   the objective it reports each epoch (union robust accuracy at the base config's FIXED eval radii);
-- ``sweep``: the driver (connect, MLflow parent run, Tuner with ASHA, resume, table, plot, export).
+- ``sweep``: the driver (connect, MLflow parent run, Tuner with ASHA, resume, table, plot, export);
+- ``searchers``: seeded random search or Optuna's TPE; ``pareto``: robustness against training cost;
+- ``fidelity``: the top trials re-trained at the full budget, the proxy's rank correlation;
+- ``confirm``: the best and the base config trained with N seeds and evaluated on the test images;
+- ``report``: the sweep's report.md.
 
 Nothing here imports Ray or MLflow at import time.
 """

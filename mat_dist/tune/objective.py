@@ -18,6 +18,18 @@ Two kinds of trial:
   of ``workers.num`` ranks (``mat_dist.training.ray_worker``) with a
   ``TuneReportCallback`` that adds the objective.
 
+Cost, the second objective: every epoch also reports ``cost/passes`` (forward
++ backward passes of the training network since epoch 0, paper Table 6's
+count per batch times the batches trained: ``Trainer``'s ``train/passes``) and
+``cost/seconds`` (the epochs' wall time so far). With ``max_cost`` a trial
+whose passes exceed it scores 0 and is reported ``feasible: 0``, like one under
+``min_clean_acc``.
+
+A fidelity re-run (``mat_dist.tune.fidelity``) runs the same functions with
+``spec["sources"]``: its Tune trial's config names a sweep trial
+(``source_trial``), whose searched values it trains on the full-budget base,
+in a folder named after that trial.
+
 Each trial keeps a small folder ``<sweep>/trials/<trial id>/``: config.yaml,
 metrics.jsonl (one line per epoch, each epoch once) and starts.jsonl (one line
 per start of the trial function, with the epoch it resumed from), so a resumed
@@ -34,20 +46,44 @@ from pathlib import Path
 from typing import Any
 
 OBJECTIVE = "objective"       # the metric Tune maximises
-FEASIBLE = "feasible"         # 1.0 when clean accuracy meets min_clean_acc (or there is no constraint)
+FEASIBLE = "feasible"         # 1.0 when clean accuracy meets min_clean_acc and cost max_cost (or no constraint)
 ROBUST_ALL = "val/robust_all"
 CLEAN = "val/clean_acc"
+COST_PASSES = "cost/passes"   # forward + backward passes of the training network so far (paper Table 6 units)
+COST_SECONDS = "cost/seconds"  # wall seconds of the epochs so far (training and the per-epoch check)
+SOURCE = "source_trial"       # a fidelity re-run's config: the sweep trial whose values it re-trains
 TRIALS_DIR = "trials"
 STARTS_FILE = "starts.jsonl"
 
 
-def objective_metrics(metrics: dict[str, Any], min_clean_acc: float | None) -> dict[str, float]:
-    """The objective of one epoch's metrics: union robust accuracy, 0 when clean accuracy is under the floor."""
+def objective_metrics(metrics: dict[str, Any], min_clean_acc: float | None,
+                      max_cost: float | None = None) -> dict[str, float]:
+    """The objective of one epoch's metrics: union robust accuracy, 0 when clean accuracy is under the floor
+    or the training cost (``cost/passes``, else ``train/passes``) is over ``max_cost``."""
     if ROBUST_ALL not in metrics or CLEAN not in metrics:
         raise KeyError(f"the epoch's metrics lack {ROBUST_ALL} / {CLEAN}: set data.val_size and eval.examples >= 1")
     robust, clean = float(metrics[ROBUST_ALL]), float(metrics[CLEAN])
     feasible = min_clean_acc is None or clean >= min_clean_acc
+    if max_cost is not None:
+        feasible = feasible and float(metrics.get(COST_PASSES, metrics.get("train/passes", 0.0))) <= max_cost
     return {OBJECTIVE: robust if feasible else 0.0, FEASIBLE: 1.0 if feasible else 0.0}
+
+
+def cost_metrics(metrics: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, float]:
+    """The trial's training cost up to this epoch: ``history`` holds the trial's earlier epochs' lines."""
+    epoch = int(metrics["epoch"])
+    seconds = sum(float(r.get("epoch_time_s", 0.0)) for r in history if int(r["epoch"]) < epoch)
+    return {COST_PASSES: float(metrics.get("train/passes", 0.0)),
+            COST_SECONDS: seconds + float(metrics.get("epoch_time_s", 0.0))}
+
+
+def scored(metrics: dict[str, Any], folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """One epoch's line as the trial records and reports it: the metrics, the cost so far and the objective."""
+    from mat_dist.atomic import read_jsonl
+
+    row = {**metrics, **cost_metrics(metrics, read_jsonl(folder / "metrics.jsonl"))}
+    row.update(objective_metrics(row, spec.get("min_clean_acc"), spec.get("max_cost")))
+    return row
 
 
 def trial_folder(sweep_dir: str | os.PathLike, trial_id: str) -> Path:
@@ -71,6 +107,9 @@ def _prepare_trial(spec: dict[str, Any], params: dict[str, Any]):
     from mat_dist.tune.space import trial_config
 
     trial_id = tune.get_context().get_trial_id()
+    if "sources" in spec:  # a fidelity re-run: the named sweep trial's values, in a folder named after it
+        trial_id = params[SOURCE]
+        params = spec["sources"][trial_id]
     folder = trial_folder(spec["sweep_dir"], trial_id)
     cfg = trial_config(spec["base"], params, name=f"{spec['base']['name']}-{trial_id}")
     write_atomic(folder / "config.yaml", config_to_yaml(cfg))
@@ -90,7 +129,8 @@ def train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     """Tune function: train the trial's config with the core ``Trainer`` in this process.
 
     ``spec`` (built by the sweep driver; paths absolute, as Tune chdirs):
-    base (the base config as plain data), sweep_dir, threads, min_clean_acc.
+    base (the base config as plain data), sweep_dir, threads, min_clean_acc, max_cost; sources for a
+    fidelity re-run.
     """
     from ray import tune
 
@@ -114,27 +154,25 @@ def train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     history = _history_upto(folder, trainer.progress.epoch)
     _append_line(folder / STARTS_FILE, {"from_epoch": trainer.progress.epoch, "pid": os.getpid(),
                                         "time": time.time()})
-    min_clean = spec.get("min_clean_acc")
 
     def publish(row: dict[str, Any], ckpt: Path) -> None:  # report() copies ckpt into the sweep's storage
         tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
 
     trainer.fit(EpochRecorder(history, metrics=folder / "metrics.jsonl", publish=publish,
-                              score=lambda m: {**m, **objective_metrics(m, min_clean)}))
+                              score=lambda m: scored(m, folder, spec)))
 
 
 # ---------------------------------------------------------------- multi-worker trial
 
-def _objective_report_callback(min_clean_acc: float | None, folder: Path):
-    """A ``TuneReportCallback`` that adds the objective to rank 0's metrics before Tune sees them."""
+def _objective_report_callback(spec: dict[str, Any], folder: Path):
+    """A ``TuneReportCallback`` that adds the cost and the objective to rank 0's metrics before Tune sees them."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from mat_dist.atomic import append_jsonl
 
     class ObjectiveReportCallback(TuneReportCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-            first = dict(metrics[0])
-            first.update(objective_metrics(first, min_clean_acc))
+            first = scored(dict(metrics[0]), folder, spec)
             append_jsonl(folder / "metrics.jsonl", first)
             super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
@@ -163,7 +201,7 @@ def ray_train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     # No MLflow run for the workers: the sweep's driver logs.
     args = WorkerArgs.of(cfg, folder / "train", cluster)
     trainer = torch_trainer(cluster, args=args, run_name=f"train-{trial_id}", storage=spec["storage"],
-                            callbacks=[_objective_report_callback(spec.get("min_clean_acc"), folder)])
+                            callbacks=[_objective_report_callback(spec, folder)])
     fit(trainer, cluster)
 
 

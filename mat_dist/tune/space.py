@@ -11,10 +11,18 @@ A space file (``tune_spaces/*.yaml``) opens with the command that runs it:
     max_concurrent: null         # cap on trials at once; null: as many as the cluster holds
     objective:
       min_clean_acc: 0.5         # trials below this clean accuracy score 0 (infeasible); null: no constraint
+      max_cost: null             # trials that train more forward + backward passes score 0, never the best
+    searcher:
+      name: random               # random (seeded random search, grid) | tpe (Optuna's TPE, seeded by seed:)
+      startup_trials: 10         # tpe: trials drawn at random before the model proposes (Optuna's n_startup_trials)
     scheduler:
       name: asha                 # asha (early stopping on the per-epoch objective) | fifo (none)
       grace_period: 1            # epochs every trial runs before ASHA may stop it
       reduction_factor: 2        # ASHA keeps the best 1/reduction_factor at each rung
+    fidelity:                    # re-train some trials at the full budget: does the proxy rank them right?
+      top: 0                     # the best N trials (0: no fidelity step; matd tune --fidelity N replaces it)
+      random: 2                  # and N more drawn at random (seeded) from the rest
+      full: {}                   # overrides of the full-budget run beyond the base's epochs and data
     params:                      # dotted config key -> one distribution
       attack.eps.0: {loguniform: [2.0, 8.0]}      # element 0 of a per-sub-model list
       attack.alpha: {choice: [[1.0, 0.25, 0.025], [0.5, 0.1, 0.01]]}   # a whole list
@@ -33,7 +41,14 @@ split define the objective, and a search that could move them would reward
 shrinking the test rather than improving the model. Every candidate value
 (each choice, both range bounds) is applied to the base config and validated
 there, so a bad space fails before any trial starts, with one line naming the
-file and the key.
+file and the key. ``grid`` is random search's: ``searcher: tpe`` refuses it.
+
+The full budget of the fidelity step (and of ``matd tune --confirm``) is the
+base config as the space found it: the space's overrides of ``train.epochs``
+and ``data.limit_train`` (the proxy's budget) are undone, the others kept,
+then ``fidelity.full`` applied (say ``attack.steps`` or ``eval.examples``);
+it may not move what defines the objective (``eval`` radii, attack, steps,
+the validation data).
 """
 
 from __future__ import annotations
@@ -55,7 +70,7 @@ from pydantic import BaseModel
 from mat_dist import schema
 from mat_dist.config import RunConfig, config_from_dict, find_yaml, shipped_names
 from mat_dist.errors import UserError
-from mat_dist.schema import FORBID, Count, NonNegInt, Num, Share, Str, bare, key_type, must
+from mat_dist.schema import FORBID, Count, NonNegInt, Num, Positive, Share, Str, bare, key_type, must
 
 # The shipped spaces: the repository's tune_spaces/ folder, installed as the package
 # mat_dist.tune_spaces (pyproject.toml), like clusters/.
@@ -97,6 +112,11 @@ class Scheduler(str, enum.Enum):
     FIFO = "fifo"
 
 
+class Searcher(str, enum.Enum):
+    RANDOM = "random"  # Ray's BasicVariantGenerator: seeded random samples, every grid point
+    TPE = "tpe"        # Optuna's Tree-structured Parzen Estimator through ray.tune.search.optuna.OptunaSearch
+
+
 @dataclass(frozen=True)
 class Param:
     key: str                    # dotted config key, e.g. "attack.eps.0"
@@ -135,6 +155,20 @@ class Param:
 @pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
 class ObjectiveSpec:
     min_clean_acc: Share | None = None
+    max_cost: Positive | None = None  # forward + backward passes of training (cost/passes)
+
+
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
+class SearcherSpec:
+    name: Searcher = Searcher.RANDOM
+    startup_trials: Count = 10
+
+
+@pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
+class FidelitySpec:
+    top: NonNegInt = 0
+    random: NonNegInt = 2
+    full: dict[Str, Any] = dataclasses.field(default_factory=dict)
 
 
 @pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
@@ -153,7 +187,9 @@ class SearchSpace:
     seed: int = 0
     max_concurrent: int | None = None
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    searcher: SearcherSpec = field(default_factory=SearcherSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    fidelity: FidelitySpec = field(default_factory=FidelitySpec)
     source: str = "(mapping)"  # where it was read from; not a YAML key
 
     @property
@@ -187,6 +223,10 @@ class SearchSpace:
                 except UserError as err:
                     raise UserError(f"{where}: the value {value!r} makes an invalid config ({err}); "
                                     f"change the {p.dist.value}") from None
+        raw = copy.deepcopy(base_raw)
+        for key, value in self.fidelity.full.items():
+            set_key(raw, key, value, where=f"{self.source}: fidelity.full.{key}")
+        config_from_dict(raw)
 
 
 # ---------------------------------------------------------------- dotted keys
@@ -227,7 +267,10 @@ class SpaceFile(BaseModel):
     seed: NonNegInt = 0
     max_concurrent: Count | None = None
     objective: ObjectiveSpec = ObjectiveSpec()
+    searcher: Annotated[SearcherSpec, pydantic.BeforeValidator(
+        lambda v: {"name": v} if isinstance(v, str) else v)] = SearcherSpec()  # "searcher: tpe" is short for name: tpe
     scheduler: SchedulerSpec = SchedulerSpec()
+    fidelity: FidelitySpec = FidelitySpec()
     params: Annotated[dict[Str, Any], must(bool, "{key} must map config keys to distributions (at least one), "
                                                  "e.g. params: {{optim.lr: {{loguniform: [0.0001, 0.01]}}}}")] = \
         pydantic.Field(default_factory=dict, validate_default=True)
@@ -317,8 +360,18 @@ def space_from_dict(raw: Any, *, source: str = "(mapping)") -> SearchSpace:
     for k in f.overrides:
         if k in keys:
             raise UserError(f"{source}: {k} is both fixed (overrides) and searched (params); keep one")
+    if f.searcher.name is Searcher.TPE:
+        for p in params:
+            if p.dist is Dist.GRID:
+                raise UserError(f"{source}: params.{p.key}: grid has no TPE counterpart; use choice with "
+                                f"searcher tpe, or searcher random")
+    for k in f.fidelity.full:
+        reason = _forbidden(k) if k != "eval.examples" else None
+        if reason is not None:
+            raise UserError(f"{source}: fidelity.full.{k}: the full budget cannot change {k} ({reason})")
     return SearchSpace(params=params, base=f.base, overrides=dict(f.overrides), trials=f.trials, seed=f.seed,
-                       max_concurrent=f.max_concurrent, objective=f.objective, scheduler=f.scheduler, source=source)
+                       max_concurrent=f.max_concurrent, objective=f.objective, searcher=f.searcher,
+                       scheduler=f.scheduler, fidelity=f.fidelity, source=source)
 
 
 def resolve_space_path(name_or_path: str | os.PathLike) -> Path:
@@ -344,9 +397,11 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
     return {
         "base": space.base, "overrides": dict(space.overrides), "trials": space.trials, "seed": space.seed,
         "max_concurrent": space.max_concurrent,
-        "objective": {"min_clean_acc": space.objective.min_clean_acc},
+        "objective": {"min_clean_acc": space.objective.min_clean_acc, "max_cost": space.objective.max_cost},
+        "searcher": {"name": space.searcher.name.value, "startup_trials": space.searcher.startup_trials},
         "scheduler": {"name": space.scheduler.name.value, "grace_period": space.scheduler.grace_period,
                       "reduction_factor": space.scheduler.reduction_factor},
+        "fidelity": {"top": space.fidelity.top, "random": space.fidelity.random, "full": dict(space.fidelity.full)},
         "params": params,
     }
 

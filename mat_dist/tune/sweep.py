@@ -1,15 +1,23 @@
 """The driver of ``matd tune``: a Ray Tune sweep over a search space, with ASHA, MLflow and the best config.
 
     run_sweep(load_space("mnist5k-cpu"), output=Path("runs/tune-mnist5k-cpu"))
+    run_sweep(None, output=Path("runs/tune-mnist5k-cpu"), resume=True, fidelity=3, confirm=2)
 
 Order, each step failing fast with one line before the next, slower one:
 space x base config (every candidate value validated) -> cluster file ->
 the sweep folder (``sweep.json``; ``--resume`` reads it back) -> connect to
 Ray, size the trials and their concurrency from the cluster's resources ->
 the MLflow parent run, created here before any trial starts -> ``Tuner.fit()``
-(or ``Tuner.restore(..., resume_errored=True).fit()``) -> the table of all
-trials, the plot of the objective against each searched value, and the best
-trial's config, written to the sweep folder and logged to the parent run.
+(or ``Tuner.restore(..., resume_errored=True).fit()``; the searcher, random or
+TPE, is restored with it) -> the table of all trials, the plot of the
+objective against each searched value, the Pareto front of robustness against
+training cost, and the best trial's config (the best eligible: complete, within
+``objective.max_cost``), written to the sweep folder and logged to the parent
+run -> with ``fidelity``, the top trials and a few random ones re-trained at
+the full budget and the proxy's rank correlation (``mat_dist.tune.fidelity``)
+-> with ``confirm``, the best config and the base config trained with N seeds
+at the full budget and evaluated with a suite on the test images
+(``mat_dist.tune.confirm``) -> ``report.md``.
 
 Sweep folder:
     sweep.json              the space, the base config (with the space's overrides), the cluster,
@@ -17,10 +25,14 @@ Sweep folder:
     ray/sweep/              Ray Tune's experiment (trial checkpoints, experiment state)
     trials/<trial id>/      config.yaml, metrics.jsonl, starts.jsonl of each trial
     trial_runs.json         trial id -> MLflow run id
-    trials.csv              one row per trial (status, epochs, stopped early, objective, searched values)
+    trials.csv              one row per trial (status, epochs, stopped early, objective, cost, searched values)
     objective_vs_params.png the final objective of each trial against each searched value
+    pareto.csv, pareto.png  the Pareto front of val/robust_all against cost/passes (mat_dist.tune.pareto)
     best_config.yaml        the best trial's config, for ``matd train --config`` as it is
     summary.json            the best trial, counts, wall time
+    fidelity/, fidelity.*   the fidelity step (mat_dist.tune.fidelity)
+    confirm/, confirm.json  the confirmation on the test images (mat_dist.tune.confirm)
+    report.md               all of it in one page
 """
 
 from __future__ import annotations
@@ -35,12 +47,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from mat_dist.config import RunConfig, config_to_yaml, load_config
+from mat_dist.config import RunConfig, apply_overrides, config_to_dict, config_to_yaml, load_config
 from mat_dist.errors import UserError
 from mat_dist.atomic import read_jsonl, write_atomic
-from mat_dist.tune.objective import CLEAN, FEASIBLE, OBJECTIVE, ROBUST_ALL, STARTS_FILE, trial_folder
+from mat_dist.tune.objective import (CLEAN, COST_PASSES, COST_SECONDS, FEASIBLE, OBJECTIVE, ROBUST_ALL, STARTS_FILE,
+                                     trial_folder)
+from mat_dist.tune.pareto import PARETO_PLOT, PARETO_TABLE, within_cost, write_pareto
 from mat_dist.tune.space import Dist, Scheduler, SearchSpace, space_from_dict, space_to_dict, trial_config
 
 SWEEP_FILE = "sweep.json"
@@ -59,9 +73,13 @@ class SweepResult:
     rows: list[dict[str, Any]]          # one per trial, as in trials.csv
     best: dict[str, Any] | None         # the best row
     best_config: Path | None
-    interrupted: bool                   # trials left unfinished: continue with --resume
+    interrupted: bool                   # trials (or fidelity re-runs) left unfinished: continue with --resume
     wall_s: float
     parent_run_id: str | None
+    front: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # the Pareto front, cheapest first
+    fidelity: Any = None                # a FidelityResult when the fidelity step ran
+    confirm: Any = None                 # a ConfirmResult when --confirm ran
+    report: Path | None = None
 
     @property
     def stopped_early(self) -> int:
@@ -139,12 +157,20 @@ def max_concurrent(shape: TrialShape, total: dict[str, float], cap: int | None, 
 
 def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig | None = None,
               overrides: Sequence[str] = (), cluster: Any = None, trials: int | None = None, resume: bool = False,
-              tracking_uri: str | None = None, callbacks: Sequence[Any] = (), verbose: int = 0) -> SweepResult:
+              tracking_uri: str | None = None, callbacks: Sequence[Any] = (), verbose: int = 0,
+              fidelity: int | None = None, confirm: int = 0, confirm_suite: str | Mapping[str, Any] = "field",
+              confirm_examples: int | None = None, echo: Callable[[str], None] | None = None) -> SweepResult:
     """Run (or with ``resume`` continue) the sweep of ``space`` into ``output``.
 
     ``cluster``: a ClusterConfig, a cluster file or shipped name, or None (the
     embedded default: a local runtime, one 1-CPU worker per trial). ``trials``
     replaces the space's count. ``callbacks``: extra Ray Tune callbacks.
+    ``fidelity``: re-train the top ``fidelity`` trials (and the space's
+    ``fidelity.random`` more) at the full budget; None: the space's
+    ``fidelity.top`` (0: no fidelity step). ``confirm``: train the best config
+    and the base config with that many seeds at the full budget and evaluate
+    them with ``confirm_suite`` (a suite name, file or plain data) on
+    ``confirm_examples`` test images (None: the suite's count). ``echo``: progress lines of those two steps.
     """
     from mat_dist.cluster.files import IN_PROCESS, ClusterConfig, cluster_from_dict, cluster_to_dict, load_cluster
 
@@ -153,6 +179,8 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     output = Path(output).expanduser().resolve()
     saved = _load_saved(output) if resume else None
+    if confirm < 0 or (fidelity is not None and fidelity < 0):
+        raise UserError(f"--confirm {confirm} / --fidelity {fidelity}: give 0 or more")
     if saved is not None:
         saved_space = space_from_dict(saved["space"], source=saved["space_source"])
         if space is not None and space_to_dict(space) != saved["space"]:
@@ -171,22 +199,33 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
         if cluster == IN_PROCESS:
             raise UserError("matd tune runs its trials on Ray; --cluster none is for matd train only")
         cluster_cfg = cluster if isinstance(cluster, ClusterConfig) else load_cluster(cluster)
-        base_raw = _absolute_data_root(space.base_raw(base_config(space, base), list(overrides)))
+        base_cfg = base_config(space, base)
+        base_raw = _absolute_data_root(space.base_raw(base_cfg, list(overrides)))
         space.check_against(base_raw)
         num_samples = trials or space.trials
         if num_samples < 1:
             raise UserError(f"--trials {num_samples}: give at least 1")
         output.mkdir(parents=True, exist_ok=True)
         saved = {"space": space_to_dict(space), "space_source": space.source, "base": base_raw,
+                 # the base before the space's overrides: the full budget of the fidelity step and --confirm
+                 "budget_base": _absolute_data_root(apply_overrides(config_to_dict(base_cfg), list(overrides))),
                  "cluster": cluster_to_dict(cluster_cfg), "cluster_source": cluster_cfg.source,
                  "trials": num_samples, "parent_run_id": None}
         write_atomic(output / SWEEP_FILE, json.dumps(saved, indent=1))
     assert space is not None
+    if fidelity is None:
+        from mat_dist.tune.fidelity import planned_top
+
+        fidelity = planned_top(output) if resume else None  # a plain --resume finishes a begun fidelity step
+    top = space.fidelity.top if fidelity is None else fidelity
+    full_raw = full_budget(space, saved) if top or confirm else None
     shape = trial_shape(cluster_cfg)
     base_cfg = trial_config(base_raw, {})
+    say = echo or (lambda _: None)
 
     from mat_dist.cluster.runtime import connect
 
+    fid = None
     with connect(cluster_cfg) as runtime:
         concurrency = max_concurrent(shape, runtime.resources, space.max_concurrent, source=cluster_cfg.source)
         parent = _parent_run(base_cfg, space, saved, output, tracking_uri)
@@ -197,27 +236,79 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
                        parent=parent, callbacks=list(callbacks), verbose=verbose, resume=resume)
         log.info("sweep %s: %d trial(s) at once, %s", output, concurrency, shape)
         tuner.fit()
-        statuses = _trial_statuses(output / "ray" / EXPERIMENT)
+        statuses = trial_statuses(output / "ray" / EXPERIMENT)
         total = num_samples * math.prod(len(p.values) for p in space.params if p.dist is Dist.GRID)
         interrupted = len(statuses) < total or any(s not in ("TERMINATED", "ERROR") for s in statuses.values())
         rows = trial_rows(output, space, statuses, max_epochs=_max_epochs(space, base_raw))
-        best = best_row(rows)
+        order = ranked(rows, space.objective.max_cost)
+        best = best_row(rows, space.objective.max_cost)
         best_path = None
         if best is not None and not interrupted:
             best_path = export_best(output, base_raw, best, space)
-        _write_outputs(output, space, rows, best, wall_s=time.perf_counter() - started, interrupted=interrupted)
+        front = _write_outputs(output, space, rows, best, wall_s=time.perf_counter() - started,
+                               interrupted=interrupted)
+        if top and not interrupted:
+            from mat_dist.tune.fidelity import run_fidelity
+
+            say(f"fidelity: re-training the top {top} trial(s) and {space.fidelity.random} random one(s) at the "
+                f"full budget")
+            fid = run_fidelity(output=output, space=space, ranked=order, full_raw=full_raw, top=top,
+                               extra=space.fidelity.random, cluster=cluster_cfg, shape=shape, concurrency=concurrency,
+                               parent=parent, verbose=verbose)
+            interrupted = fid.interrupted
         if parent is not None:
-            for name in (TABLE_FILE, PLOT_FILE, BEST_FILE, SUMMARY_FILE, SWEEP_FILE):
+            for name in (TABLE_FILE, PLOT_FILE, BEST_FILE, SUMMARY_FILE, SWEEP_FILE, PARETO_TABLE, PARETO_PLOT):
                 if (output / name).is_file():
                     parent.log_artifact(output / name)
             if best is not None:
                 parent.log_metrics({"best/objective": best[OBJECTIVE], "best/clean_acc": best[CLEAN],
+                                    "best/cost_passes": best[COST_PASSES],
                                     "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows)},
                                    step=0)
-            if not interrupted:
-                parent.end("FINISHED")  # an interrupted sweep's parent stays RUNNING until --resume ends it
+            if fid is not None:
+                from mat_dist.tune.fidelity import FIDELITY_PLOT, FIDELITY_SUMMARY, FIDELITY_TABLE
+
+                for name in (FIDELITY_TABLE, FIDELITY_SUMMARY, FIDELITY_PLOT):
+                    parent.log_artifact(output / name)
+                if not math.isnan(fid.spearman):
+                    parent.log_metrics({"fidelity/spearman": fid.spearman}, step=0)
+    conf = None
+    if confirm and not interrupted and best is not None:
+        from mat_dist.tune.confirm import run_confirm
+
+        conf = run_confirm(output=output, space=space, best=best, full_raw=full_raw, seeds=confirm,
+                           suite=confirm_suite, examples=confirm_examples,
+                           cluster=cluster if isinstance(cluster, str) else None,
+                           tracking_uri=tracking_uri or (parent.tracking_uri if parent is not None else None),
+                           log=say)
+    from mat_dist.tune.report import write_sweep_report
+
+    report = write_sweep_report(output, space=space, base_raw=base_raw, rows=rows, best=best, front=front,
+                                max_cost=space.objective.max_cost, interrupted=interrupted,
+                                wall_s=time.perf_counter() - started)
+    if parent is not None:
+        from mat_dist.tune.confirm import CONFIRM_FILE
+
+        for path in (report, output / CONFIRM_FILE):
+            if path.is_file():
+                parent.log_artifact(path)
+        if not interrupted:
+            parent.end("FINISHED")  # an interrupted sweep's parent stays RUNNING until --resume ends it
     return SweepResult(output=output, rows=rows, best=best, best_config=best_path, interrupted=interrupted,
-                       wall_s=time.perf_counter() - started, parent_run_id=saved.get("parent_run_id"))
+                       wall_s=time.perf_counter() - started, parent_run_id=saved.get("parent_run_id"), front=front,
+                       fidelity=fid, confirm=conf, report=report)
+
+
+def full_budget(space: SearchSpace, saved: dict) -> dict:
+    """The full-budget base of the fidelity step and --confirm: the sweep's base with the budget keys the
+    space's overrides shorten put back at the base config's values, then the space's ``fidelity.full``."""
+    from mat_dist.tune.fidelity import full_budget_base
+
+    if "budget_base" not in saved:
+        raise UserError("this sweep was started before mat-dist recorded the base config's own budget; "
+                        "start a new sweep for --fidelity or --confirm")
+    return full_budget_base(saved["base"], saved["budget_base"], overrides=space.overrides,
+                            full=space.fidelity.full, source=space.source)
 
 
 def _parent_run(base_cfg: RunConfig, space: SearchSpace, saved: dict, output: Path, tracking_uri: str | None):
@@ -236,28 +327,46 @@ def _parent_run(base_cfg: RunConfig, space: SearchSpace, saved: dict, output: Pa
     return tracker
 
 
-def _tuner(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, output: Path, *, concurrency: int,
-           num_samples: int, parent: Any, callbacks: list, verbose: int, resume: bool):
+def trainable(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, *, sweep_dir: Path,
+              extra: dict[str, Any] | None = None):
+    """The trial function with its spec and resources: the core loop in the trial, or a Ray Train job."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     from mat_dist.cluster.files import cluster_to_dict
     from mat_dist.tune.objective import ray_train_trial, train_trial
 
-    storage = output / "ray"
-    spec = {"base": base_raw, "sweep_dir": str(output), "threads": shape.threads,
-            "min_clean_acc": space.objective.min_clean_acc}
+    spec = {"base": base_raw, "sweep_dir": str(sweep_dir), "threads": shape.threads,
+            "min_clean_acc": space.objective.min_clean_acc, "max_cost": space.objective.max_cost, **(extra or {})}
     if shape.kind == "ray_train":
         spec.update(cluster=cluster_to_dict(cluster), cluster_source=cluster.source,
-                    storage=str(cluster.storage_uri(output / "train")))
+                    storage=str(cluster.storage_uri(sweep_dir / "train")))
         function = ray_train_trial
     else:
         function = train_trial
-    trainable = tune.with_resources(tune.with_parameters(function, spec=spec), shape.resources)
-    path = storage / EXPERIMENT
+    return tune.with_resources(tune.with_parameters(function, spec=spec), shape.resources)
+
+
+def run_config(name: str, storage: Path, cluster: Any, shape: TrialShape, *, callbacks: list, verbose: int):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name, storage_path=str(storage), callbacks=callbacks or None, verbose=verbose,
+        # the trial's own process restarts from its latest checkpoint; a Train job restarts itself
+        failure_config=tune.FailureConfig(max_failures=cluster.failure.max_failures if shape.kind == "process" else 0),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+
+
+def _tuner(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, output: Path, *, concurrency: int,
+           num_samples: int, parent: Any, callbacks: list, verbose: int, resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from mat_dist.tune.searchers import search_alg
+
+    fn = trainable(space, base_raw, cluster, shape, sweep_dir=output)
+    path = output / "ray" / EXPERIMENT
     if resume and tune.Tuner.can_restore(str(path)):
-        return tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        return tune.Tuner.restore(str(path), fn, resume_errored=True)  # the searcher's state comes back with it
     epochs = _max_epochs(space, base_raw)
     if space.scheduler.name is Scheduler.ASHA:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs,
@@ -271,23 +380,16 @@ def _tuner(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, 
         callbacks = [TrialTracking(uri=parent.tracking_uri, experiment=base_raw["tracking"]["experiment"],
                                    parent_run_id=parent.run_id, sweep_dir=str(output), base_raw=base_raw,
                                    run_prefix=f"tune-{Path(space.source).stem}"), *callbacks]
+    searcher, param_space = search_alg(space, concurrency=concurrency)
     return tune.Tuner(
-        trainable,
-        param_space=space.ray_param_space(),
-        tune_config=tune.TuneConfig(
-            metric=OBJECTIVE, mode="max", scheduler=scheduler, num_samples=num_samples,
-            # A SearchGenerator ignores TuneConfig(max_concurrent_trials) (Ray warns): the generator bounds it.
-            search_alg=BasicVariantGenerator(random_state=space.seed, max_concurrent=concurrency)),
-        run_config=tune.RunConfig(
-            name=EXPERIMENT, storage_path=str(storage), callbacks=callbacks or None, verbose=verbose,
-            # the trial's own process restarts from its latest checkpoint; a Train job restarts itself
-            failure_config=tune.FailureConfig(max_failures=cluster.failure.max_failures
-                                              if shape.kind == "process" else 0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        fn, param_space=param_space,
+        tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", scheduler=scheduler, num_samples=num_samples,
+                                    search_alg=searcher),
+        run_config=run_config(EXPERIMENT, output / "ray", cluster, shape, callbacks=callbacks, verbose=verbose),
     )
 
 
-def _trial_statuses(experiment: Path) -> dict[str, str]:
+def trial_statuses(experiment: Path) -> dict[str, str]:
     """trial id -> status (TERMINATED, ERROR, RUNNING, PENDING, PAUSED) as saved in the experiment state.
 
     Read back from disk, not from the ResultGrid: after an interruption Tune saves the state (running
@@ -335,7 +437,9 @@ def trial_rows(output: Path, space: SearchSpace, statuses: dict[str, str], *, ma
                OBJECTIVE: float(last.get(OBJECTIVE, float("nan"))),
                "best_objective": max((float(r[OBJECTIVE]) for r in history if OBJECTIVE in r), default=float("nan")),
                CLEAN: float(last.get(CLEAN, float("nan"))), ROBUST_ALL: float(last.get(ROBUST_ALL, float("nan"))),
-               FEASIBLE: float(last.get(FEASIBLE, float("nan")))}
+               FEASIBLE: float(last.get(FEASIBLE, float("nan"))),
+               COST_PASSES: float(last.get(COST_PASSES, float("nan"))),
+               COST_SECONDS: float(last.get(COST_SECONDS, float("nan")))}
         for k, v in last.items():
             if k.startswith("val/robust_") and k != ROBUST_ALL:
                 row[k] = float(v)
@@ -345,12 +449,20 @@ def trial_rows(output: Path, space: SearchSpace, statuses: dict[str, str], *, ma
     return rows
 
 
-def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best trial: highest final objective among trials that ran all their epochs; else among all with one."""
+def ranked(rows: list[dict[str, Any]], max_cost: float | None = None) -> list[dict[str, Any]]:
+    """The trials with an objective, best first: those within ``max_cost`` before those over it, then those that
+    ran all their epochs before those stopped early or cut, then by final objective and clean accuracy."""
     scored = [r for r in rows if not math.isnan(r[OBJECTIVE]) and r["status"] != "ERROR"]
-    complete = [r for r in scored if not r["stopped_early"] and r["status"] == "TERMINATED"]
-    pool = complete or scored
-    return max(pool, key=lambda r: (r[OBJECTIVE], r[CLEAN])) if pool else None
+    return sorted(scored, key=lambda r: (within_cost(r, max_cost),
+                                         not r["stopped_early"] and r["status"] == "TERMINATED",
+                                         r[OBJECTIVE], r[CLEAN]), reverse=True)
+
+
+def best_row(rows: list[dict[str, Any]], max_cost: float | None = None) -> dict[str, Any] | None:
+    """The best trial: highest final objective among trials that ran all their epochs, else among all with one;
+    a trial over ``max_cost`` (training passes) is never the best."""
+    order = ranked(rows, max_cost)
+    return order[0] if order and within_cost(order[0], max_cost) else None
 
 
 def export_best(output: Path, base_raw: dict, best: dict[str, Any], space: SearchSpace) -> Path:
@@ -363,14 +475,17 @@ def export_best(output: Path, base_raw: dict, best: dict[str, Any], space: Searc
     eps = ", ".join(f"{n.value} {e:g}" for n, e in cfg.eval.eps.items())
     path = output / BEST_FILE
     header = (f"# Best trial {best['trial_id']} of the sweep in {output} (space {space.source}): validation union "
-              f"robust accuracy {100 * best[OBJECTIVE]:.1f}% at eval radii ({eps}), clean {100 * best[CLEAN]:.1f}%.\n"
+              f"robust accuracy {100 * best[OBJECTIVE]:.1f}% at eval radii ({eps}), clean {100 * best[CLEAN]:.1f}%, "
+              f"training cost {best[COST_PASSES]:.4g} forward + backward passes.\n"
               f"# Run: matd train --config {path}\n#\n# Searched: {searched}\n")
     write_atomic(path, header + config_to_yaml(cfg))
     return path
 
 
 def _write_outputs(output: Path, space: SearchSpace, rows: list[dict], best: dict | None, *, wall_s: float,
-                   interrupted: bool) -> None:
+                   interrupted: bool) -> list[dict]:
+    """trials.csv, the objective plot, the Pareto front (CSV and PNG) and summary.json; returns the front."""
+    front: list[dict] = []
     if rows:
         buf = io.StringIO()
         columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -380,10 +495,16 @@ def _write_outputs(output: Path, space: SearchSpace, rows: list[dict], best: dic
             writer.writerow({k: _value_text(v) if isinstance(v, list) else v for k, v in r.items()})
         write_atomic(output / TABLE_FILE, buf.getvalue())
         plot_objective(rows, space, output / PLOT_FILE)
+        front = write_pareto(output, rows, keys=space.keys, max_cost=space.objective.max_cost,
+                             title=f"{Path(space.source).name}: robustness against training cost")
     summary = {"trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows),
                "errored": sum(r["status"] == "ERROR" for r in rows), "interrupted": interrupted,
-               "wall_s": wall_s, "best": best}
+               "wall_s": wall_s, "best": best, "searcher": space.searcher.name.value,
+               "max_cost": space.objective.max_cost,
+               "over_max_cost": sum(not within_cost(r, space.objective.max_cost) for r in rows),
+               "pareto_front": [r["trial_id"] for r in front]}
     write_atomic(output / SUMMARY_FILE, json.dumps(summary, indent=1, default=str))
+    return front
 
 
 def plot_objective(rows: list[dict], space: SearchSpace, path: Path) -> None:

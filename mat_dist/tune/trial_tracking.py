@@ -10,7 +10,9 @@ the driver rather than from the trials keeps one process writing the store
 The trial -> run id map is kept in ``<sweep>/trial_runs.json`` so a resumed
 sweep logs into the same runs; an epoch already logged is not logged again.
 The callback holds only plain data, so Tune can pickle it into the experiment
-state and ``Tuner.restore`` brings it back.
+state and ``Tuner.restore`` brings it back. For the fidelity step's re-runs
+(``sources``: sweep trial id -> its searched values) a run is named after the
+sweep trial it re-trains and gets that trial's values.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ class TrialTrackingHooks:
     """The callback's hooks as plain Python; ``TrialTracking`` is them as a Ray Tune ``Callback`` (see below)."""
 
     def __init__(self, *, uri: str, experiment: str, parent_run_id: str, sweep_dir: str, base_raw: dict,
-                 run_prefix: str) -> None:
+                 run_prefix: str, sources: dict[str, dict] | None = None) -> None:
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
         self.sweep_dir, self.base_raw, self.run_prefix = sweep_dir, base_raw, run_prefix
+        self.sources = sources
         self._trackers: dict[str, Any] = {}
         self._logged: dict[str, set[int]] = {}
 
@@ -51,21 +54,27 @@ class TrialTrackingHooks:
         from mat_dist.config import config_to_dict
         from mat_dist.atomic import write_atomic
         from mat_dist.tracking import Tracker
+        from mat_dist.tune.objective import SOURCE
         from mat_dist.tune.space import trial_config
 
         tid = trial.trial_id
         if tid in self._trackers:
             return self._trackers[tid]
         ids = self._run_ids()
-        tracker = Tracker.start(uri=self.uri, experiment=self.experiment, run_name=f"{self.run_prefix}-{tid}",
-                                run_id=ids.get(tid), parent_run_id=None if tid in ids else self.parent_run_id,
-                                tags={"mat_dist.trial_id": tid, "mat_dist.kind": "tune-trial"})
+        source = trial.config.get(SOURCE) if self.sources else None
+        values = dict(self.sources[source]) if source is not None else dict(trial.config)
+        tags = {"mat_dist.trial_id": tid, "mat_dist.kind": "tune-fidelity" if source else "tune-trial"}
+        if source is not None:
+            tags["mat_dist.source_trial"] = source
+        tracker = Tracker.start(uri=self.uri, experiment=self.experiment,
+                                run_name=f"{self.run_prefix}-{source or tid}", run_id=ids.get(tid),
+                                parent_run_id=None if tid in ids else self.parent_run_id, tags=tags)
         if tid not in ids:
             ids[tid] = tracker.run_id
             write_atomic(Path(self.sweep_dir) / TRIAL_RUNS_FILE, json.dumps(ids, indent=1))
-            params = {f"search.{k}": v for k, v in trial.config.items()}
+            params = {f"search.{k}": v for k, v in values.items()}
             try:
-                cfg = trial_config(self.base_raw, dict(trial.config))
+                cfg = trial_config(self.base_raw, values)
                 tracker.log_params({**config_to_dict(cfg), **params})
             except Exception:  # a bad combination: the trial itself reports the error
                 tracker.log_params(params)

@@ -1,0 +1,116 @@
+"""The sweep's report.md: what was searched and how, the best trial, the Pareto front against cost, the proxy's
+fidelity and the confirmation on the test images, each from the files the steps left in the sweep folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from mat_dist.tune.objective import CLEAN, COST_PASSES, COST_SECONDS, OBJECTIVE, ROBUST_ALL
+
+REPORT_FILE = "report.md"
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}"
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.4g}"
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(columns))) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _values(row: dict[str, Any], keys: Sequence[str]) -> str:
+    from mat_dist.tune.pareto import _text
+
+    return ", ".join(f"{k}={_text(row.get(f'param/{k}'))}" for k in keys)
+
+
+def write_sweep_report(output: Path, *, space: Any, base_raw: dict, rows: Sequence[dict[str, Any]],
+                       best: dict[str, Any] | None, front: Sequence[dict[str, Any]], max_cost: float | None,
+                       interrupted: bool, wall_s: float) -> Path:
+    from mat_dist.atomic import write_atomic
+    from mat_dist.config import config_from_dict
+    from mat_dist.console import plural
+    from mat_dist.tune.confirm import CONFIRM_FILE
+    from mat_dist.tune.fidelity import FIDELITY_PLOT, FIDELITY_SUMMARY, FIDELITY_TABLE
+    from mat_dist.tune.pareto import PARETO_PLOT
+    from mat_dist.validation import describe_check
+
+    cfg = config_from_dict(base_raw)
+    radii = ", ".join(f"{n.value} {e:g}" for n, e in cfg.eval.eps.items())
+    check = describe_check(cfg.eval.attack, cfg.eval.steps, cfg.eval.targets)
+    sched = space.scheduler
+    lines = [f"# Sweep `{Path(space.source).name}`", "",
+             f"- Base config `{base_raw['name']}` with the space's overrides "
+             f"({', '.join(f'{k}={v}' for k, v in space.overrides.items()) or 'none'}): the proxy every trial trains.",
+             f"- Searcher `{space.searcher.name.value}` (seed {space.seed}), scheduler `{sched.name.value}`"
+             + (f" (grace {sched.grace_period}, reduction {sched.reduction_factor:g})" if sched.name.value == "asha"
+                else "") + f"; {plural(len(rows), 'trial')}, {sum(r['stopped_early'] for r in rows)} stopped early, "
+             f"{sum(r['status'] == 'ERROR' for r in rows)} failed"
+             + ("; **interrupted** (continue with --resume)" if interrupted else "") + ".",
+             f"- Objective: validation union robust accuracy over all norms under {check} on "
+             f"{cfg.eval.examples} held-out validation images, at the base's eval radii ({radii})"
+             + (f"; clean accuracy at least {100 * space.objective.min_clean_acc:.0f}%"
+                if space.objective.min_clean_acc is not None else "")
+             + (f"; training cost at most {max_cost:g} forward + backward passes" if max_cost is not None else "")
+             + ".",
+             f"- Wall time of this call: {wall_s:.0f} s.", ""]
+    if best is not None:
+        lines += ["## Best trial", "",
+                  f"`{best['trial_id']}`: objective {_pct(best[OBJECTIVE])}%, clean {_pct(best[CLEAN])}%, "
+                  f"{plural(best['epochs'], 'epoch')}, {_num(best[COST_PASSES])} passes ({_num(best[COST_SECONDS])} s); "
+                  f"{_values(best, space.keys)}. Config: `best_config.yaml`.", ""]
+    else:
+        lines += ["## Best trial", "", "None eligible (no trial reported an objective"
+                  + (", or every one spent more than objective.max_cost" if max_cost is not None else "") + ").", ""]
+    lines += ["## Robustness against training cost (Pareto front)", "",
+              "Each trial is a measured point: its last reported validation union (all_attacks) and the forward + "
+              "backward passes it trained (a trial ASHA stopped is its last epoch's model at that epoch's cost). "
+              "The front holds the trials no other reached at least as robust at no more cost.", "",
+              f"![Pareto front]({PARETO_PLOT})", ""]
+    lines += _table(["trial", "epochs", "val all_attacks (%)", "clean (%)", "passes", "seconds", "within max_cost"],
+                    [[r["trial_id"], str(r["epochs"]), _pct(r[ROBUST_ALL]), _pct(r[CLEAN]), _num(r[COST_PASSES]),
+                      _num(r[COST_SECONDS]),
+                      "yes" if max_cost is None or float(r[COST_PASSES]) <= max_cost else "no"] for r in front])
+    lines.append("")
+    fid_path = output / FIDELITY_SUMMARY
+    if fid_path.is_file():
+        fid = json.loads(fid_path.read_text())
+        import csv
+
+        with (output / FIDELITY_TABLE).open() as f:
+            table = list(csv.DictReader(f))
+        rho = fid["spearman"]
+        budget = ", ".join(f"{k}={v}" for k, v in fid["full_budget"].items())
+        lines += ["## Proxy fidelity", "",
+                  f"The top {len(fid['top'])} trials and {len(fid['random'])} drawn at random (seed {space.seed}) "
+                  f"re-trained at the full budget ({budget}). Spearman rank correlation between the proxy objective "
+                  f"and the full-budget objective over {fid['n']} trials: "
+                  + (f"**{rho:.2f}** (p = {fid['p_value']:.2g})." if rho is not None and not math.isnan(rho)
+                     else "undefined (fewer than 3 trials, or a constant column).")
+                  + (" Interrupted: continue with --resume." if fid.get("interrupted") else ""), "",
+                  f"![proxy fidelity]({FIDELITY_PLOT})", ""]
+        lines += _table(["trial", "picked", "proxy epochs", "proxy (%)", "proxy rank", "full (%)", "full rank",
+                         "full clean (%)", "full passes"],
+                        [[r["trial_id"], r["picked"], r["proxy_epochs"], _pct(float(r["proxy_objective"])),
+                          r.get("proxy_rank") or "-", _pct(float(r["full_objective"])), r.get("full_rank") or "-",
+                          _pct(float(r["full_clean"])), _num(float(r["full_cost_passes"]))] for r in table])
+        lines.append("")
+    confirm_path = output / CONFIRM_FILE
+    if confirm_path.is_file():
+        conf = json.loads(confirm_path.read_text())
+        lines += ["## Confirmation on the test images", "",
+                  f"The best trial's config (`{conf['best_trial']}`) and the base config, each trained with "
+                  f"{conf['seeds']} seed(s) at the full budget. {conf['note']}", ""]
+        lines += _table(conf["table"]["columns"], conf["table"]["rows"])
+        lines += ["", f"Verdict: {conf['verdict']}. The reproduction's own report: `{conf['report']}`.", ""]
+    path = output / REPORT_FILE
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path

@@ -246,7 +246,7 @@ def _show(value: Any) -> str:
 
 
 def _choices(values: list[str]) -> str:
-    return " or ".join(values) if len(values) == 2 else "one of " + ", ".join(values)
+    return "one of " + ", ".join(values)
 
 
 def _noun(cls: type) -> str:

@@ -21,6 +21,11 @@ def _run_folder_of(path: Path) -> Path | None:
     return None
 
 
+def _source_run_folder(source) -> Path | None:
+    """The run folder of a mat-dist checkpoint source (its config names the data set); None otherwise."""
+    return _run_folder_of(Path(source.location)) if source.is_checkpoint else None
+
+
 def resolve_model(run: Path | None, checkpoint: Path | None) -> tuple[Path, Path | None]:
     """(model path, run folder or None) from exactly one of --run / --checkpoint."""
     if (run is None) == (checkpoint is None):
@@ -149,7 +154,7 @@ def run_evaluate(*, run: Path | None, checkpoint: Path | None, suite: str, examp
         output = output or Path("runs") / f"eval-{sources[0].label}-{the_suite.name}"
         _evaluate_one(sources[0], output, suite=the_suite, dataset=dataset, root=root, examples=examples,
                       cluster=cluster, workers=n_workers, tracking=tracking, tracking_uri=tracking_uri,
-                      run_folder=_run_folder_of(Path(sources[0].location)) if sources[0].is_checkpoint else None)
+                      run_folder=_source_run_folder(sources[0]))
         return
     from mat_dist.evaluate.leaderboard import LEADERBOARD_MD, evaluate_models, ranked
 
@@ -158,7 +163,7 @@ def run_evaluate(*, run: Path | None, checkpoint: Path | None, suite: str, examp
     def one(source, out_dir: Path):
         return _evaluate_one(source, out_dir, suite=the_suite, dataset=dataset, root=root, examples=examples,
                              cluster=cluster, workers=n_workers, tracking=tracking, tracking_uri=tracking_uri,
-                             run_folder=_run_folder_of(Path(source.location)) if source.is_checkpoint else None)
+                             run_folder=_source_run_folder(source))
 
     entries = evaluate_models(sources, suite=the_suite, output=output, workers=n_workers, cluster=cluster,
                               evaluate_one=one)
@@ -173,8 +178,8 @@ def _data_for(sources, data: str | None, data_root: str | None) -> tuple[str, st
     """--data, else the data set of the models' run folders (mat-dist models), which must agree."""
     if data is not None:
         return data, data_root
-    found = {resolve_data(None, data_root, _run_folder_of(Path(s.location))) for s in sources if s.is_checkpoint
-             and _run_folder_of(Path(s.location)) is not None}
+    folders = [_source_run_folder(s) for s in sources]
+    found = {resolve_data(None, data_root, f) for f in folders if f is not None}
     if len(found) == 1 and all(s.is_checkpoint for s in sources):
         return found.pop()
     raise UserError("pass --data NAME (mnist5k, mnist, cifar10, digits): the images to attack the models on")

@@ -30,7 +30,7 @@ from mat_dist.evaluate import curves as curves_mod
 from mat_dist.evaluate import metrics, report, sanity
 from mat_dist.evaluate.adapters.aa import is_full_strength
 from mat_dist.evaluate.contract import check_contract
-from mat_dist.evaluate.model_source import ModelSource, file_digest  # noqa: F401 - file_digest: public here too
+from mat_dist.evaluate.model_source import ModelSource
 from mat_dist.evaluate.model_source import parse as parse_model
 from mat_dist.evaluate.runner import Chaos, ProgressFn, run_shards
 from mat_dist.evaluate.shards import SHARDS_DIR, merge_shards, plan_shards

@@ -198,7 +198,8 @@ def _train(cfg: RunConfig, run_dir: Path, *, cluster: str | None, tracking_uri: 
 
 
 def _eval_finished(eval_dir: Path, weights: Path, fingerprint: dict[str, Any]) -> bool:
-    from mat_dist.evaluate.evaluator import FINGERPRINT, file_digest
+    from mat_dist.evaluate.evaluator import FINGERPRINT
+    from mat_dist.evaluate.model_source import file_digest
 
     if not (eval_dir / "summary.json").is_file() or not (eval_dir / FINGERPRINT).is_file():
         return False

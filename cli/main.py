@@ -105,6 +105,9 @@ def tune(
         "(1 worker: the core loop in the trial's process; more: each trial a Ray Train job). Default: local, 1 CPU."),
     trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Random trials (per grid point); "
                                          "default: the space's trials:."),
+    time_budget: Optional[float] = typer.Option(
+        None, "--time-budget", help="Wall seconds for the trials; then Tune stops them and the sweep ranks what "
+        "finished (default: the space's time_budget_s:, none)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Sweep folder (default: runs/tune-<space>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted sweep in --output; finished "
                                 "trials are not run again."),
@@ -129,7 +132,7 @@ def tune(
 
     run_tune(space=space, config=config, cluster=cluster, trials=trials, output=output, resume=resume,
              tracking_uri=tracking_uri, overrides=list(overrides or []), fidelity=fidelity, confirm=confirm,
-             confirm_suite=confirm_suite, confirm_examples=confirm_examples)
+             confirm_suite=confirm_suite, confirm_examples=confirm_examples, time_budget=time_budget)
 
 
 @app.command()

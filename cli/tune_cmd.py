@@ -12,7 +12,8 @@ from mat_dist.console import plural
 
 def run_tune(*, space: str | None, config: str | None, cluster: str | None, trials: int | None, output: Path | None,
              resume: bool, tracking_uri: str | None, overrides: list[str], fidelity: int | None = None,
-             confirm: int = 0, confirm_suite: str = "field", confirm_examples: int | None = None) -> None:
+             confirm: int = 0, confirm_suite: str = "field", confirm_examples: int | None = None,
+             time_budget: float | None = None) -> None:
     from mat_dist.errors import UserError
     from mat_dist.tune.space import load_space
 
@@ -43,7 +44,8 @@ def run_tune(*, space: str | None, config: str | None, cluster: str | None, tria
                + (f" over {', '.join(loaded.keys)} ({loaded.source})" if loaded else ""))
     result = run_sweep(loaded, output=output, base=config, overrides=overrides, cluster=cluster, trials=trials,
                        resume=resume, tracking_uri=tracking_uri, verbose=1, fidelity=fidelity, confirm=confirm,
-                       confirm_suite=confirm_suite, confirm_examples=confirm_examples, echo=typer.echo)
+                       confirm_suite=confirm_suite, confirm_examples=confirm_examples, echo=typer.echo,
+                       time_budget_s=time_budget)
     rows = result.rows
     typer.echo(f"{plural(len(rows), 'trial')} in {result.wall_s:.0f} s: {result.stopped_early} stopped early by ASHA, "
                f"{sum(r['status'] == 'ERROR' for r in rows)} failed; table {output / 'trials.csv'}")

@@ -172,6 +172,14 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def check_same_model(saved: TrainingCheckpoint, expect: ModelSpec) -> None:
+    """Refuse a checkpoint loaded without ``expect`` whose network is not the one this run builds."""
+    spec = saved.net.spec
+    if spec != expect:
+        raise UserError(f"checkpoint {saved.path} is a {describe(spec)}, but this run builds a {describe(expect)}; "
+                        f"point to a matching checkpoint or start a new output folder")
+
+
 def load_checkpoint(path: Path, *, expect: ModelSpec | None = None) -> TrainingCheckpoint:
     net = load_weights(path / WEIGHTS, expect=expect)
     try:

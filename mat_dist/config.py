@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, field, fields, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import yaml
 from annotated_types import Ge, Le, Lt
@@ -102,6 +102,19 @@ class AttackConfig:
 
 
 @dataclass(frozen=True, kw_only=True, config=FORBID)
+class SchedulePhase:
+    """One step of the per-epoch schedule: from epoch ``epoch`` (0-based) on, these values replace
+    attack.eps, attack.alpha and method.loss_weights. A key left out keeps the value it had: the base
+    config's before the first phase, the previous phase's after it. Population Based Training
+    (``matd tune`` with ``scheduler: pbt``) writes its winner's schedule in this form."""
+
+    epoch: NonNegInt
+    eps: list[Num] | None = None                 # pixel units, one per attack.norms
+    alpha: list[Positive] | None = None          # step size per attack step, one per attack.norms
+    loss_weights: list[NonNegative] | None = None  # w_m of the outer loss, one per sub-model
+
+
+@dataclass(frozen=True, kw_only=True, config=FORBID)
 class OptimConfig:
     name: OptimizerName = OptimizerName.ADAM
     lr: Positive = 1e-3               # peak learning rate
@@ -155,6 +168,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    # Per-epoch values of the radii, step sizes and loss weights, phases by rising epoch (empty: constant).
+    schedule: list[SchedulePhase] = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -205,6 +220,49 @@ def validate(cfg: RunConfig) -> None:
              "attack.tie_repeated acts on input-repeated rows: set data.input_repetition > 0")
     for norm, eps in cfg.eval.eps.items():
         _check_radius(norm, eps, f"eval.eps.{norm.value}")
+    _check_schedule(cfg)
+
+
+def _check_schedule(cfg: RunConfig) -> None:
+    a, m = cfg.attack, cfg.model.num_members
+    for i, phase in enumerate(cfg.schedule):
+        key = f"schedule[{i}]"
+        _require(phase.epoch < cfg.train.epochs,
+                 f"{key}.epoch={phase.epoch} is past the last epoch (train.epochs={cfg.train.epochs}; epochs count "
+                 f"from 0)")
+        _require(i == 0 or phase.epoch > cfg.schedule[i - 1].epoch,
+                 f"{key}.epoch={phase.epoch} must be later than the phase before it ({cfg.schedule[i - 1].epoch})")
+        for name, values in (("eps", phase.eps), ("alpha", phase.alpha)):
+            _require(values is None or len(values) == len(a.norms),
+                     f"{key}.{name} has {len(values or [])} values; give one per attack norm ({len(a.norms)})")
+        for j, (norm, eps) in enumerate(zip(a.norms, phase.eps or [])):
+            _check_radius(norm, eps, f"{key}.eps[{j}]")
+        if phase.loss_weights is not None:
+            _require(len(phase.loss_weights) == m,
+                     f"{key}.loss_weights has {len(phase.loss_weights)} values; give one per sub-model ({m})")
+            _require(sum(phase.loss_weights) > 0, f"{key}.loss_weights must not be all zero")
+
+
+class EpochValues(NamedTuple):
+    """The scheduled keys' values in force during one epoch."""
+
+    eps: list[float]
+    alpha: list[float]
+    loss_weights: list[float]
+
+
+def scheduled_values(cfg: RunConfig, epoch: int) -> EpochValues:
+    """attack.eps, attack.alpha and method.loss_weights during 0-based ``epoch``: the base values, replaced by
+    each schedule phase that has begun by then."""
+    eps, alpha = list(cfg.attack.eps), list(cfg.attack.alpha)
+    weights = list(cfg.method.loss_weights or [1.0] * cfg.model.num_members)
+    for phase in cfg.schedule:
+        if phase.epoch > epoch:
+            break
+        eps = list(phase.eps) if phase.eps is not None else eps
+        alpha = list(phase.alpha) if phase.alpha is not None else alpha
+        weights = list(phase.loss_weights) if phase.loss_weights is not None else weights
+    return EpochValues(eps=eps, alpha=alpha, loss_weights=weights)
 
 
 # ------------------------------------------------------------ dict <-> typed
@@ -216,8 +274,11 @@ def config_from_dict(raw: Any, *, source: str | None = None, overrides: Sequence
 
 def config_to_dict(cfg: RunConfig) -> dict:
     """Plain data (str, numbers, lists, dicts) that ``config_from_dict`` reads back unchanged."""
-    return {f.name: schema.plain(asdict(getattr(cfg, f.name)) if is_dataclass(getattr(cfg, f.name))
-                                 else getattr(cfg, f.name)) for f in fields(cfg)}
+    out = {f.name: schema.plain(asdict(getattr(cfg, f.name)) if is_dataclass(getattr(cfg, f.name))
+                                else getattr(cfg, f.name)) for f in fields(cfg)}
+    # a phase lists only the keys it changes
+    out["schedule"] = [{k: schema.plain(v) for k, v in asdict(p).items() if v is not None} for p in cfg.schedule]
+    return out
 
 
 def config_to_yaml(cfg: RunConfig) -> str:

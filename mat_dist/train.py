@@ -10,6 +10,7 @@ before the sink sees them.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mat_dist.attacks import TiedRows, cross_gradient_diagnostics
-from mat_dist.config import OptimizerName, RunConfig
+from mat_dist.config import OptimizerName, RunConfig, scheduled_values
 from mat_dist.data import DataSplits, MimoBatches
 from mat_dist.errors import UserError
 from mat_dist.fastpath import prepare_model
@@ -42,11 +43,13 @@ def model_spec(cfg: RunConfig, splits: DataSplits) -> ModelSpec:
                      kind=METHODS[cfg.method.name].model_kind, ensemble_output=cfg.model.ensemble_output)
 
 
-def training_threats(cfg: RunConfig, radius_scale: float = 1.0) -> list[ThreatModel]:
-    """The attack config's threat models, radii scaled by the warm-up factor in (0, 1]."""
+def training_threats(cfg: RunConfig, radius_scale: float = 1.0, *, epoch: int = 0) -> list[ThreatModel]:
+    """The attack config's threat models during 0-based ``epoch`` (its radii and step sizes after the
+    config's schedule), radii scaled by the warm-up factor in (0, 1]."""
     a = cfg.attack
+    values = scheduled_values(cfg, epoch)
     threats = []
-    for norm, eps, alpha in zip(a.norms, a.eps, a.alpha):
+    for norm, eps, alpha in zip(a.norms, values.eps, values.alpha):
         threat = make_threat(norm, eps=eps * radius_scale, alpha=alpha).with_topk(*a.l1_topk)
         threats.append(threat)
     return threats
@@ -138,9 +141,10 @@ class Trainer:
                                    rank=rank, world_size=world_size)
         self.total_steps = cfg.train.epochs * len(self.batches)
         self.attack_rng = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + rank)
-        weights = cfg.method.loss_weights or [1.0] * self.spec.num_members
-        self.loss_weights = torch.tensor(weights, device=self.device)
+        self.loss_weights = torch.tensor(scheduled_values(cfg, 0).loss_weights, device=self.device)
         self.progress = Progress()
+        # Plain data carried in every checkpoint and given back by load_state (a tuning trial's lineage).
+        self.lineage: dict[str, Any] = {}
         self.best: BestModel | None = None
         # Forward + backward passes of one global batch (paper Table 6): the unit of training cost.
         self.passes_per_batch = sum(self.method.passes_per_batch(
@@ -164,6 +168,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "attack_rng": self.attack_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "lineage": json.dumps(self.lineage),
         }
         if self.best is not None:
             state["best"] = {"epoch": self.best.epoch, "score": self.best.score, "weights": self.best.weights}
@@ -175,6 +180,7 @@ class Trainer:
         self.attack_rng.set_state(state["attack_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.progress = Progress(epoch=int(state["epoch"]), step=int(state["step"]))
+        self.lineage = json.loads(state.get("lineage", "{}"))
         best = state.get("best")
         self.best = None if best is None else BestModel(epoch=int(best["epoch"]), score=float(best["score"]),
                                                         weights=dict(best["weights"]))
@@ -196,7 +202,8 @@ class Trainer:
 
     def _current_threats(self) -> list[ThreatModel]:
         threats = training_threats(self.cfg, radius_scale(self.cfg.attack.warmup,
-                                                          self.progress.step / self.total_steps))
+                                                          self.progress.step / self.total_steps),
+                                   epoch=self.progress.epoch)
         return rotated(threats, self.progress.step) if self.cfg.attack.rotate_norms else threats
 
     def _tied_rows(self, x: torch.Tensor) -> TiedRows | None:
@@ -215,6 +222,8 @@ class Trainer:
         outer_sum = torch.zeros((), device=self.device)
         n_batches = len(self.batches)
         diagnostics: dict[str, float] = {}
+        values = scheduled_values(cfg, epoch)
+        self.loss_weights = torch.tensor(values.loss_weights, device=self.device)
         for i, (x, y) in enumerate(self.batches.epoch(epoch)):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             for group in self.optimizer.param_groups:
@@ -247,6 +256,9 @@ class Trainer:
         for j in range(m):
             metrics[f"train/loss_m{j}"] = float(member_loss[j])
             metrics[f"train/acc_m{j}"] = float(member_correct[j])
+        if cfg.schedule:  # the values this epoch trained with, so a schedule can be checked against its run
+            for name in ("eps", "alpha", "loss_weights"):
+                metrics.update({f"schedule/{name}.{i}": float(v) for i, v in enumerate(getattr(values, name))})
         metrics.update(diagnostics)
         return metrics
 

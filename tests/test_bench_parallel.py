@@ -40,6 +40,7 @@ def test_evaluator_bench_times_every_attack_and_both_worker_counts(tmp_path: Pat
     json.dumps(result)
 
 
+@pytest.mark.slow  # about a minute: three Ray Train jobs
 def test_ray_train_bench_runs_each_path_and_one_worker_trains_like_the_loop(tmp_path: Path) -> None:
     import ray
 

@@ -64,13 +64,14 @@ def test_train_then_resume_from_the_command_line(repo_cwd, tiny_raw):
     tiny_raw["train"]["epochs"] = 1
     path.write_text(yaml.safe_dump(tiny_raw))
     out = repo_cwd / "out"
-    proc = matd("train", "--config", str(path), "--output", str(out), cwd=repo_cwd)
+    # in this process (--cluster none): resuming on Ray is test_distributed's; this is the command line's part
+    proc = matd("train", "--config", str(path), "--output", str(out), "--cluster", "none", cwd=repo_cwd)
     assert proc.returncode == 0, proc.stderr
     assert (out / "model.safetensors").is_file()
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
-    proc = matd("train", "--output", str(out), "--resume", "train.epochs=2", cwd=repo_cwd)
+    proc = matd("train", "--output", str(out), "--resume", "--cluster", "none", "train.epochs=2", cwd=repo_cwd)
     _assert_one_line_error(proc, "config differs")
-    proc = matd("train", "--output", str(out), "--resume", cwd=repo_cwd)
+    proc = matd("train", "--output", str(out), "--resume", "--cluster", "none", cwd=repo_cwd)
     assert proc.returncode == 0, proc.stderr
 
 

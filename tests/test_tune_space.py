@@ -76,7 +76,7 @@ BAD = [
     ("overlap", _space({"attack.eps": {"choice": [[1.0, 0.1]]}, "attack.eps.0": {"uniform": [1, 2]}}), "overlap"),
     ("no params", {"trials": 3}, "params must map"),
     ("unknown top key", _space({"optim.lr": {"uniform": [0.1, 1]}}, trails=3), "unknown key 'trails'"),
-    ("bad scheduler", _space({"optim.lr": {"uniform": [0.1, 1]}}, scheduler={"name": "hyperband"}), "asha or fifo"),
+    ("bad scheduler", _space({"optim.lr": {"uniform": [0.1, 1]}}, scheduler={"name": "hyperband"}), "unknown scheduler 'hyperband'"),
     ("bad min clean", _space({"optim.lr": {"uniform": [0.1, 1]}}, objective={"min_clean_acc": 80}), "in [0, 1]"),
     ("fixed and searched", _space({"optim.lr": {"uniform": [0.1, 1]}}, overrides={"optim.lr": 0.1}), "both fixed"),
 ]

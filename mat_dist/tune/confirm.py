@@ -37,19 +37,17 @@ class ConfirmResult:
     report: Path                # the reproduction's report.md
 
 
-def _base_key(key: str) -> str:
-    return ".".join(p for p in key.split(".") if not p.isdigit())
-
-
 def tuned_overrides(output: Path, trial_id: str, keys: list[str]) -> tuple[str, ...]:
     """``key=value`` overrides that turn the full-budget base into the best trial's config: each searched key's
-    whole value (a list for ``attack.eps.0``), read back from the trial's config.yaml."""
+    whole value (a list for ``attack.eps.0``), read back from the trial's config.yaml, and the trial's
+    per-epoch schedule when it has one (a PBT trial's: phases at the same epochs)."""
     from mat_dist.config import read_yaml
-    from mat_dist.tune.space import get_key
+    from mat_dist.tune.space import get_key, list_key
 
     raw = read_yaml(trial_folder(output, trial_id) / "config.yaml")
-    whole = dict.fromkeys(_base_key(k) for k in keys)
-    return tuple(f"{k}={_yaml_value(get_key(raw, k))}" for k in whole)
+    whole = dict.fromkeys(list_key(k) for k in keys)
+    schedule = (f"schedule={_yaml_value(raw['schedule'])}",) if raw.get("schedule") else ()
+    return tuple(f"{k}={_yaml_value(get_key(raw, k))}" for k in whole) + schedule
 
 
 def _yaml_value(value: Any) -> str:
@@ -74,7 +72,6 @@ def confirm_preset(*, output: Path, space: Any, best: dict[str, Any], full_raw: 
     write_atomic(base_file, f"# The full-budget base of the sweep in {output}: what --confirm trains.\n"
                  + config_to_yaml(cfg))
     method = cfg.method.name
-    radii = dict(cfg.eval.eps)
     stem = Path(space.source).stem
     return Preset(
         name=f"confirm-{stem}",
@@ -84,12 +81,19 @@ def confirm_preset(*, output: Path, space: Any, best: dict[str, Any], full_raw: 
         methods=(MethodSpec(name="base", method=method, overrides=()),
                  MethodSpec(name="tuned", method=method,
                             overrides=tuned_overrides(output, best["trial_id"], space.keys))),
-        suite=suite if isinstance(suite, str) else dict(suite),
-        suite_overrides=tuple(f"eps.{n.value}={e}" for n, e in radii.items()),
-        examples=examples, workers=0, radii=radii,
-        paper_dataset="cifar10" if cfg.data.name.value == "cifar10" else "mnist",
-        data_note=f"{cfg.data.name.value}, {cfg.model.backbone}, {cfg.train.epochs} epochs: the sweep's full budget",
+        **_evaluated_at_eval_radii(cfg, suite, examples, budget_of="the sweep's full budget"),
         budget="two trainings per seed at the full budget, and their evaluations")
+
+
+def _evaluated_at_eval_radii(cfg: Any, suite: str | Mapping[str, Any], examples: int | None, *,
+                             budget_of: str) -> dict[str, Any]:
+    """A confirmation preset's evaluation: ``suite`` on the test images at the config's eval radii."""
+    radii = dict(cfg.eval.eps)
+    return dict(suite=suite if isinstance(suite, str) else dict(suite),
+                suite_overrides=tuple(f"eps.{n.value}={e}" for n, e in radii.items()),
+                examples=examples, workers=0, radii=radii,
+                paper_dataset="cifar10" if cfg.data.name.value == "cifar10" else "mnist",
+                data_note=f"{cfg.data.name.value}, {cfg.model.backbone}, {cfg.train.epochs} epochs: {budget_of}")
 
 
 def run_confirm(*, output: Path, space: Any, best: dict[str, Any], full_raw: dict, seeds: int,
@@ -116,31 +120,71 @@ def run_confirm(*, output: Path, space: Any, best: dict[str, Any], full_raw: dic
     return ConfirmResult(table=table.to_dict(), verdict=verdict, beats_base=beats, report=result.report)
 
 
-def confirm_table(data: Mapping[str, Any], *, suite_name: str):
-    """One table, base and tuned (mean ± sd over seeds [95% interval], %), the training cost, and the verdict."""
+def confirm_table(data: Mapping[str, Any], *, suite_name: str, names: tuple[str, ...] = ("base", "tuned"),
+                  reference: str = "base"):
+    """One table of ``names`` (mean ± sd over seeds [95% interval], %) with their training cost, and the verdict
+    of each against ``reference`` on all_attacks (a difference counts only when the intervals do not overlap).
+    Returns (table, verdict text, whether every other config beats the reference)."""
     from mat_dist.reproduce.report import Table, cell, separated
 
     table = Table(title="confirmation on the test images",
                   columns=["config", "seeds", *METRICS, "training passes", "training min"],
                   note=f"Suite `{suite_name}` on the test images; cells: mean ± standard deviation over the seeds "
                        f"(one seed: the value) and the union of the seeds' 95% Wilson intervals, in %.")
-    for name in ("base", "tuned"):
+    for name in names:
         d = data[name]
         last = d.metrics[-1] if d.metrics else {}
         minutes = sum(float(r.get("epoch_time_s", 0.0)) for r in d.metrics) / 60
         table.rows.append([name, str(len(d.seed_summaries)), *(cell(d, m) for m in METRICS),
                            f"{float(last.get('train/passes', float('nan'))):.4g}", f"{minutes:.1f}"])
-    base, tuned = data["base"], data["tuned"]
-    b, t = base.interval("all_attacks"), tuned.interval("all_attacks")
-    mb, mt = base.mean("all_attacks"), tuned.mean("all_attacks")
-    beats = separated(b, t) and (mt or 0.0) > (mb or 0.0)
-    if beats:
-        verdict = f"the tuned config beats the base config on all_attacks by more than the intervals " \
-                  f"({100 * (mt or 0):.1f}% against {100 * (mb or 0):.1f}%)"
-    elif separated(b, t):
-        verdict = f"the base config beats the tuned config on all_attacks by more than the intervals " \
-                  f"({100 * (mb or 0):.1f}% against {100 * (mt or 0):.1f}%)"
-    else:
-        verdict = f"a tie on all_attacks: the intervals overlap ({100 * (mt or 0):.1f}% tuned, " \
-                  f"{100 * (mb or 0):.1f}% base)"
-    return table, verdict, beats
+    ref = data[reference]
+    b, mb = ref.interval("all_attacks"), ref.mean("all_attacks") or 0.0
+    verdicts, beats_all = [], True
+    for name in names:
+        if name == reference:
+            continue
+        t, mt = data[name].interval("all_attacks"), data[name].mean("all_attacks") or 0.0
+        apart = separated(b, t)
+        beats_all = beats_all and apart and mt > mb
+        label = "the tuned config" if names == ("base", "tuned") else name
+        other = "the base config" if reference == "base" else reference
+        if apart and mt > mb:
+            verdicts.append(f"{label} beats {other} on all_attacks by more than the intervals "
+                            f"({100 * mt:.1f}% against {100 * mb:.1f}%)")
+        elif apart:
+            verdicts.append(f"{other} beats {label} on all_attacks by more than the intervals "
+                            f"({100 * mb:.1f}% against {100 * mt:.1f}%)")
+        elif names == ("base", "tuned"):
+            verdicts.append(f"a tie on all_attacks: the intervals overlap ({100 * mt:.1f}% tuned, "
+                            f"{100 * mb:.1f}% base)")
+        else:
+            verdicts.append(f"{label} ties {other} on all_attacks: the intervals overlap ({100 * mt:.1f}% against "
+                            f"{100 * mb:.1f}%)")
+    return table, "; ".join(verdicts), beats_all
+
+
+def compare_preset(*, base_file: Path, sweeps: Mapping[str, Path], suite: str | Mapping[str, Any],
+                   examples: int | None, reference: str = "hand-picked"):
+    """A preset of the base config (``reference``) and the best config of each sweep folder, all at the base's
+    budget: the searches compared on the test images (scripts/compare_searches.py)."""
+    from mat_dist.config import load_config
+    from mat_dist.reproduce.presets import MethodSpec, Preset
+
+    cfg = load_config(base_file)
+    methods = [MethodSpec(name=reference, method=cfg.method.name, overrides=())]
+    for name, folder in sweeps.items():
+        saved = json.loads((folder / "sweep.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text())
+        if summary.get("best") is None:
+            from mat_dist.errors import UserError
+
+            raise UserError(f"{folder} has no best trial (summary.json); finish that sweep first")
+        keys = list(saved["space"]["params"])
+        methods.append(MethodSpec(name=name, method=cfg.method.name,
+                                  overrides=tuned_overrides(folder, summary["best"]["trial_id"], keys)))
+    return Preset(
+        name="compare-searches", description=f"{reference} ({base_file}) beside the best config of "
+                                             f"{', '.join(f'{n} ({f})' for n, f in sweeps.items())}",
+        base_config=str(base_file), base_overrides=(), methods=tuple(methods),
+        **_evaluated_at_eval_radii(cfg, suite, examples, budget_of="the base's budget"),
+        budget="one training per config and seed, and its evaluation")

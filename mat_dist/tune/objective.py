@@ -134,23 +134,38 @@ def train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     """
     from ray import tune
 
-    from mat_dist.checkpoint import load_checkpoint
+    from mat_dist.checkpoint import check_same_model, load_checkpoint
     from mat_dist.data import load_splits
     from mat_dist.train import Trainer, resolve_device, set_threads
     from mat_dist.training.recorder import EpochRecorder
 
     # One INFO line per checkpoint ("Checkpoint successfully created") is noise at one checkpoint per epoch.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    trial_id, folder, cfg = _prepare_trial(spec, params)
+    checkpoint = tune.get_checkpoint()
+    saved = None
+    if checkpoint is not None:  # its own after a restart; another trial's after a PBT exploit
+        with checkpoint.as_directory() as path:
+            saved = load_checkpoint(Path(path))
+    if "pbt_lists" in spec:  # a PBT trial: its config is its values and its lineage's schedule
+        from mat_dist.tune.pbt import prepare_pbt_trial
+
+        trial_id = tune.get_context().get_trial_id()
+        folder = trial_folder(spec["sweep_dir"], trial_id)
+        prepared = prepare_pbt_trial(spec, params, trial_id, folder, saved.state if saved else None)
+        if prepared is None:
+            return
+        cfg, lineage = prepared
+    else:
+        trial_id, folder, cfg = _prepare_trial(spec, params)
+        lineage = {}
     set_threads(spec["threads"])
     splits = load_splits(cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size, seed=cfg.seed,
                          limit_train=cfg.data.limit_train)
     trainer = Trainer(cfg, splits, device=resolve_device(cfg.train.device))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            saved = load_checkpoint(Path(path), expect=trainer.spec)
-            trainer.load_state(saved.net, saved.state)
+    if saved is not None:
+        check_same_model(saved, trainer.spec)
+        trainer.load_state(saved.net, saved.state)
+    trainer.lineage = lineage
     history = _history_upto(folder, trainer.progress.epoch)
     _append_line(folder / STARTS_FILE, {"from_epoch": trainer.progress.epoch, "pid": os.getpid(),
                                         "time": time.time()})

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from mat_dist.tune.objective import OBJECTIVE
-from mat_dist.tune.space import Dist, Param, Searcher, SearchSpace
+from mat_dist.tune.space import Dist, Param, Scheduler, Searcher, SearchSpace
 
 
 def _scalar(value: Any) -> bool:
@@ -66,4 +66,7 @@ def search_alg(space: SearchSpace, *, concurrency: int) -> tuple[Any, dict[str, 
     from ray.tune.search import BasicVariantGenerator
 
     # A SearchGenerator ignores TuneConfig(max_concurrent_trials) (Ray warns): the generator bounds it.
-    return BasicVariantGenerator(random_state=space.seed, max_concurrent=concurrency), space.ray_param_space()
+    # A PBT population must exist whole (trials pause and wait for one another at each decision point):
+    # the cluster's resources alone bound the trials that run at once.
+    live = 0 if space.scheduler.name is Scheduler.PBT else concurrency
+    return BasicVariantGenerator(random_state=space.seed, max_concurrent=live), space.ray_param_space()

@@ -9,6 +9,7 @@ A space file (``tune_spaces/*.yaml``) opens with the command that runs it:
     trials: 8                    # random samples (per grid point: Ray's num_samples); --trials replaces it
     seed: 0                      # seeds the random search (the sweep's; trials keep the base's seed)
     max_concurrent: null         # cap on trials at once; null: as many as the cluster holds
+    time_budget_s: null          # wall seconds for the trials (matd tune --time-budget); then Tune stops them
     objective:
       min_clean_acc: 0.5         # trials below this clean accuracy score 0 (infeasible); null: no constraint
       max_cost: null             # trials that train more forward + backward passes score 0, never the best
@@ -16,9 +17,13 @@ A space file (``tune_spaces/*.yaml``) opens with the command that runs it:
       name: random               # random (seeded random search, grid) | tpe (Optuna's TPE, seeded by seed:)
       startup_trials: 10         # tpe: trials drawn at random before the model proposes (Optuna's n_startup_trials)
     scheduler:
-      name: asha                 # asha (early stopping on the per-epoch objective) | fifo (none)
+      name: asha                 # asha (early stopping on the per-epoch objective) | fifo (none) | pbt
       grace_period: 1            # epochs every trial runs before ASHA may stop it
       reduction_factor: 2        # ASHA keeps the best 1/reduction_factor at each rung
+      perturbation_interval: 2   # pbt: epochs between exploit/explore decisions (mat_dist.tune.pbt)
+      quantile_fraction: 0.25    # pbt: the bottom share copies a trial of the top share
+      resample_probability: 0.25 # pbt: a value drawn afresh instead of perturbed (x0.8 / x1.2, a step of a choice)
+      synch: true                # pbt: the population waits for one another at each decision
     fidelity:                    # re-train some trials at the full budget: does the proxy rank them right?
       top: 0                     # the best N trials (0: no fidelity step; matd tune --fidelity N replaces it)
       random: 2                  # and N more drawn at random (seeded) from the rest
@@ -64,13 +69,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pydantic
-from annotated_types import Gt
+from annotated_types import Gt, Le
 from pydantic import BaseModel
 
 from mat_dist import schema
 from mat_dist.config import RunConfig, config_from_dict, find_yaml, shipped_names
 from mat_dist.errors import UserError
-from mat_dist.schema import FORBID, Count, NonNegInt, Num, Positive, Share, Str, bare, key_type, must
+from mat_dist.schema import FORBID, Bool, Count, NonNegInt, Num, Positive, Share, Str, bare, key_type, must
 
 # The shipped spaces: the repository's tune_spaces/ folder, installed as the package
 # mat_dist.tune_spaces (pyproject.toml), like clusters/.
@@ -87,6 +92,8 @@ FORBIDDEN: dict[str, str] = {
     "data.val_size": "the validation split defines the objective",
     "train.device": "the device is the cluster file's (workers.gpus)",
     "train.threads": "threads follow the cluster file's workers.cpus",
+    "schedule": "a per-epoch schedule is what scheduler: pbt learns; search attack.eps, attack.alpha or "
+                "method.loss_weights with it",
 }
 # Keys whose values must be > 0 (radii, step sizes, learning rate, counts) or >= 0.
 POSITIVE = ("attack.eps", "attack.alpha", "optim.lr", "attack.steps", "train.epochs", "data.batch_size",
@@ -110,6 +117,12 @@ class Dist(str, enum.Enum):
 class Scheduler(str, enum.Enum):
     ASHA = "asha"
     FIFO = "fifo"
+    PBT = "pbt"    # Population Based Training: a per-epoch schedule of radii, step sizes, loss weights
+
+
+# The keys Population Based Training may perturb during training: those a run config can schedule per epoch
+# (RunConfig.schedule), so the winner's schedule replays with ``matd train --config``.
+SCHEDULABLE = ("attack.eps", "attack.alpha", "method.loss_weights")
 
 
 class Searcher(str, enum.Enum):
@@ -174,8 +187,15 @@ class FidelitySpec:
 @pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)
 class SchedulerSpec:
     name: Scheduler = Scheduler.ASHA
-    grace_period: Count = 1
-    reduction_factor: Annotated[Num, Gt(1)] = 2.0
+    grace_period: Count = 1           # asha
+    reduction_factor: Annotated[Num, Gt(1)] = 2.0  # asha
+    perturbation_interval: Count = 2  # pbt: epochs between a trial's exploit/explore decisions
+    quantile_fraction: Annotated[Num, Gt(0), Le(0.5)] = 0.25  # pbt: the bottom share copies the top share
+    resample_probability: Share = 0.25  # pbt: chance a value is drawn afresh rather than perturbed
+    # pbt: every trial waits at each decision point for the whole population (Tune's synch=True). A
+    # population larger than the trials that fit at once then still compares trials at equal epochs; without
+    # it a trial that runs ahead alone has no one to copy.
+    synch: Bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,6 +206,7 @@ class SearchSpace:
     trials: int = 8
     seed: int = 0
     max_concurrent: int | None = None
+    time_budget_s: float | None = None
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     searcher: SearcherSpec = field(default_factory=SearcherSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
@@ -250,7 +271,7 @@ def _forbidden(key: str) -> str | None:
     return None
 
 
-def _base_key(key: str) -> str:
+def list_key(key: str) -> str:
     """``attack.eps.2`` -> ``attack.eps``: the key without list indices."""
     return ".".join(p for p in key.split(".") if not p.isdigit())
 
@@ -266,6 +287,7 @@ class SpaceFile(BaseModel):
     trials: Count = 8
     seed: NonNegInt = 0
     max_concurrent: Count | None = None
+    time_budget_s: Positive | None = None  # wall seconds for the trials; then Tune stops them (cut, not failed)
     objective: ObjectiveSpec = ObjectiveSpec()
     searcher: Annotated[SearcherSpec, pydantic.BeforeValidator(
         lambda v: {"name": v} if isinstance(v, str) else v)] = SearcherSpec()  # "searcher: tpe" is short for name: tpe
@@ -313,7 +335,7 @@ def _parse_param(key: Any, spec: Any, source: str) -> Param:
         dist = Dist(name)
     except ValueError:
         raise UserError(f"{where}: unknown distribution {name!r}; use one of {names}") from None
-    base_key = _base_key(key)
+    base_key = list_key(key)
     positive = any(base_key == k for k in POSITIVE)
     non_negative = any(base_key == k for k in NON_NEGATIVE)
     if dist.is_range:
@@ -365,13 +387,28 @@ def space_from_dict(raw: Any, *, source: str = "(mapping)") -> SearchSpace:
             if p.dist is Dist.GRID:
                 raise UserError(f"{source}: params.{p.key}: grid has no TPE counterpart; use choice with "
                                 f"searcher tpe, or searcher random")
+    if f.scheduler.name is Scheduler.PBT:
+        _check_pbt(f, params, source)
     for k in f.fidelity.full:
         reason = _forbidden(k) if k != "eval.examples" else None
         if reason is not None:
             raise UserError(f"{source}: fidelity.full.{k}: the full budget cannot change {k} ({reason})")
     return SearchSpace(params=params, base=f.base, overrides=dict(f.overrides), trials=f.trials, seed=f.seed,
-                       max_concurrent=f.max_concurrent, objective=f.objective, searcher=f.searcher,
+                       max_concurrent=f.max_concurrent, time_budget_s=f.time_budget_s, objective=f.objective, searcher=f.searcher,
                        scheduler=f.scheduler, fidelity=f.fidelity, source=source)
+
+
+def _check_pbt(f: SpaceFile, params: tuple[Param, ...], source: str) -> None:
+    """PBT perturbs values while trials train: only keys a run config schedules per epoch, drawn at random."""
+    if f.searcher.name is not Searcher.RANDOM:
+        raise UserError(f"{source}: scheduler pbt draws its population at random and then perturbs it; "
+                        f"use searcher random, not {f.searcher.name.value}")
+    for p in params:
+        if list_key(p.key) not in SCHEDULABLE:
+            raise UserError(f"{source}: params.{p.key}: scheduler pbt changes values during training, and only "
+                            f"{', '.join(SCHEDULABLE)} have per-epoch schedules; fix {p.key} in overrides")
+        if p.dist is Dist.GRID:
+            raise UserError(f"{source}: params.{p.key}: grid cannot be perturbed; use choice with scheduler pbt")
 
 
 def resolve_space_path(name_or_path: str | os.PathLike) -> Path:
@@ -396,11 +433,15 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
         params[p.key] = {p.dist.value: [p.low, p.high] if p.dist.is_range else list(p.values)}
     return {
         "base": space.base, "overrides": dict(space.overrides), "trials": space.trials, "seed": space.seed,
-        "max_concurrent": space.max_concurrent,
+        "max_concurrent": space.max_concurrent, "time_budget_s": space.time_budget_s,
         "objective": {"min_clean_acc": space.objective.min_clean_acc, "max_cost": space.objective.max_cost},
         "searcher": {"name": space.searcher.name.value, "startup_trials": space.searcher.startup_trials},
         "scheduler": {"name": space.scheduler.name.value, "grace_period": space.scheduler.grace_period,
-                      "reduction_factor": space.scheduler.reduction_factor},
+                      "reduction_factor": space.scheduler.reduction_factor,
+                      "perturbation_interval": space.scheduler.perturbation_interval,
+                      "quantile_fraction": space.scheduler.quantile_fraction,
+                      "resample_probability": space.scheduler.resample_probability,
+                      "synch": space.scheduler.synch},
         "fidelity": {"top": space.fidelity.top, "random": space.fidelity.random, "full": dict(space.fidelity.full)},
         "params": params,
     }

@@ -159,7 +159,8 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
               overrides: Sequence[str] = (), cluster: Any = None, trials: int | None = None, resume: bool = False,
               tracking_uri: str | None = None, callbacks: Sequence[Any] = (), verbose: int = 0,
               fidelity: int | None = None, confirm: int = 0, confirm_suite: str | Mapping[str, Any] = "field",
-              confirm_examples: int | None = None, echo: Callable[[str], None] | None = None) -> SweepResult:
+              confirm_examples: int | None = None, echo: Callable[[str], None] | None = None,
+              time_budget_s: float | None = None) -> SweepResult:
     """Run (or with ``resume`` continue) the sweep of ``space`` into ``output``.
 
     ``cluster``: a ClusterConfig, a cluster file or shipped name, or None (the
@@ -171,6 +172,7 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
     and the base config with that many seeds at the full budget and evaluate
     them with ``confirm_suite`` (a suite name, file or plain data) on
     ``confirm_examples`` test images (None: the suite's count). ``echo``: progress lines of those two steps.
+    ``time_budget_s`` replaces the space's wall-clock budget for the trials (a new sweep only).
     """
     from mat_dist.cluster.files import IN_PROCESS, ClusterConfig, cluster_from_dict, cluster_to_dict, load_cluster
 
@@ -179,6 +181,11 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     output = Path(output).expanduser().resolve()
     saved = _load_saved(output) if resume else None
+    if time_budget_s is not None:
+        if time_budget_s <= 0:
+            raise UserError(f"--time-budget {time_budget_s:g}: give a positive number of seconds")
+        if space is not None:
+            space = dataclasses.replace(space, time_budget_s=float(time_budget_s))
     if confirm < 0 or (fidelity is not None and fidelity < 0):
         raise UserError(f"--confirm {confirm} / --fidelity {fidelity}: give 0 or more")
     if saved is not None:
@@ -191,6 +198,7 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
         cluster_cfg = (load_cluster(cluster) if isinstance(cluster, str) else cluster) if cluster is not None \
             else cluster_from_dict(saved["cluster"], source=saved["cluster_source"])
         num_samples = trials or saved["trials"]
+        _check_pbt_trials(space, cluster_cfg)
     else:
         if space is None:
             raise UserError("give --space FILE (a search space; see tune_spaces/)")
@@ -205,6 +213,7 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
         num_samples = trials or space.trials
         if num_samples < 1:
             raise UserError(f"--trials {num_samples}: give at least 1")
+        _check_pbt_trials(space, cluster_cfg)
         output.mkdir(parents=True, exist_ok=True)
         saved = {"space": space_to_dict(space), "space_source": space.source, "base": base_raw,
                  # the base before the space's overrides: the full budget of the fidelity step and --confirm
@@ -235,10 +244,14 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
         tuner = _tuner(space, base_raw, cluster_cfg, shape, output, concurrency=concurrency, num_samples=num_samples,
                        parent=parent, callbacks=list(callbacks), verbose=verbose, resume=resume)
         log.info("sweep %s: %d trial(s) at once, %s", output, concurrency, shape)
+        fit_started = time.perf_counter()
         tuner.fit()
         statuses = trial_statuses(output / "ray" / EXPERIMENT)
         total = num_samples * math.prod(len(p.values) for p in space.params if p.dist is Dist.GRID)
-        interrupted = len(statuses) < total or any(s not in ("TERMINATED", "ERROR") for s in statuses.values())
+        # At space.time_budget_s Tune stops: the trials it cut or never started are the budget's, not a crash's.
+        spent = space.time_budget_s is not None and time.perf_counter() - fit_started >= 0.98 * space.time_budget_s
+        interrupted = not spent and (len(statuses) < total
+                                     or any(s not in ("TERMINATED", "ERROR") for s in statuses.values()))
         rows = trial_rows(output, space, statuses, max_epochs=_max_epochs(space, base_raw))
         order = ranked(rows, space.objective.max_cost)
         best = best_row(rows, space.objective.max_cost)
@@ -299,6 +312,13 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
                        fidelity=fid, confirm=conf, report=report)
 
 
+def _check_pbt_trials(space: SearchSpace, cluster: Any) -> None:
+    if space.scheduler.name is Scheduler.PBT:
+        from mat_dist.tune.pbt import check_shape
+
+        check_shape(trial_shape(cluster).kind, cluster.source)
+
+
 def full_budget(space: SearchSpace, saved: dict) -> dict:
     """The full-budget base of the fidelity step and --confirm: the sweep's base with the budget keys the
     space's overrides shorten put back at the base config's values, then the space's ``fidelity.full``."""
@@ -337,6 +357,10 @@ def trainable(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShap
 
     spec = {"base": base_raw, "sweep_dir": str(sweep_dir), "threads": shape.threads,
             "min_clean_acc": space.objective.min_clean_acc, "max_cost": space.objective.max_cost, **(extra or {})}
+    if space.scheduler.name is Scheduler.PBT and "sources" not in spec:  # the sweep's own trials, not re-runs
+        from mat_dist.tune.pbt import scheduled_lists
+
+        spec["pbt_lists"] = scheduled_lists(space.keys)
     if shape.kind == "ray_train":
         spec.update(cluster=cluster_to_dict(cluster), cluster_source=cluster.source,
                     storage=str(cluster.storage_uri(sweep_dir / "train")))
@@ -346,14 +370,16 @@ def trainable(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShap
     return tune.with_resources(tune.with_parameters(function, spec=spec), shape.resources)
 
 
-def run_config(name: str, storage: Path, cluster: Any, shape: TrialShape, *, callbacks: list, verbose: int):
+def run_config(name: str, storage: Path, cluster: Any, shape: TrialShape, *, callbacks: list, verbose: int,
+               keep: int = 1):
     from ray import tune
 
     return tune.RunConfig(
         name=name, storage_path=str(storage), callbacks=callbacks or None, verbose=verbose,
         # the trial's own process restarts from its latest checkpoint; a Train job restarts itself
         failure_config=tune.FailureConfig(max_failures=cluster.failure.max_failures if shape.kind == "process" else 0),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        # PBT copies a top trial's latest checkpoint; Tune warns (and may lose the copy) at num_to_keep <= 2
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=keep))
 
 
 def _tuner(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, output: Path, *, concurrency: int,
@@ -368,7 +394,11 @@ def _tuner(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, 
     if resume and tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), fn, resume_errored=True)  # the searcher's state comes back with it
     epochs = _max_epochs(space, base_raw)
-    if space.scheduler.name is Scheduler.ASHA:
+    if space.scheduler.name is Scheduler.PBT:
+        from mat_dist.tune.pbt import pbt_scheduler
+
+        scheduler = pbt_scheduler(space)
+    elif space.scheduler.name is Scheduler.ASHA:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs,
                                   grace_period=min(space.scheduler.grace_period, epochs),
                                   reduction_factor=space.scheduler.reduction_factor)
@@ -384,8 +414,9 @@ def _tuner(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, 
     return tune.Tuner(
         fn, param_space=param_space,
         tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", scheduler=scheduler, num_samples=num_samples,
-                                    search_alg=searcher),
-        run_config=run_config(EXPERIMENT, output / "ray", cluster, shape, callbacks=callbacks, verbose=verbose),
+                                    search_alg=searcher, time_budget_s=space.time_budget_s),
+        run_config=run_config(EXPERIMENT, output / "ray", cluster, shape, callbacks=callbacks, verbose=verbose,
+                              keep=3 if space.scheduler.name is Scheduler.PBT else 1),
     )
 
 

@@ -96,8 +96,8 @@ def evaluate(
 @app.command(context_settings={"allow_extra_args": False})
 def tune(
     space: Optional[str] = typer.Option(
-        None, "--space", help="Search space YAML, or a shipped space: mnist5k-cpu, mnist5k-paper, mnist-paper,"
-        " cifar10-paper."),
+        None, "--space", help="Search space YAML, or a shipped space: mnist5k-cpu, mnist5k-paper, mnist5k-paper-pbt,"
+        " mnist-paper, cifar10-paper."),
     config: Optional[str] = typer.Option(
         None, "--config", "-c", help="Base config (file or shipped name); default: the space's base:."),
     cluster: Optional[str] = typer.Option(
@@ -126,8 +126,9 @@ def tune(
     overrides: Optional[list[str]] = typer.Argument(
         None, help="Base config overrides key.sub=value, applied after the space's overrides."),
 ) -> None:
-    """Search attack step sizes, radii, loss weights, K, lr with Ray Tune (random or TPE, ASHA); writes
-    trials.csv, a plot, the Pareto front against training cost, best_config.yaml and report.md to --output."""
+    """Search attack step sizes, radii, loss weights, K, lr with Ray Tune (random or TPE with ASHA, or PBT for a
+    per-epoch schedule); writes trials.csv, a plot, the Pareto front against training cost, best_config.yaml and
+    report.md to --output."""
     from mat_dist.cli.tune_cmd import run_tune
 
     run_tune(space=space, config=config, cluster=cluster, trials=trials, output=output, resume=resume,

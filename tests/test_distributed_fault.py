@@ -63,6 +63,7 @@ def _registered(storage: Path, output: Path) -> list[int]:
     return [int(r["metrics"]["epoch"]) for r in snapshot.get("checkpoint_results", [])]
 
 
+@pytest.mark.slow  # about 90 s on 2 cores: a 2-node cluster, a node removed, the run resumed
 def test_node_removed_mid_run_resumes_and_loses_no_epoch(cluster, tmp_path: Path) -> None:
     c, workers = cluster
     storage, output = tmp_path / "storage", tmp_path / "run"

@@ -61,6 +61,7 @@ def test_a_different_seed_count_is_another_reproduction(two_seeds):
         reproduce(preset, output=out, tracking=False, seeds=3)
 
 
+@pytest.mark.slow  # about 40 s: every method of the preset trained and evaluated
 def test_tiny_preset_at_the_paper_radii_runs_end_to_end(tmp_path):
     from mat_dist.reproduce.pipeline import reproduce
 

@@ -111,7 +111,7 @@ def test_a_pbt_space_searches_only_what_a_config_can_schedule(change, fragment) 
 
 @pytest.fixture(scope="module")
 def pbt_sweep(tmp_path_factory):
-    """2 trials at once, 3 epochs on 160 images; after each epoch the worse one copies the better one."""
+    """2 trials at once, 2 epochs on 160 images; after epoch 1 the worse one copies the better one."""
     from mat_dist.cluster.files import cluster_from_dict
     from mat_dist.tune.sweep import run_sweep
     from tune_helpers import ray_session, tiny_base
@@ -119,13 +119,14 @@ def pbt_sweep(tmp_path_factory):
     ray_session()
     tmp = tmp_path_factory.mktemp("pbt")
     raw = tiny_base(tmp)
-    raw["train"]["epochs"], raw["data"]["limit_train"] = 3, 160
+    raw["train"]["epochs"], raw["data"]["limit_train"] = 2, 160
     base = config_from_dict(raw)
     space = space_from_dict({
         "trials": 2, "seed": 1,
         "scheduler": {"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
                       "resample_probability": 0.0},
-        "params": {"attack.eps.0": {"uniform": [0.5, 1.5]},
+        # a wide range: explore (x0.8 or x1.2) seldom hits a bound, where clipping could leave a value as it was
+        "params": {"attack.eps.0": {"loguniform": [0.2, 4.0]},
                    "method.loss_weights": {"choice": [[1, 1], [1, 2], [2, 1]]}},
     }, source=str(tmp / "pbt-space.yaml"))
     one_cpu = cluster_from_dict({"workers": {"num": 1, "cpus": 1}}, source="one-cpu.yaml")  # 2 trials at once
@@ -151,6 +152,8 @@ def test_pbt_exploits_a_top_trial_with_perturbed_values(pbt_sweep) -> None:
         assert cfg.schedule and cfg.schedule[0].epoch == 0
         # the last phase holds the values the trial ended with
         assert cfg.attack.eps[0] == pytest.approx(scheduled_values(cfg, base.train.epochs - 1).eps[0])
+    report = (result.output / "report.md").read_text()
+    assert "## Population Based Training" in report and f"{len(done)} exploit(s)" in report
     exploited = {tid for tid, _ in done}
     assert any(len(load_config(trial_folder(result.output, t) / "config.yaml").schedule) > 1 for t in exploited)
 
@@ -204,3 +207,36 @@ def test_pbt_needs_single_process_trials(tmp_path) -> None:
     with pytest.raises(UserError, match="scheduler pbt needs single-process trials"):
         run_sweep(space, output=tmp_path / "out", base=config_from_dict(copy.deepcopy(tiny_base(tmp_path))),
                   cluster=cluster)
+
+
+def test_the_fidelity_step_re_trains_a_pbt_trial_with_its_schedule(tmp_path) -> None:
+    """A PBT trial's config (made here) re-trained at the full budget trains its schedule, not its last values."""
+    from mat_dist.atomic import write_atomic
+    from mat_dist.cluster.files import load_cluster
+    from mat_dist.config import config_to_yaml
+    from mat_dist.tune.fidelity import FIDELITY_DIR, run_fidelity
+    from mat_dist.tune.space import trial_config
+    from mat_dist.tune.sweep import ranked, trial_shape
+    from tune_helpers import ray_session, tiny_base
+
+    ray_session()
+    proxy = tiny_base(tmp_path)
+    proxy["train"]["epochs"], proxy["data"]["limit_train"] = 2, 64
+    full = copy.deepcopy(proxy)
+    full["data"]["limit_train"] = 96
+    space = space_from_dict({"scheduler": {"name": "pbt"}, "params": {"attack.eps.0": {"uniform": [0.5, 1.5]}}},
+                            source=str(tmp_path / "pbt.yaml"))
+    schedule = [{"epoch": 0, "eps": [0.6, 0.1]}, {"epoch": 1, "eps": [1.2, 0.1]}]
+    out = tmp_path / "sweep"
+    write_atomic(trial_folder(out, "pbt_00000") / "config.yaml",
+                 config_to_yaml(trial_config(proxy, {"attack.eps.0": 1.2}, schedule=schedule)))
+    rows = [{"trial_id": "pbt_00000", "status": "TERMINATED", "stopped_early": False, "epochs": 2,
+             "objective": 0.5, "val/clean_acc": 0.5}]
+    cluster = load_cluster(None)
+    fid = run_fidelity(output=out, space=space, ranked=ranked(rows), full_raw=full, top=1, extra=0, cluster=cluster,
+                       shape=trial_shape(cluster), concurrency=1, parent=None, verbose=0)
+    assert [r["trial_id"] for r in fid.rows] == ["pbt_00000"] and fid.rows[0]["complete"]
+    folder = trial_folder(out / FIDELITY_DIR, "pbt_00000")
+    cfg = load_config(folder / "config.yaml")
+    assert cfg.data.limit_train == 96 and config_to_dict(cfg)["schedule"] == schedule
+    assert [m["schedule/eps.0"] for m in read_jsonl(folder / "metrics.jsonl")] == [0.6, 1.2]

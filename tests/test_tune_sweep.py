@@ -162,11 +162,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
 
 
 def test_a_time_budget_ends_the_sweep_and_ranks_what_finished(tmp_path: Path) -> None:
-    """20 trials asked for, 25 s given: Tune stops, the sweep is not 'interrupted', the best finished trial is
+    """20 trials asked for, 12 s given: Tune stops, the sweep is not 'interrupted', the best finished trial is
     exported, and the trials the budget cut or never started are neither best nor errors."""
     ray_session()
     base = config_from_dict(tiny_base(tmp_path))
-    space = space_from_dict({"trials": 20, "seed": 0, "time_budget_s": 25, "scheduler": {"name": "fifo"},
+    space = space_from_dict({"trials": 20, "seed": 0, "time_budget_s": 12, "scheduler": {"name": "fifo"},
                              "params": {"optim.lr": {"loguniform": [1e-3, 1e-2]}}},
                             source=str(tmp_path / "budget.yaml"))
     result = run_sweep(space, output=tmp_path / "out", base=base)

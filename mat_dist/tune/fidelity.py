@@ -96,12 +96,17 @@ def full_budget_base(proxy_raw: dict, budget_raw: dict, *, overrides: dict[str, 
 
 
 def searched_values(output: Path, trial_id: str, keys: Sequence[str]) -> dict[str, Any]:
-    """The values a sweep trial searched, read back from its config.yaml."""
+    """The values a sweep trial searched, read back from its config.yaml, with its per-epoch schedule when it has
+    one (a PBT trial: what it learned is the schedule, not its last values)."""
     from mat_dist.config import read_yaml
+    from mat_dist.tune.objective import SCHEDULE
     from mat_dist.tune.space import get_key
 
     raw = read_yaml(trial_folder(output, trial_id) / "config.yaml")
-    return {key: get_key(raw, key) for key in keys}
+    values = {key: get_key(raw, key) for key in keys}
+    if raw.get("schedule"):
+        values[SCHEDULE] = raw["schedule"]
+    return values
 
 
 def planned_top(output: Path) -> int | None:

@@ -52,6 +52,7 @@ CLEAN = "val/clean_acc"
 COST_PASSES = "cost/passes"   # forward + backward passes of the training network so far (paper Table 6 units)
 COST_SECONDS = "cost/seconds"  # wall seconds of the epochs so far (training and the per-epoch check)
 SOURCE = "source_trial"       # a fidelity re-run's config: the sweep trial whose values it re-trains
+SCHEDULE = "schedule"         # a fidelity re-run's source values: the PBT trial's per-epoch schedule
 TRIALS_DIR = "trials"
 STARTS_FILE = "starts.jsonl"
 
@@ -107,11 +108,13 @@ def _prepare_trial(spec: dict[str, Any], params: dict[str, Any]):
     from mat_dist.tune.space import trial_config
 
     trial_id = tune.get_context().get_trial_id()
+    schedule = None
     if "sources" in spec:  # a fidelity re-run: the named sweep trial's values, in a folder named after it
         trial_id = params[SOURCE]
-        params = spec["sources"][trial_id]
+        params = dict(spec["sources"][trial_id])
+        schedule = params.pop(SCHEDULE, None)  # a PBT trial's learned schedule, re-trained as it is
     folder = trial_folder(spec["sweep_dir"], trial_id)
-    cfg = trial_config(spec["base"], params, name=f"{spec['base']['name']}-{trial_id}")
+    cfg = trial_config(spec["base"], params, name=f"{spec['base']['name']}-{trial_id}", schedule=schedule)
     write_atomic(folder / "config.yaml", config_to_yaml(cfg))
     return trial_id, folder, cfg
 

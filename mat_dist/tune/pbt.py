@@ -10,6 +10,10 @@ perturbed (explore: a range value times 0.8 or 1.2, clipped to its range; a
 choice one step left or right; either drawn afresh with
 ``resample_probability``).
 
+``burn_in`` holds the first decision back: at the paper's radii the union
+objective is exactly 0 for the first third of a run, and decisions among
+ties copy at random.
+
 A trial's values therefore change during training, and what it trained with
 is a schedule. Each trial keeps it in ``RunConfig.schedule`` form: phase 0
 holds the values it started with (or its donor's lineage, after an exploit),
@@ -71,6 +75,7 @@ def pbt_scheduler(space: SearchSpace):
     # as far as the trials' finishing order allows.
     random.seed(space.seed)
     return PopulationBasedTraining(time_attr="epoch", perturbation_interval=s.perturbation_interval,
+                                   burn_in_period=s.burn_in,
                                    hyperparam_mutations=mutations, quantile_fraction=s.quantile_fraction,
                                    resample_probability=s.resample_probability,
                                    custom_explore_fn=ClipToBounds(bounds), synch=s.synch, log_config=True)

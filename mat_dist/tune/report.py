@@ -52,7 +52,12 @@ def write_sweep_report(output: Path, *, space: Any, base_raw: dict, rows: Sequen
              f"({', '.join(f'{k}={v}' for k, v in space.overrides.items()) or 'none'}): the proxy every trial trains.",
              f"- Searcher `{space.searcher.name.value}` (seed {space.seed}), scheduler `{sched.name.value}`"
              + (f" (grace {sched.grace_period}, reduction {sched.reduction_factor:g})" if sched.name.value == "asha"
-                else "") + f"; {plural(len(rows), 'trial')}, {sum(r['stopped_early'] for r in rows)} stopped early, "
+                else "")
+             + (f" (a decision every {plural(sched.perturbation_interval, 'epoch')} after epoch {sched.burn_in}, "
+                f"the bottom {sched.quantile_fraction:g} copies the top, resampling {sched.resample_probability:g}, "
+                f"{'synchronous' if sched.synch else 'asynchronous'})" if sched.name.value == "pbt" else "")
+             + (f", wall-clock budget {space.time_budget_s:g} s" if space.time_budget_s is not None else "")
+             + f"; {plural(len(rows), 'trial')}, {sum(r['stopped_early'] for r in rows)} stopped early, "
              f"{sum(r['status'] == 'ERROR' for r in rows)} failed"
              + ("; **interrupted** (continue with --resume)" if interrupted else "") + ".",
              f"- Objective: validation union robust accuracy over all norms under {check} on "
@@ -70,6 +75,8 @@ def write_sweep_report(output: Path, *, space: Any, base_raw: dict, rows: Sequen
     else:
         lines += ["## Best trial", "", "None eligible (no trial reported an objective"
                   + (", or every one spent more than objective.max_cost" if max_cost is not None else "") + ").", ""]
+    if sched.name.value == "pbt":
+        lines += _pbt_section(output, rows, best)
     lines += ["## Robustness against training cost (Pareto front)", "",
               "Each trial is a measured point: its last reported validation union (all_attacks) and the forward + "
               "backward passes it trained (a trial ASHA stopped is its last epoch's model at that epoch's cost). "
@@ -114,3 +121,29 @@ def write_sweep_report(output: Path, *, space: Any, base_raw: dict, rows: Sequen
     path = output / REPORT_FILE
     write_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def _pbt_section(output: Path, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None) -> list[str]:
+    """The exploits of every trial, and the best trial's schedule: what ``best_config.yaml`` replays."""
+    from mat_dist.config import load_config
+    from mat_dist.tune.objective import trial_folder
+    from mat_dist.tune.pbt import exploits
+
+    done = [(r["trial_id"], e) for r in rows for e in exploits(trial_folder(output, r["trial_id"]))]
+    lines = ["## Population Based Training", "",
+             f"{len(done)} exploit(s): a trial took another's weights at the epoch shown and went on with "
+             f"perturbed values.", ""]
+    if done:
+        lines += _table(["trial", "epoch", "copied", "values after"],
+                        [[tid, str(e["epoch"]), e["from_trial"],
+                          ", ".join(f"{k}={_num(v) if isinstance(v, float) else v}" for k, v in e["after"].items())]
+                         for tid, e in done])
+        lines.append("")
+    if best is not None:
+        cfg = load_config(trial_folder(output, best["trial_id"]) / "config.yaml")
+        lines += [f"The best trial's schedule (`best_config.yaml` replays it): from epoch (0-based)", ""]
+        lines += _table(["epoch", "eps", "alpha", "loss_weights"],
+                        [[str(p.epoch), *("-" if v is None else ", ".join(f"{x:.4g}" for x in v)
+                                          for v in (p.eps, p.alpha, p.loss_weights))] for p in cfg.schedule])
+        lines.append("")
+    return lines

@@ -21,6 +21,7 @@ A space file (``tune_spaces/*.yaml``) opens with the command that runs it:
       grace_period: 1            # epochs every trial runs before ASHA may stop it
       reduction_factor: 2        # ASHA keeps the best 1/reduction_factor at each rung
       perturbation_interval: 2   # pbt: epochs between exploit/explore decisions (mat_dist.tune.pbt)
+      burn_in: 0                 # pbt: epochs before the first decision
       quantile_fraction: 0.25    # pbt: the bottom share copies a trial of the top share
       resample_probability: 0.25 # pbt: a value drawn afresh instead of perturbed (x0.8 / x1.2, a step of a choice)
       synch: true                # pbt: the population waits for one another at each decision
@@ -190,6 +191,7 @@ class SchedulerSpec:
     grace_period: Count = 1           # asha
     reduction_factor: Annotated[Num, Gt(1)] = 2.0  # asha
     perturbation_interval: Count = 2  # pbt: epochs between a trial's exploit/explore decisions
+    burn_in: NonNegInt = 0            # pbt: epochs before the first decision (while the objective is at its floor)
     quantile_fraction: Annotated[Num, Gt(0), Le(0.5)] = 0.25  # pbt: the bottom share copies the top share
     resample_probability: Share = 0.25  # pbt: chance a value is drawn afresh rather than perturbed
     # pbt: every trial waits at each decision point for the whole population (Tune's synch=True). A
@@ -394,7 +396,8 @@ def space_from_dict(raw: Any, *, source: str = "(mapping)") -> SearchSpace:
         if reason is not None:
             raise UserError(f"{source}: fidelity.full.{k}: the full budget cannot change {k} ({reason})")
     return SearchSpace(params=params, base=f.base, overrides=dict(f.overrides), trials=f.trials, seed=f.seed,
-                       max_concurrent=f.max_concurrent, time_budget_s=f.time_budget_s, objective=f.objective, searcher=f.searcher,
+                       max_concurrent=f.max_concurrent, time_budget_s=f.time_budget_s, objective=f.objective,
+                       searcher=f.searcher,
                        scheduler=f.scheduler, fidelity=f.fidelity, source=source)
 
 
@@ -439,6 +442,7 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
         "scheduler": {"name": space.scheduler.name.value, "grace_period": space.scheduler.grace_period,
                       "reduction_factor": space.scheduler.reduction_factor,
                       "perturbation_interval": space.scheduler.perturbation_interval,
+                      "burn_in": space.scheduler.burn_in,
                       "quantile_fraction": space.scheduler.quantile_fraction,
                       "resample_probability": space.scheduler.resample_probability,
                       "synch": space.scheduler.synch},
@@ -447,13 +451,17 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
     }
 
 
-def trial_config(base_raw: dict, params: dict[str, Any], *, name: str | None = None) -> RunConfig:
-    """The config of one trial: the base with the sampled values set; eval radii stay the base's."""
+def trial_config(base_raw: dict, params: dict[str, Any], *, name: str | None = None,
+                 schedule: list[dict[str, Any]] | None = None) -> RunConfig:
+    """The config of one trial: the base with the sampled values set; eval radii stay the base's.
+    ``schedule``: a per-epoch schedule to train with (a PBT trial's, re-trained by the fidelity step)."""
     raw = copy.deepcopy(base_raw)
     for key, value in params.items():
         if _forbidden(key):  # the space refused it already; a hand-built param dict gets the same rule
             raise UserError(f"trial parameter {key} cannot be searched ({_forbidden(key)})")
         set_key(raw, key, value, where=f"trial parameter {key}")
+    if schedule is not None:
+        raw["schedule"] = copy.deepcopy(schedule)
     if name is not None:
         raw["name"] = name
     cfg = config_from_dict(raw)

@@ -54,7 +54,7 @@ class TrialTrackingHooks:
         from mat_dist.config import config_to_dict
         from mat_dist.atomic import write_atomic
         from mat_dist.tracking import Tracker
-        from mat_dist.tune.objective import SOURCE
+        from mat_dist.tune.objective import SCHEDULE, SOURCE
         from mat_dist.tune.space import trial_config
 
         tid = trial.trial_id
@@ -63,6 +63,7 @@ class TrialTrackingHooks:
         ids = self._run_ids()
         source = trial.config.get(SOURCE) if self.sources else None
         values = dict(self.sources[source]) if source is not None else dict(trial.config)
+        schedule = values.pop(SCHEDULE, None)  # a re-trained PBT trial's schedule: in its config, not a param
         tags = {"mat_dist.trial_id": tid, "mat_dist.kind": "tune-fidelity" if source else "tune-trial"}
         if source is not None:
             tags["mat_dist.source_trial"] = source
@@ -74,7 +75,7 @@ class TrialTrackingHooks:
             write_atomic(Path(self.sweep_dir) / TRIAL_RUNS_FILE, json.dumps(ids, indent=1))
             params = {f"search.{k}": v for k, v in values.items()}
             try:
-                cfg = trial_config(self.base_raw, values)
+                cfg = trial_config(self.base_raw, values, schedule=schedule)
                 tracker.log_params({**config_to_dict(cfg), **params})
             except Exception:  # a bad combination: the trial itself reports the error
                 tracker.log_params(params)

@@ -131,6 +131,7 @@ comes with a result is registered after the result's callbacks), so the resumed 
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
+@pytest.mark.slow  # about a minute; test_tune_tpe resumes an interrupted sweep (with its searcher) in the default run
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
     ray_session()
     base = config_from_dict(tiny_base(tmp_path))

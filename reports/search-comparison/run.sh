@@ -16,7 +16,17 @@ for s in random-asha tpe-asha pbt; do
   cp runs/cmp-$s/report.md $HERE/$s-report.md
   cp runs/cmp-$s/trials.csv $HERE/$s-trials.csv
 done
-python scripts/compare_searches.py --base $HERE/base.yaml \
-  --sweep random+asha=runs/cmp-random-asha --sweep tpe+asha=runs/cmp-tpe-asha --sweep pbt=runs/cmp-pbt \
-  --seeds 2 --suite field --suite-override "transfer.attacks=[]" --suite-override "curves.attacks=[]" \
-  --examples 300 --output runs/cmp-confirm --report $HERE > runs/cmp-confirm.log 2>&1
+# Confirmation: seed 0 of every config first (trained and evaluated: seed0/compare.md), then seeds 0 and 1 in a
+# second folder that takes the seed-0 runs and evaluations over (the same configs: reproduce skips them).
+confirm() {
+  python scripts/compare_searches.py --base $HERE/base.yaml \
+    --sweep random+asha=runs/cmp-random-asha --sweep tpe+asha=runs/cmp-tpe-asha --sweep pbt=runs/cmp-pbt \
+    --seeds $1 --suite field --suite-override "transfer.attacks=[]" --suite-override "curves.attacks=[]" \
+    --examples 300 --output $2 --report $3
+}
+confirm 1 runs/cmp-confirm-s1 $HERE/seed0 > runs/cmp-confirm-s1.log 2>&1
+mkdir -p runs/cmp-confirm/runs runs/cmp-confirm/evals
+for d in runs/cmp-confirm-s1/runs/* runs/cmp-confirm-s1/evals/*; do
+  kind=$(basename "$(dirname "$d")"); rm -rf "runs/cmp-confirm/$kind/$(basename "$d")"; cp -r "$d" "runs/cmp-confirm/$kind/"
+done
+confirm 2 runs/cmp-confirm $HERE > runs/cmp-confirm-2.log 2>&1

@@ -95,13 +95,14 @@ def scheduled_lists(keys: list[str]) -> list[str]:
 
 def _current_lists(base_raw: dict, params: dict[str, Any], lists: list[str]) -> tuple[dict, dict[str, list]]:
     """The base with the trial's current values set, and those values as whole lists."""
+    from mat_dist.config import scheduled_values
+
     raw = copy.deepcopy(base_raw)
     for key, value in params.items():
         set_key(raw, key, value, where=f"trial parameter {key}")
-    cfg = config_from_dict(raw)
-    whole = {"attack.eps": list(cfg.attack.eps), "attack.alpha": list(cfg.attack.alpha),
-             "method.loss_weights": list(cfg.method.loss_weights or [1.0] * cfg.model.num_members)}
-    return raw, {k: whole[k] for k in lists}
+    raw["schedule"] = []  # the trial's values alone; its lineage's phases are added by the caller
+    values = scheduled_values(config_from_dict(raw), 0)
+    return raw, {k: list(getattr(values, PHASE_FIELD[k])) for k in lists}
 
 
 def extend_schedule(inherited: list[dict[str, Any]], epoch: int, values: dict[str, list]) -> list[dict[str, Any]]:
@@ -151,17 +152,3 @@ def prepare_pbt_trial(spec: dict[str, Any], params: dict[str, Any], trial_id: st
 def exploits(folder: Path) -> list[dict[str, Any]]:
     """The exploit records of one trial folder, oldest first."""
     return read_jsonl(folder / EXPLOITS_FILE)
-
-
-def schedule_values(cfg: RunConfig, key: str) -> list[Any]:
-    """One scheduled key's value in every epoch of ``cfg`` (for reports and checks)."""
-    from mat_dist.config import scheduled_values
-
-    name = PHASE_FIELD[list_key(key)]
-    out = []
-    for epoch in range(cfg.train.epochs):
-        value = getattr(scheduled_values(cfg, epoch), name)
-        index = key.split(".")[-1]
-        out.append(value[int(index)] if index.isdigit() else value)
-    return out
-

@@ -1,12 +1,12 @@
 """Bad inputs through the real ``matd`` command: one table, every row one line on stderr and nothing half-written.
 
-Each row builds its inputs in its own folder and runs ``python -m mat_dist.cli.main ...``
-as a user would (cwd = that folder, PYTHONPATH = the repository). Asserted for
+Each row builds its inputs in its own folder and runs ``matd ...`` in its own process, as a
+user would (cwd = that folder, PYTHONPATH = the repository): tests/cli_forker.py imports
+the CLI once and forks one process per row, so the rows do not each pay torch's import. Asserted for
 every row: a non-zero exit code, exactly one stderr line starting with
 ``matd: error:`` that holds the row's fragment (the problem, and where sensible
 the fix), no "Traceback", and no model or temporary file left in the output
-folder. The subprocesses run a few at a time (they mostly wait on imports), so
-the table costs about a minute; all but the "unreachable" rows fail before any
+folder. The processes run four at a time; all but the "unreachable" rows fail before any
 Ray runtime or MLflow server is started.
 
 RELIABILITY.md lists the rows with their observed outcome.
@@ -21,7 +21,6 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,23 +281,36 @@ def _file(folder: Path) -> Path:
     return path
 
 
-def _run(folder: Path, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "mat_dist.cli.main", *args], cwd=folder, capture_output=True,
-                          text=True, timeout=240, env=env)
+def _env(folder: Path) -> dict[str, str]:
+    return {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db", "COLUMNS": "200"}
+
+
+def _run_all(prepared: dict[str, tuple[Path, list[str]]], logs: Path) -> dict[str, subprocess.CompletedProcess]:
+    """Every row's command line in its own process (tests/cli_forker.py forks one per row after importing the
+    CLI once), with the row's folder as cwd; the outcome of each as a CompletedProcess."""
+    names = list(prepared)
+    jobs = [{"cwd": str(prepared[n][0]), "args": prepared[n][1], "env": _env(prepared[n][0]),
+             "stdout": str(logs / f"{i}.out"), "stderr": str(logs / f"{i}.err")} for i, n in enumerate(names)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "cli_forker.py")], input=json.dumps(jobs),
+                          capture_output=True, text=True, timeout=600, env=env, cwd=logs)
+    assert done.returncode == 0, done.stderr
+    codes = json.loads(done.stdout)
+    return {n: subprocess.CompletedProcess(["matd", *prepared[n][1]], codes[i],
+                                           (logs / f"{i}.out").read_text(), (logs / f"{i}.err").read_text())
+            for i, n in enumerate(names)}
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    """Every row's inputs built, then all rows run, four subprocesses at a time."""
+    """Every row's inputs built, then all rows run, four processes at a time."""
     prepared = {}
     for case in CASES:
         folder = tmp_path_factory.mktemp("bad-input")
         prepared[case.name] = (folder, case.setup(folder))
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(_run, folder, args) for name, (folder, args) in prepared.items()}
-        results = {name: (prepared[name][0], f.result()) for name, f in futures.items()}
+    ran = _run_all(prepared, tmp_path_factory.mktemp("bad-input-logs"))
+    results = {name: (prepared[name][0], ran[name]) for name in prepared}
     if os.environ.get("MATD_RELIABILITY_DUMP"):  # the observed lines, for RELIABILITY.md's table
         Path(os.environ["MATD_RELIABILITY_DUMP"]).write_text(json.dumps(
             {name: {"exit": proc.returncode, "stderr": proc.stderr.strip()} for name, (_, proc) in results.items()},

@@ -2,7 +2,7 @@
 # The search comparison of issue 13 on 2 CPU cores: random+ASHA, TPE+ASHA and PBT, each given the same wall-clock
 # budget (600 s of trials), then the best config of each and the hand-picked base trained with 2 seeds at the
 # base's budget (8 epochs, every training image) and evaluated with the field suite on 300 test images.
-# Run from the repository root: bash reports/search-comparison/run.sh   (about 100 minutes on 2 idle cores)
+# Run from the repository root: bash reports/search-comparison/run.sh   (about 3 hours on 2 idle cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate
@@ -16,6 +16,11 @@ for s in random-asha tpe-asha pbt; do
   cp runs/cmp-$s/report.md $HERE/$s-report.md
   cp runs/cmp-$s/trials.csv $HERE/$s-trials.csv
 done
+# Proxy fidelity of random+ASHA's proxy (4 epochs on 2,000 images): every trial that reported an objective
+# re-trained at the base's budget (8 epochs, every training image), Spearman's rho of the two objectives.
+matd tune --space $HERE/random-asha.yaml --output runs/cmp-random-asha --resume --fidelity 5 \
+    --tracking-uri $TRACK > runs/cmp-random-asha-fidelity.log 2>&1
+for f in fidelity.csv fidelity.json fidelity.png; do cp runs/cmp-random-asha/$f $HERE/random-asha-$f; done
 # Confirmation: seed 0 of every config first (trained and evaluated: seed0/compare.md), then seeds 0 and 1 in a
 # second folder that takes the seed-0 runs and evaluations over (the same configs: reproduce skips them).
 confirm() {

@@ -180,3 +180,8 @@ def test_a_time_budget_ends_the_sweep_and_ranks_what_finished(tmp_path: Path) ->
     assert 1 <= len(result.rows) < 50
     assert result.best["status"] == "TERMINATED" and result.best["epochs"] == base.train.epochs
     assert not [r for r in result.rows if r["status"] == "ERROR"]
+    # --resume of a sweep whose budget was spent (as for a later --fidelity): no new trial, not 'interrupted'
+    starts = {r["trial_id"]: r["starts"] for r in result.rows}
+    again = run_sweep(None, output=tmp_path / "out", resume=True)
+    assert not again.interrupted and again.best["trial_id"] == result.best["trial_id"]
+    assert {r["trial_id"]: r["starts"] for r in again.rows} == starts

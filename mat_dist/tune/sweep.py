@@ -241,15 +241,23 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
         if parent is not None and saved["parent_run_id"] is None:
             saved["parent_run_id"] = parent.run_id
             write_atomic(output / SWEEP_FILE, json.dumps(saved, indent=1))
-        tuner = _tuner(space, base_raw, cluster_cfg, shape, output, concurrency=concurrency, num_samples=num_samples,
-                       parent=parent, callbacks=list(callbacks), verbose=verbose, resume=resume)
-        log.info("sweep %s: %d trial(s) at once, %s", output, concurrency, shape)
-        fit_started = time.perf_counter()
-        tuner.fit()
+        # At space.time_budget_s Tune stops: the trials it cut or never started are the budget's, not a crash's.
+        # A spent budget is recorded, so that a later --resume (say, for --fidelity) runs no more trials.
+        spent = bool(saved.get("budget_spent"))
+        if not spent:
+            tuner = _tuner(space, base_raw, cluster_cfg, shape, output, concurrency=concurrency,
+                           num_samples=num_samples, parent=parent, callbacks=list(callbacks), verbose=verbose,
+                           resume=resume)
+            log.info("sweep %s: %d trial(s) at once, %s", output, concurrency, shape)
+            fit_started = time.perf_counter()
+            tuner.fit()
+            spent = space.time_budget_s is not None and \
+                time.perf_counter() - fit_started >= 0.98 * space.time_budget_s
+            if spent:
+                saved["budget_spent"] = True
+                write_atomic(output / SWEEP_FILE, json.dumps(saved, indent=1))
         statuses = trial_statuses(output / "ray" / EXPERIMENT)
         total = num_samples * math.prod(len(p.values) for p in space.params if p.dist is Dist.GRID)
-        # At space.time_budget_s Tune stops: the trials it cut or never started are the budget's, not a crash's.
-        spent = space.time_budget_s is not None and time.perf_counter() - fit_started >= 0.98 * space.time_budget_s
         interrupted = not spent and (len(statuses) < total
                                      or any(s not in ("TERMINATED", "ERROR") for s in statuses.values()))
         rows = trial_rows(output, space, statuses, max_epochs=_max_epochs(space, base_raw))

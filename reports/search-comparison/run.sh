@@ -18,7 +18,7 @@ for s in random-asha tpe-asha pbt; do
 done
 # Proxy fidelity of random+ASHA's proxy (4 epochs on 2,000 images): every trial that reported an objective
 # re-trained at the base's budget (8 epochs, every training image), Spearman's rho of the two objectives.
-matd tune --space $HERE/random-asha.yaml --output runs/cmp-random-asha --resume --fidelity 5 \
+matd tune --output runs/cmp-random-asha --resume --fidelity 5 \
     --tracking-uri $TRACK > runs/cmp-random-asha-fidelity.log 2>&1
 for f in fidelity.csv fidelity.json fidelity.png; do cp runs/cmp-random-asha/$f $HERE/random-asha-$f; done
 # Confirmation: seed 0 of every config first (trained and evaluated: seed0/compare.md), then seeds 0 and 1 in a

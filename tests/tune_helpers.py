@@ -51,7 +51,7 @@ def tiny_base(tmp_path, *, tracking: bool = False) -> dict:
     return raw
 
 
-def wait_for_full_cpus(timeout_s: float = 60.0) -> tuple[float, float]:
+def wait_for_full_cpus(timeout_s: float = 120.0) -> tuple[float, float]:
     """(available, total) CPUs once every CPU is free again, or at the timeout."""
     import ray
 

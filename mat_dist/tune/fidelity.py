@@ -239,6 +239,8 @@ def plot_fidelity(rows: Sequence[dict[str, Any]], path: Path, *, rho: float, tit
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
     for kind, (color, marker) in {"top": ("tab:blue", "o"), "random": ("tab:orange", "s")}.items():
         pick = [r for r in rows if r["picked"] == kind and r["complete"]]
+        if not pick:
+            continue  # no empty legend entry
         ax.scatter([100 * r["proxy_objective"] for r in pick], [100 * r["full_objective"] for r in pick],
                    c=color, marker=marker, label=f"{kind} trials")
         for r in pick:

@@ -73,8 +73,9 @@ def run(jobs: list[dict]) -> list[int]:
 
 if __name__ == "__main__":
     jobs = json.load(sys.stdin)
-    for key, value in {k: v for job in jobs for k, v in job["env"].items() if k == "COLUMNS"}.items():
-        os.environ[key] = value  # before the import: a console may read the width once
+    columns = next((job["env"]["COLUMNS"] for job in jobs if "COLUMNS" in job["env"]), None)
+    if columns is not None:
+        os.environ["COLUMNS"] = columns  # before the import: a console may read the width once
     import mat_dist.cli.main  # noqa: F401 - the shared import the children inherit
 
     threads = len(os.listdir("/proc/self/task"))

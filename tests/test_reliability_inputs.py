@@ -281,9 +281,11 @@ def _file(folder: Path) -> Path:
     return path
 
 
+_PYTHONPATH = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+
+
 def _env(folder: Path) -> dict[str, str]:
-    return {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db", "COLUMNS": "200"}
+    return {"PYTHONPATH": _PYTHONPATH, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db", "COLUMNS": "200"}
 
 
 def _run_all(prepared: dict[str, tuple[Path, list[str]]], logs: Path) -> dict[str, subprocess.CompletedProcess]:
@@ -292,7 +294,7 @@ def _run_all(prepared: dict[str, tuple[Path, list[str]]], logs: Path) -> dict[st
     names = list(prepared)
     jobs = [{"cwd": str(prepared[n][0]), "args": prepared[n][1], "env": _env(prepared[n][0]),
              "stdout": str(logs / f"{i}.out"), "stderr": str(logs / f"{i}.err")} for i, n in enumerate(names)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": _PYTHONPATH}
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "cli_forker.py")], input=json.dumps(jobs),
                           capture_output=True, text=True, timeout=600, env=env, cwd=logs)
     assert done.returncode == 0, done.stderr

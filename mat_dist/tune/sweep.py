@@ -88,6 +88,10 @@ class SweepResult:
 
 # ---------------------------------------------------------------- sweep folder
 
+def _save(output: Path, saved: dict[str, Any]) -> None:
+    write_atomic(output / SWEEP_FILE, json.dumps(saved, indent=1))
+
+
 def _load_saved(output: Path) -> dict[str, Any]:
     path = output / SWEEP_FILE
     if not path.is_file():
@@ -220,7 +224,7 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
                  "budget_base": _absolute_data_root(apply_overrides(config_to_dict(base_cfg), list(overrides))),
                  "cluster": cluster_to_dict(cluster_cfg), "cluster_source": cluster_cfg.source,
                  "trials": num_samples, "parent_run_id": None}
-        write_atomic(output / SWEEP_FILE, json.dumps(saved, indent=1))
+        _save(output, saved)
     assert space is not None
     if fidelity is None:
         from mat_dist.tune.fidelity import planned_top
@@ -240,7 +244,7 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
         parent = _parent_run(base_cfg, space, saved, output, tracking_uri)
         if parent is not None and saved["parent_run_id"] is None:
             saved["parent_run_id"] = parent.run_id
-            write_atomic(output / SWEEP_FILE, json.dumps(saved, indent=1))
+            _save(output, saved)
         # At space.time_budget_s Tune stops: the trials it cut or never started are the budget's, not a crash's.
         # A spent budget is recorded, so that a later --resume (say, for --fidelity) runs no more trials.
         spent = bool(saved.get("budget_spent"))
@@ -255,7 +259,7 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
                 time.perf_counter() - fit_started >= 0.98 * space.time_budget_s
             if spent:
                 saved["budget_spent"] = True
-                write_atomic(output / SWEEP_FILE, json.dumps(saved, indent=1))
+                _save(output, saved)
         statuses = trial_statuses(output / "ray" / EXPERIMENT)
         total = num_samples * math.prod(len(p.values) for p in space.params if p.dist is Dist.GRID)
         interrupted = not spent and (len(statuses) < total

@@ -184,7 +184,7 @@ def reproduce(
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Write report.md and the figures here "
                                               "(default: --output)."),
     seeds: int = typer.Option(1, "--seeds", help="Train and evaluate every method with run seeds 0..N-1; the "
-                              "report gives mean and spread over them."),
+                              "report gives mean and spread over them. A larger N on a finished --output adds the new seeds."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow (one parent run)."),

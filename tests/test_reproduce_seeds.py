@@ -51,14 +51,24 @@ def test_report_gives_the_mean_and_spread_of_the_seeds_summaries(two_seeds):
     assert "--seeds 2" in text and "mean ± standard deviation over 2 seeds" in text
 
 
-def test_a_different_seed_count_is_another_reproduction(two_seeds):
+def test_fewer_seeds_are_refused_and_more_seeds_extend_the_reproduction(two_seeds, tmp_path):
+    import shutil
+
     from mat_dist.errors import UserError
-    from mat_dist.reproduce.pipeline import reproduce
+    from mat_dist.reproduce.pipeline import _check_preset_file, reproduce
 
     out, result, preset = two_seeds
     assert json.loads((out / "preset.json").read_text())["seeds"] == 2
-    with pytest.raises(UserError, match="other settings"):
-        reproduce(preset, output=out, tracking=False, seeds=3)
+    with pytest.raises(UserError, match="it has 2 seeds; --seeds 1 would report only some of them"):
+        reproduce(preset, output=out, tracking=False, seeds=1)
+    with pytest.raises(UserError, match="other settings; choose another --output"):  # another preset: refused
+        _check_preset_file(out, replace(preset, name="other"), [], seeds=3)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    _check_preset_file(copy, preset, [], seeds=3)  # the same preset with one more seed: accepted, recorded
+    assert json.loads((copy / "preset.json").read_text())["seeds"] == 3
+    with pytest.raises(UserError, match="it has 3 seeds"):
+        _check_preset_file(copy, preset, [], seeds=2)
 
 
 @pytest.mark.slow  # about 40 s: every method of the preset trained and evaluated

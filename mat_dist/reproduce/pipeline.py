@@ -106,11 +106,17 @@ def _check_preset_file(output: Path, preset: Preset, overrides: list[str], seeds
     path = output / PRESET_FILE
     if path.is_file():
         previous = json.loads(path.read_text())
-        if previous != wanted:
+        before = int(previous.get("seeds", 1))
+        # More seeds extend a reproduction: seeds 0..before-1 are the same runs, and are skipped as finished.
+        extends = seeds > before and {**previous, "seeds": seeds} == {**wanted, "seeds": seeds}
+        if previous != wanted and not extends:
             name = previous.get("preset", {}).get("name", "?")
-            raise UserError(f"{output} holds a reproduction of preset {name} with other settings; "
+            fewer = (f" (it has {before} seeds; --seeds {seeds} would report only some of them)"
+                     if seeds < before and {**previous, "seeds": 0} == {**wanted, "seeds": 0} else "")
+            raise UserError(f"{output} holds a reproduction of preset {name} with other settings{fewer}; "
                             f"choose another --output (or delete {output} to start over)")
-        return
+        if not extends:
+            return
     write_atomic(path, json.dumps(wanted, indent=1, sort_keys=True))
 
 

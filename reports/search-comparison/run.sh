@@ -34,4 +34,4 @@ mkdir -p runs/cmp-confirm/runs runs/cmp-confirm/evals
 for d in runs/cmp-confirm-s1/runs/* runs/cmp-confirm-s1/evals/*; do
   kind=$(basename "$(dirname "$d")"); rm -rf "runs/cmp-confirm/$kind/$(basename "$d")"; cp -r "$d" "runs/cmp-confirm/$kind/"
 done
-confirm 2 runs/cmp-confirm $HERE > runs/cmp-confirm-2.log 2>&1
+confirm 3 runs/cmp-confirm $HERE > runs/cmp-confirm-3.log 2>&1

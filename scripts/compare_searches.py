@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from mat_dist.errors import UserError
     from mat_dist.reproduce.pipeline import reproduce
     from mat_dist.reproduce.report import collect
-    from mat_dist.tune.confirm import compare_preset, confirm_table
+    from mat_dist.tune.confirm import compare_preset, confirm_table, seed_unions
 
     try:
         sweeps = {}
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         configs = {o.label: load_config(o.run_dir / "config.yaml") for o in result.methods}
         data = {d.name: d for d in collect(preset, result.methods, configs)}
         names = tuple(m.name for m in preset.methods)
-        table, verdict, _ = confirm_table(data, suite_name=args.suite, names=names, reference=names[0])
+        table, verdict, _ = confirm_table(data, suite_name=args.suite, names=names, reference=names[0],
+                                          unions=seed_unions(result.methods))
     except UserError as err:
         print(f"compare_searches: {err}", file=sys.stderr)
         return 2

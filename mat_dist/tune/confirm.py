@@ -7,9 +7,10 @@ suite (default ``field``) on the test images, at the base config's eval
 radii. It is a ``matd reproduce`` of a two-method preset built here
 (``base``: the full-budget base; ``tuned``: the same with the best trial's
 searched values), so it resumes, skips finished work and writes that
-command's report too. The verdict reads the all_attacks intervals (each the
-union of the seeds' 95% Wilson intervals): a difference counts only when they
-do not overlap.
+command's report too. The verdict reads the paired difference of all_attacks
+(tuned minus base on the same test images, mean over the seeds) and its 95%
+bootstrap interval over images and seeds: a difference counts only when that
+interval excludes 0 (mat_dist.evaluate.paired).
 
     confirm/                 the reproduction's folder (runs/, evals/, report.md, base_config.yaml)
     confirm.json             the table (base and tuned: mean ± sd over seeds [interval]) and the verdict
@@ -33,7 +34,7 @@ METRICS = ("clean", "all_linf", "all_l2", "all_l1", "all_attacks")
 class ConfirmResult:
     table: dict[str, Any]       # Table.to_dict(): columns and rows
     verdict: str
-    beats_base: bool            # tuned's all_attacks interval lies wholly above base's
+    beats_base: bool            # tuned's paired all_attacks difference to base has an interval above 0
     report: Path                # the reproduction's report.md
 
 
@@ -113,7 +114,7 @@ def run_confirm(*, output: Path, space: Any, best: dict[str, Any], full_raw: dic
     configs = {o.label: load_config(o.run_dir / "config.yaml") for o in result.methods}
     data = {d.name: d for d in collect(preset, result.methods, configs)}
     table, verdict, beats = confirm_table(data, suite_name=preset.suite if isinstance(preset.suite, str)
-                                          else preset.suite.get("name", "inline"))
+                                          else preset.suite.get("name", "inline"), unions=seed_unions(result.methods))
     write_atomic(output / CONFIRM_FILE, json.dumps({"table": table.to_dict(), "note": table.note, "verdict": verdict,
                                                     "beats_base": beats, "seeds": seeds, "best_trial": best["trial_id"],
                                                     "report": str(result.report)}, indent=1))
@@ -121,21 +122,36 @@ def run_confirm(*, output: Path, space: Any, best: dict[str, Any], full_raw: dic
 
 
 def confirm_table(data: Mapping[str, Any], *, suite_name: str, names: tuple[str, ...] = ("base", "tuned"),
-                  reference: str = "base"):
+                  reference: str = "base", unions: Mapping[str, list[Any]] | None = None):
     """One table of ``names`` (mean ± sd over seeds [95% interval], %) with their training cost, and the verdict
-    of each against ``reference`` on all_attacks (a difference counts only when the intervals do not overlap).
-    Returns (table, verdict text, whether every other config beats the reference)."""
+    of each against ``reference`` on all_attacks. Returns (table, verdict text, whether every other config beats
+    the reference).
+
+    With ``unions`` (each config's per-seed, per-image all_attacks robustness on the same test images) the
+    table also gives each config's paired difference to the reference with its bootstrap interval
+    (mat_dist.evaluate.paired), and the verdict reads that: a difference counts when its interval excludes 0.
+    Without them, a difference counts only when the two configs' intervals do not overlap."""
+    from mat_dist.evaluate.paired import paired_difference
     from mat_dist.reproduce.report import Table, cell, separated
 
+    paired = unions is not None
+    delta_column = f"all_attacks minus {reference} [95%]"
+    rule = (f"the difference column is paired over the same test images, its interval a bootstrap over images "
+            f"and seeds; a difference counts when that interval excludes 0" if paired else
+            "a difference counts only when two configs' all_attacks intervals do not overlap")
     table = Table(title="confirmation on the test images",
-                  columns=["config", "seeds", *METRICS, "training passes", "training min"],
+                  columns=["config", "seeds", *METRICS, *([delta_column] if paired else []), "training passes",
+                           "training min"],
                   note=f"Suite `{suite_name}` on the test images; cells: mean ± standard deviation over the seeds "
-                       f"(one seed: the value) and the union of the seeds' 95% Wilson intervals, in %.")
+                       f"(one seed: the value) and the union of the seeds' 95% Wilson intervals, in %; {rule}.")
+    differences = {name: paired_difference(unions[name], unions[reference])
+                   for name in names if paired and name != reference}
     for name in names:
         d = data[name]
         last = d.metrics[-1] if d.metrics else {}
         minutes = sum(float(r.get("epoch_time_s", 0.0)) for r in d.metrics) / 60
-        table.rows.append([name, str(len(d.seed_summaries)), *(cell(d, m) for m in METRICS),
+        delta = [differences[name].text() if name in differences else "-"] if paired else []
+        table.rows.append([name, str(len(d.seed_summaries)), *(cell(d, m) for m in METRICS), *delta,
                            f"{float(last.get('train/passes', float('nan'))):.4g}", f"{minutes:.1f}"])
     ref = data[reference]
     b, mb = ref.interval("all_attacks"), ref.mean("all_attacks") or 0.0
@@ -144,23 +160,40 @@ def confirm_table(data: Mapping[str, Any], *, suite_name: str, names: tuple[str,
         if name == reference:
             continue
         t, mt = data[name].interval("all_attacks"), data[name].mean("all_attacks") or 0.0
-        apart = separated(b, t)
+        if paired:
+            diff = differences[name]
+            apart, why = diff.separated, f"paired difference {diff.text()} points"
+        else:
+            apart, why = separated(b, t), "the intervals overlap"
         beats_all = beats_all and apart and mt > mb
         label = "the tuned config" if names == ("base", "tuned") else name
         other = "the base config" if reference == "base" else reference
+        margin = "by more than the paired interval" if paired else "by more than the intervals"
         if apart and mt > mb:
-            verdicts.append(f"{label} beats {other} on all_attacks by more than the intervals "
-                            f"({100 * mt:.1f}% against {100 * mb:.1f}%)")
+            verdicts.append(f"{label} beats {other} on all_attacks {margin} ({100 * mt:.1f}% against "
+                            f"{100 * mb:.1f}%" + (f"; {why})" if paired else ")"))
         elif apart:
-            verdicts.append(f"{other} beats {label} on all_attacks by more than the intervals "
-                            f"({100 * mb:.1f}% against {100 * mt:.1f}%)")
+            verdicts.append(f"{other} beats {label} on all_attacks {margin} ({100 * mb:.1f}% against "
+                            f"{100 * mt:.1f}%" + (f"; {why})" if paired else ")"))
         elif names == ("base", "tuned"):
-            verdicts.append(f"a tie on all_attacks: the intervals overlap ({100 * mt:.1f}% tuned, "
-                            f"{100 * mb:.1f}% base)")
+            verdicts.append(f"a tie on all_attacks: {why} ({100 * mt:.1f}% tuned, {100 * mb:.1f}% base)")
         else:
-            verdicts.append(f"{label} ties {other} on all_attacks: the intervals overlap ({100 * mt:.1f}% against "
+            verdicts.append(f"{label} ties {other} on all_attacks: {why} ({100 * mt:.1f}% against "
                             f"{100 * mb:.1f}%)")
     return table, "; ".join(verdicts), beats_all
+
+
+def seed_unions(outcomes: Any) -> dict[str, list[Any]]:
+    """Each method's per-seed, per-image all_attacks robustness (seed 0 first), from the evaluation folders;
+    checked to cover the same test images across every method and seed."""
+    from mat_dist.evaluate.paired import aligned_unions
+
+    ordered = sorted(outcomes, key=lambda o: o.seed)
+    vectors = aligned_unions([o.eval_dir for o in ordered])
+    out: dict[str, list[Any]] = {}
+    for o, v in zip(ordered, vectors):
+        out.setdefault(o.spec.name, []).append(v)
+    return out
 
 
 def compare_preset(*, base_file: Path, sweeps: Mapping[str, Path], suite: str | Mapping[str, Any],

@@ -1,0 +1,121 @@
+"""The paired difference of two configs' union accuracy on the same test images, and the verdict that reads it."""
+
+import numpy as np
+import pytest
+
+from mat_dist.evaluate.metrics import union_summary, wilson_interval
+from mat_dist.evaluate.paired import aligned_unions, paired_difference, union_per_image
+
+
+def _robust(n: int, held: range | list[int]) -> np.ndarray:
+    v = np.zeros(n, dtype=bool)
+    v[list(held)] = True
+    return v
+
+
+def test_identical_configs_differ_by_exactly_nothing():
+    a = _robust(300, range(0, 60))
+    d = paired_difference([a, a], [a])
+    assert d.difference == 0.0 and d.interval == (0.0, 0.0) and not d.separated
+
+
+def test_one_seed_matches_the_normal_interval_of_the_per_image_differences():
+    rng = np.random.default_rng(3)
+    n = 4000
+    a = rng.random(n) < 0.30
+    b = np.where(rng.random(n) < 0.8, a, rng.random(n) < 0.25)  # correlated with a, as two models on one image set
+    per_image = a.astype(float) - b.astype(float)
+    half = 1.959963984540054 * per_image.std() / np.sqrt(n)
+    d = paired_difference([a], [b], resamples=20_000)
+    assert d.difference == pytest.approx(per_image.mean())
+    assert d.interval[0] == pytest.approx(per_image.mean() - half, abs=0.002)
+    assert d.interval[1] == pytest.approx(per_image.mean() + half, abs=0.002)
+
+
+def test_swapping_the_configs_mirrors_the_interval():
+    a, b = _robust(300, range(0, 75)), _robust(300, range(10, 70))
+    ab, ba = paired_difference([a], [b]), paired_difference([b], [a])
+    assert ba.difference == pytest.approx(-ab.difference)
+    assert ba.interval == pytest.approx((-ab.interval[1], -ab.interval[0]))
+
+
+def test_pairing_separates_what_overlapping_wilson_intervals_call_a_tie():
+    # a holds every image b holds, and 15 more: 25% against 20% of 300 images.
+    a, b = _robust(300, range(0, 75)), _robust(300, range(0, 60))
+    wa, wb = wilson_interval(75, 300), wilson_interval(60, 300)
+    assert wa[0] < wb[1]  # the per-config intervals overlap
+    d = paired_difference([a], [b])
+    assert d.difference == pytest.approx(0.05) and d.separated and d.interval[0] > 0.02
+
+
+def test_spread_over_seeds_widens_the_interval():
+    b = _robust(300, range(0, 60))
+    steady = [_robust(300, range(0, 75))] * 3  # three seeds at 25%
+    spread = [_robust(300, range(0, 45)), _robust(300, range(0, 75)), _robust(300, range(0, 105))]  # 15, 25, 35%
+    s, w = paired_difference(steady, [b]), paired_difference(spread, [b])
+    assert s.difference == pytest.approx(w.difference)
+    assert (w.interval[1] - w.interval[0]) > 2 * (s.interval[1] - s.interval[0])
+    assert s.separated and not w.separated  # a seed below the reference makes it a tie
+
+
+def test_different_image_counts_are_refused():
+    with pytest.raises(ValueError, match="different numbers of images"):
+        paired_difference([_robust(300, [1])], [_robust(200, [1])])
+
+
+def _eval_dir(tmp_path, name, ids, held):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {"example_id": [], "attack": [], "norm": [], "success": [], "clean_correct": []}
+    for e in ids:
+        for attack, norm in (("pgd_linf", "linf"), ("apgd_l1", "l1")):
+            rows["example_id"].append(e)
+            rows["attack"].append(attack)
+            rows["norm"].append(norm)
+            rows["clean_correct"].append(True)
+            rows["success"].append(not (e in held or (attack == "apgd_l1" and e % 2 == 0)))
+    folder = tmp_path / name
+    folder.mkdir()
+    pq.write_table(pa.table(rows), folder / "results.parquet")
+    return folder, rows
+
+
+def test_the_union_per_image_is_the_one_the_summary_counts(tmp_path):
+    folder, rows = _eval_dir(tmp_path, "a", range(10), held={0, 1, 2, 3})
+    ids, union = union_per_image(folder)
+    assert ids.tolist() == list(range(10))
+    assert union.tolist() == [True, True, True, True] + [False] * 6  # held under pgd_linf; apgd_l1 breaks odd ids too
+    assert union.mean() == pytest.approx(union_summary(rows)["all_attacks"])
+
+
+def test_aligned_unions_refuse_other_test_images(tmp_path):
+    a, _ = _eval_dir(tmp_path, "a", range(10), held={0})
+    b, _ = _eval_dir(tmp_path, "b", range(1, 11), held={2})
+    with pytest.raises(ValueError, match="other test images"):
+        aligned_unions([a, b])
+
+
+def test_the_confirmation_verdict_reads_the_paired_difference():
+    from mat_dist.reproduce.report import MethodData
+    from mat_dist.tune.confirm import confirm_table
+
+    def data(name, vectors):
+        summaries = []
+        for v in vectors:
+            rows = {"example_id": list(range(len(v))), "attack": ["a"] * len(v), "norm": ["linf"] * len(v),
+                    "success": (~v).tolist(), "clean_correct": [True] * len(v)}
+            summaries.append(union_summary(rows))
+        return MethodData(name=name, method="mat", paper_name=None, table7_name=None, num_members=3, steps=10,
+                          norms=["linf"], epochs=1, summary=summaries[0], metrics=[], seed_summaries=summaries)
+
+    unions = {"hand-picked": [_robust(300, range(0, 60))] * 2, "search": [_robust(300, range(0, 75))] * 2}
+    found = {n: data(n, v) for n, v in unions.items()}
+    table, verdict, beats = confirm_table(found, suite_name="field", names=("hand-picked", "search"),
+                                          reference="hand-picked", unions=unions)
+    assert beats and verdict.startswith("search beats hand-picked on all_attacks by more than the paired interval")
+    column = table.columns.index("all_attacks minus hand-picked [95%]")
+    assert table.rows[1][column].startswith("+5.0 [+")
+    _, plain, plain_beats = confirm_table(found, suite_name="field", names=("hand-picked", "search"),
+                                          reference="hand-picked")
+    assert not plain_beats and "the intervals overlap" in plain  # the unpaired rule calls the same figures a tie

@@ -21,6 +21,12 @@ done
 matd tune --output runs/cmp-random-asha --resume --fidelity 5 \
     --tracking-uri $TRACK > runs/cmp-random-asha-fidelity.log 2>&1
 for f in fidelity.csv fidelity.json fidelity.png; do cp runs/cmp-random-asha/$f $HERE/random-asha-$f; done
+# The proxy before this issue (4 epochs on 1,500 images, PGD-20 per norm, last epoch) scored on the same five
+# full-budget re-runs: its rank correlation beside the new proxy's.
+python scripts/score_proxy.py --sweep runs/cmp-random-asha --output runs/cmp-old-proxy \
+    --set train.epochs=4 --set data.limit_train=1500 --set eval.attack=pgd --set eval.steps=20 \
+    --set eval.select=last --set train.threads=1 > runs/cmp-old-proxy.log 2>&1
+cp runs/cmp-old-proxy/proxy.csv $HERE/old-proxy.csv; cp runs/cmp-old-proxy/proxy.json $HERE/old-proxy.json
 # Confirmation: seed 0 of every config first (trained and evaluated: seed0/compare.md), then seeds 0 and 1 in a
 # second folder that takes the seed-0 runs and evaluations over (the same configs: reproduce skips them).
 confirm() {

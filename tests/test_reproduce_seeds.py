@@ -83,5 +83,6 @@ def test_tiny_preset_at_the_paper_radii_runs_end_to_end(tmp_path):
         assert {a["eps"] for a in summary["attack_info"].values()} == {0.3, 2.0, 10.0}
         assert set(summary["intervals"]) >= {"clean", "all_linf", "all_l2", "all_l1", "all_attacks"}
         rows = [json.loads(line) for line in (o.run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert all("best_epoch" in r for r in rows)  # selected under the APGD check
+        assert all("best_epoch" in r for r in rows if r["radius_scale"] == 1.0)  # selected under the APGD check
+        assert all(int(rows[-1]["best_epoch"]) >= r["epoch"] for r in rows if r["radius_scale"] < 1.0)
     assert "mat_rotate" in text

@@ -75,6 +75,28 @@ def test_best_checkpoint_is_the_epoch_whose_validation_union_peaked(tmp_path, ti
     assert load_checkpoint(out / "checkpoints" / "epoch-0003").state["best"]["epoch"] == 2
 
 
+def test_epochs_of_the_radius_warm_up_are_never_selected(tmp_path, tiny_raw, monkeypatch):
+    tiny_raw["eval"].update({"attack": "apgd", "select": "best"})
+    tiny_raw["attack"]["warmup"] = 0.5  # epochs 1 and 2 of 4 ramp the radii; epoch 2 ends at the full radii
+    tiny_raw["train"].update({"epochs": 4, "checkpoints_kept": 4})
+    cfg = config_from_dict(tiny_raw)
+    scripted = iter([0.90, 0.10, 0.30, 0.20])  # a warm-up epoch scores best, as a lucky one at the floor can
+
+    def fake_evaluate(self):
+        return {"val/clean_acc": 0.9, "val/robust_linf": 0.6, "val/robust_l2": 0.6, "val/robust_l1": 0.6,
+                "val/robust_all": next(scripted)}
+
+    monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
+    out = tmp_path / "run"
+    train_in_process(cfg, out)
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["radius_scale"] for r in rows] == [0.5, 1.0, 1.0, 1.0]
+    assert [r.get("best_epoch") for r in rows] == [None, 2, 3, 3]
+    kept = load_file(str(out / "model.safetensors"))
+    epoch3 = load_file(str(out / "checkpoints" / "epoch-0003" / "model.safetensors"))
+    assert all(torch.equal(kept[k], epoch3[k]) for k in kept)
+
+
 def test_best_selection_survives_a_resume(tmp_path, tiny_raw, monkeypatch):
     tiny_raw["eval"].update({"attack": "apgd", "select": "best"})
     cfg = config_from_dict(tiny_raw)

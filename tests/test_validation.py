@@ -47,17 +47,20 @@ def test_apgd_finds_at_least_what_pgd_finds_on_a_trained_model(tmp_path, tiny_ra
         assert strong[f"val/robust_{norm}"] <= weak[f"val/robust_{norm}"] + 0.02, norm
 
 
+def _script_the_check(monkeypatch, unions):
+    """Replace the per-epoch check: epoch e (1-based) reports the validation union ``unions[e - 1]``."""
+    def fake_evaluate(self):
+        return {"val/clean_acc": 0.9, "val/robust_linf": 0.6, "val/robust_l2": 0.6, "val/robust_l1": 0.6,
+                "val/robust_all": unions[self.progress.epoch]}
+
+    monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
+
+
 def test_best_checkpoint_is_the_epoch_whose_validation_union_peaked(tmp_path, tiny_raw, monkeypatch):
     tiny_raw["eval"].update({"attack": "apgd", "select": "best"})
     tiny_raw["train"]["checkpoints_kept"] = 3
     cfg = config_from_dict(tiny_raw)
-    scripted = iter([0.20, 0.50, 0.30])  # the validation union peaks at epoch 2 of 3
-
-    def fake_evaluate(self):
-        return {"val/clean_acc": 0.9, "val/robust_linf": 0.6, "val/robust_l2": 0.6, "val/robust_l1": 0.6,
-                "val/robust_all": next(scripted)}
-
-    monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
+    _script_the_check(monkeypatch, [0.20, 0.50, 0.30])  # the validation union peaks at epoch 2 of 3
     out = tmp_path / "run"
     train_in_process(cfg, out)
     kept = load_file(str(out / "model.safetensors"))
@@ -80,13 +83,7 @@ def test_epochs_of_the_radius_warm_up_are_never_selected(tmp_path, tiny_raw, mon
     tiny_raw["attack"]["warmup"] = 0.5  # epochs 1 and 2 of 4 ramp the radii; epoch 2 ends at the full radii
     tiny_raw["train"].update({"epochs": 4, "checkpoints_kept": 4})
     cfg = config_from_dict(tiny_raw)
-    scripted = iter([0.90, 0.10, 0.30, 0.20])  # a warm-up epoch scores best, as a lucky one at the floor can
-
-    def fake_evaluate(self):
-        return {"val/clean_acc": 0.9, "val/robust_linf": 0.6, "val/robust_l2": 0.6, "val/robust_l1": 0.6,
-                "val/robust_all": next(scripted)}
-
-    monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
+    _script_the_check(monkeypatch, [0.90, 0.10, 0.30, 0.20])  # a warm-up epoch scores best, as a lucky one can
     out = tmp_path / "run"
     train_in_process(cfg, out)
     rows = read_jsonl(out / "metrics.jsonl")
@@ -100,13 +97,7 @@ def test_epochs_of_the_radius_warm_up_are_never_selected(tmp_path, tiny_raw, mon
 def test_best_selection_survives_a_resume(tmp_path, tiny_raw, monkeypatch):
     tiny_raw["eval"].update({"attack": "apgd", "select": "best"})
     cfg = config_from_dict(tiny_raw)
-    scores = {1: 0.5, 2: 0.1, 3: 0.2}
-
-    def fake_evaluate(self):
-        return {"val/clean_acc": 0.9, "val/robust_linf": 0.6, "val/robust_l2": 0.6, "val/robust_l1": 0.6,
-                "val/robust_all": scores[self.progress.epoch + 1]}
-
-    monkeypatch.setattr(Trainer, "evaluate", fake_evaluate)
+    _script_the_check(monkeypatch, [0.5, 0.1, 0.2])
 
     class Stop(Exception):
         pass

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from mat_dist.errors import UserError
     from mat_dist.tune.fidelity import FIDELITY_TABLE, rank_correlation
     from mat_dist.tune.objective import objective_metrics, trial_folder
+    from mat_dist.tune.sweep import SWEEP_FILE
 
     try:
         table = args.sweep / FIDELITY_TABLE
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.sweep} has no {FIDELITY_TABLE}: run `matd tune --output {args.sweep} --resume "
                             f"--fidelity K` first")
         full_rows = [r for r in csv.DictReader(io.StringIO(table.read_text())) if r["complete"] == "True"]
-        saved = json.loads((args.sweep / "sweep.json").read_text())
+        saved = json.loads((args.sweep / SWEEP_FILE).read_text())
         min_clean = (saved["space"].get("objective") or {}).get("min_clean_acc")
         rows = []
         for r in full_rows:
@@ -76,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_once(cfg, folder: Path) -> dict:
     """Train ``cfg`` in this process into ``folder`` unless a finished run is there; its last metrics line."""
+    from mat_dist.atomic import read_jsonl
     from mat_dist.training import train
     from mat_dist.training.run_folder import RunFolder
 
     run = RunFolder(folder)
     if not run.model.is_file():
         train(cfg, folder, None, resume=run.config.is_file())
-    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return lines[-1]
+    return read_jsonl(run.metrics)[-1]
 
 
 if __name__ == "__main__":

@@ -107,12 +107,13 @@ def _check_preset_file(output: Path, preset: Preset, overrides: list[str], seeds
     if path.is_file():
         previous = json.loads(path.read_text())
         before = int(previous.get("seeds", 1))
+        same_but_seeds = {**previous, "seeds": 0} == {**wanted, "seeds": 0}
         # More seeds extend a reproduction: seeds 0..before-1 are the same runs, and are skipped as finished.
-        extends = seeds > before and {**previous, "seeds": seeds} == {**wanted, "seeds": seeds}
+        extends = same_but_seeds and seeds > before
         if previous != wanted and not extends:
             name = previous.get("preset", {}).get("name", "?")
             fewer = (f" (it has {before} seeds; --seeds {seeds} would report only some of them)"
-                     if seeds < before and {**previous, "seeds": 0} == {**wanted, "seeds": 0} else "")
+                     if same_but_seeds and seeds < before else "")
             raise UserError(f"{output} holds a reproduction of preset {name} with other settings{fewer}; "
                             f"choose another --output (or delete {output} to start over)")
         if not extends:

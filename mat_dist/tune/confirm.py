@@ -169,12 +169,13 @@ def confirm_table(data: Mapping[str, Any], *, suite_name: str, names: tuple[str,
         label = "the tuned config" if names == ("base", "tuned") else name
         other = "the base config" if reference == "base" else reference
         margin = "by more than the paired interval" if paired else "by more than the intervals"
+        detail = f"; {why}" if paired else ""
         if apart and mt > mb:
             verdicts.append(f"{label} beats {other} on all_attacks {margin} ({100 * mt:.1f}% against "
-                            f"{100 * mb:.1f}%" + (f"; {why})" if paired else ")"))
+                            f"{100 * mb:.1f}%{detail})")
         elif apart:
             verdicts.append(f"{other} beats {label} on all_attacks {margin} ({100 * mb:.1f}% against "
-                            f"{100 * mt:.1f}%" + (f"; {why})" if paired else ")"))
+                            f"{100 * mt:.1f}%{detail})")
         elif names == ("base", "tuned"):
             verdicts.append(f"a tie on all_attacks: {why} ({100 * mt:.1f}% tuned, {100 * mb:.1f}% base)")
         else:

@@ -173,8 +173,8 @@ def bench(
 @app.command(context_settings={"allow_extra_args": False})
 def reproduce(
     preset: Optional[str] = typer.Option(
-        None, "--preset", "-p", help="Preset: tiny, tiny-paper-radii, mnist5k-cpu, mnist5k-paper-radii, "
-                                     "mnist-paper, cifar10-paper (--list shows them)."),
+        None, "--preset", "-p", help="Preset: tiny, tiny-paper-radii, tiny-study, mnist5k-cpu, mnist5k-paper-radii, "
+                                     "mnist5k-study, mnist-paper, cifar10-paper (--list shows them)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: "
                                           "runs/reproduce-<preset>); re-running the same command resumes it."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file for training and evaluation "
@@ -189,6 +189,9 @@ def reproduce(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow (one parent run)."),
     list_presets: bool = typer.Option(False, "--list", help="List the presets and exit."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated methods of the preset to train and "
+                                       "evaluate now (with the ones they are fine-tuned from); a study's report "
+                                       "covers every finished method."),
     overrides: Optional[list[str]] = typer.Argument(
         None, help="Config overrides for every method, key.sub=value, e.g. data.root=/data/mnist."),
 ) -> None:
@@ -197,7 +200,8 @@ def reproduce(
 
     run_reproduce(preset=preset, output=output, cluster=cluster, workers=workers, report_dir=report_dir,
                   tracking_uri=tracking_uri, tracking=tracking, list_presets=list_presets,
-                  overrides=list(overrides or []), seeds=seeds)
+                  overrides=list(overrides or []), seeds=seeds,
+                  only=[m.strip() for m in only.split(",") if m.strip()] if only else None)
 
 
 @app.command(context_settings={"allow_extra_args": False})

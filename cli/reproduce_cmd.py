@@ -11,7 +11,7 @@ from mat_dist.console import plural
 
 def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | None, workers: int | None,
                   report_dir: Path | None, tracking_uri: str | None, tracking: bool, list_presets: bool,
-                  overrides: list[str], seeds: int = 1) -> None:
+                  overrides: list[str], seeds: int = 1, only: list[str] | None = None) -> None:
     from mat_dist.reproduce.presets import PRESETS, get_preset
 
     if list_presets:
@@ -21,13 +21,17 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
     the_preset = get_preset(preset)  # a bad name fails here, before anything is imported or written
     from mat_dist.reproduce.pipeline import reproduce
 
+    for name in only or ():
+        the_preset.method(name)  # an unknown method is one line, before anything is written
     output = output or Path("runs") / f"reproduce-{the_preset.name}"
-    typer.echo(f"reproducing with preset {the_preset.name}: {plural(len(the_preset.methods), 'method')} x "
+    names = [m.name for m in the_preset.methods if not only or m.name in only
+             or any(m.name in the_preset.sources(o) for o in only)]
+    typer.echo(f"reproducing with preset {the_preset.name}: {plural(len(names), 'method')} x "
                f"{plural(seeds, 'seed')} "
-               f"({', '.join(m.name for m in the_preset.methods)}) -> {output}"
+               f"({', '.join(names)}) -> {output}"
                + (f" on cluster {cluster}" if cluster else ""))
     result = reproduce(the_preset, output=output, cluster=cluster, overrides=overrides, tracking=tracking,
                        tracking_uri=tracking_uri, workers=workers, report_dir=report_dir, log=typer.echo,
-                       seeds=seeds)
+                       seeds=seeds, only=only)
     typer.echo(f"done in {result.wall_s:.0f} s: {result.report}"
                + (f"; MLflow parent run {result.parent_run_id}" if result.parent_run_id else ""))

@@ -20,6 +20,7 @@ from typing import Annotated, Any, NamedTuple
 
 import yaml
 from annotated_types import Ge, Le, Lt
+from pydantic import BeforeValidator
 from pydantic.dataclasses import dataclass
 
 from mat_dist import schema
@@ -50,8 +51,24 @@ class Precision(str, enum.Enum):
 
 
 def _is_schedule(points: list[list[float]]) -> bool:
+    """Shares from 0 to 1, never falling; two points may share a share (a step), three may not."""
     return (len(points) >= 2 and all(len(p) == 2 for p in points) and points[0][0] == 0.0 and points[-1][0] == 1.0
-            and all(p[0] < q[0] for p, q in zip(points, points[1:])) and all(p[1] >= 0 for p in points))
+            and all(p[0] <= q[0] for p, q in zip(points, points[1:]))
+            and all(not (p[0] == q[0] == r[0]) for p, q, r in zip(points, points[1:], points[2:]))
+            and points[0][0] < points[-1][0] and all(p[1] >= 0 for p in points))
+
+
+# Learning-rate schedules by name (``optim.schedule: e_at``), as [share of steps, factor] points.
+NAMED_SCHEDULES: dict[str, list[list[float]]] = {
+    # E-AT's fine-tuning (Croce and Hein 2022): the rate held for the first third, then /10, then /100.
+    "e_at": [[0.0, 1.0], [1 / 3, 1.0], [1 / 3, 0.1], [2 / 3, 0.1], [2 / 3, 0.01], [1.0, 0.01]],
+}
+
+
+def _named_schedule(value: Any) -> Any:
+    if isinstance(value, str) and value in NAMED_SCHEDULES:
+        return [list(p) for p in NAMED_SCHEDULES[value]]
+    return value
 
 
 @dataclass(frozen=True, kw_only=True, config=FORBID)
@@ -99,6 +116,9 @@ class AttackConfig:
     # Rows of input repetition (data.input_repetition) carry one image in every slot; with this on they
     # also share one perturbation, as the deployed ensemble does, in norm (b mod M) for batch b.
     tie_repeated: Bool = False
+    # Each batch, each slot draws its norm from attack.norms by E-AT's rule (probability proportional to
+    # 1 - that norm's running robust accuracy on the training batches) instead of a fixed or rotated one.
+    eat_sampling: Bool = False
 
 
 @dataclass(frozen=True, kw_only=True, config=FORBID)
@@ -121,9 +141,11 @@ class OptimConfig:
     momentum: Num = 0.9               # SGD only
     weight_decay: NonNegative = 0.0
     nesterov: Bool = False
-    # Piecewise-linear learning-rate multiplier over training: [share of steps, factor] points.
-    schedule: Annotated[list[list[Num]], must(_is_schedule, "{key} must be [share, factor] points with shares "
-                                                            "rising from 0 to 1 and factors >= 0")] = \
+    # Piecewise-linear learning-rate multiplier over training: [share of steps, factor] points (two points
+    # at one share make a step), or a schedule's name: e_at (held for a third, then /10, then /100).
+    schedule: Annotated[list[list[Num]], BeforeValidator(_named_schedule),
+                        must(_is_schedule, "{key} must be [share, factor] points with shares rising from 0 to 1 "
+                                           "and factors >= 0, or e_at")] = \
         field(default_factory=lambda: [[0.0, 0.0], [0.4, 1.0], [1.0, 0.0]])
 
 
@@ -139,6 +161,10 @@ class TrainConfig:
     precision: Precision = Precision.FP32  # bf16: autocast around the training forwards; weights stay fp32
     channels_last: Bool = False       # conv weights, hence activations, in NHWC
     compile: Bool = False             # torch.compile the network training calls (first batch compiles)
+    # Fine-tuning: start from these weights (a run folder or model file of ours, or a plain state dict of a
+    # shipped backbone: safetensors, or .pt read with weights_only=True). One network into M sub-models:
+    # mat_dist.init_from.
+    init_from: Str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=FORBID)
@@ -210,9 +236,14 @@ def validate(cfg: RunConfig) -> None:
     _require(cfg.eval.select is not Selection.BEST or cfg.eval.attack is ValidationAttack.APGD,
              "eval.select=best picks a checkpoint by its validation union: set eval.attack=apgd, since PGD "
              "overstates robustness at large radii and would select what it cannot break")
-    _require(not a.rotate_norms or (method.attacks and not method.msd),
+    _require(not a.rotate_norms or method.per_slot,
              f"attack.rotate_norms needs a method with one norm per sub-model (not {cfg.method.name})")
-    _require(not a.tie_repeated or (method.attacks and not method.msd and method.gradient is GradientMode.ENSEMBLE
+    _require(not a.eat_sampling or method.per_slot,
+             f"attack.eat_sampling needs a method with one norm per sub-model (not {cfg.method.name}; "
+             f"method e_at is E-AT for one network)")
+    _require(not (a.eat_sampling and a.rotate_norms),
+             "attack.eat_sampling and attack.rotate_norms both choose each slot's norm: turn one off")
+    _require(not a.tie_repeated or (method.per_slot and method.gradient is GradientMode.ENSEMBLE
                                     and method.model_kind is ModelKind.MIMO),
              f"attack.tie_repeated needs a MIMO method with the ensemble gradient (mat, mat_same_norm), "
              f"not {cfg.method.name}")

@@ -26,8 +26,10 @@ from mat_dist.config import OptimizerName, RunConfig, scheduled_values
 from mat_dist.data import DataSplits, MimoBatches
 from mat_dist.errors import UserError
 from mat_dist.fastpath import prepare_model
-from mat_dist.methods import METHODS, adversarial_loss, per_member_ce
+from mat_dist.init_from import initial_state
+from mat_dist.methods import METHODS, Method, adversarial_loss, per_member_ce
 from mat_dist.models.mimo import ModelSpec, build_model
+from mat_dist.norm_sampling import NormRule, NormSampler
 from mat_dist.threats import ThreatModel, make_threat
 from mat_dist.validation import Selection, robust_counts
 
@@ -55,18 +57,26 @@ def training_threats(cfg: RunConfig, radius_scale: float = 1.0, *, epoch: int = 
     return threats
 
 
-def rotated(threats: list[ThreatModel], shift: int) -> list[ThreatModel]:
-    """Slot m gets threat model (m + shift) mod M (``attack.rotate_norms``)."""
-    shift %= len(threats)
-    return threats[shift:] + threats[:shift]
+def norm_rule(method: Method, cfg: RunConfig) -> NormRule | None:
+    """How each batch's slots get their threat models: the method's draw (SAT, E-AT), else the attack's
+    options (``attack.eat_sampling``, ``attack.rotate_norms``), else slot m in norm m. None for methods that
+    use every threat model in every batch (MSD, AVG, MAX) or none (standard)."""
+    if method.draw is not None:
+        return method.draw
+    if not method.per_slot:
+        return None
+    if cfg.attack.eat_sampling:
+        return NormRule.E_AT
+    return NormRule.ROTATE if cfg.attack.rotate_norms else NormRule.FIXED
 
 
 def piecewise_linear(points: list[list[float]], progress: float) -> float:
-    """Value at ``progress`` in [0, 1] of the line through [share, value] points."""
+    """Value at ``progress`` in [0, 1] of the line through [share, value] points; two points at one share
+    make a step (the value after it holds from that share on)."""
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if progress <= x1:
+        if x0 <= progress < x1:
             return y0 + (y1 - y0) * (progress - x0) / (x1 - x0)
-    return points[-1][1]
+    return points[-1][1] if progress >= points[-1][0] else points[0][1]
 
 
 def radius_scale(warmup: float, progress: float) -> float:
@@ -129,7 +139,10 @@ class Trainer:
         self.method = METHODS[cfg.method.name]
         self.spec = model_spec(cfg, splits)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        self.net = build_model(self.spec).to(self.device)  # the plain module: saved, loaded and evaluated
+        self.net = build_model(self.spec)  # the plain module: saved, loaded and evaluated
+        if cfg.train.init_from:  # fine-tuning: start from a trained network (a checkpoint, when resuming, wins)
+            self.net.load_state_dict(initial_state(cfg.train.init_from, self.spec))
+        self.net = self.net.to(self.device)
         # What the attack and the outer step call: ``net`` behind the train.* fast-path switches, same parameters.
         self.fast_net = prepare_model(self.net, cfg.train, self.device)
         self.train_net = wrap(self.fast_net) if wrap else self.fast_net  # the DDP wrapper, when distributed
@@ -148,7 +161,11 @@ class Trainer:
         self.best: BestModel | None = None
         # Forward + backward passes of one global batch (paper Table 6): the unit of training cost.
         self.passes_per_batch = sum(self.method.passes_per_batch(
-            steps=cfg.attack.steps, members=self.spec.num_members, msd_norms=len(cfg.attack.norms)))
+            steps=cfg.attack.steps, members=self.spec.num_members, norms=len(cfg.attack.norms)))
+        rule = norm_rule(self.method, cfg)
+        # Same seed on every rank and accuracies summed over ranks: every rank draws the same norms.
+        self.norm_sampler = None if rule is None else NormSampler(
+            rule, num_norms=len(cfg.attack.norms), num_slots=self.spec.num_members, seed=cfg.seed)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -170,6 +187,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "lineage": json.dumps(self.lineage),
         }
+        if self.norm_sampler is not None:
+            state["norm_sampler"] = self.norm_sampler.state_dict()
         if self.best is not None:
             state["best"] = {"epoch": self.best.epoch, "score": self.best.score, "weights": self.best.weights}
         return state
@@ -181,6 +200,8 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.progress = Progress(epoch=int(state["epoch"]), step=int(state["step"]))
         self.lineage = json.loads(state.get("lineage", "{}"))
+        if self.norm_sampler is not None and "norm_sampler" in state:
+            self.norm_sampler.load_state_dict(state["norm_sampler"])
         best = state.get("best")
         self.best = None if best is None else BestModel(epoch=int(best["epoch"]), score=float(best["score"]),
                                                         weights=dict(best["weights"]))
@@ -200,11 +221,17 @@ class Trainer:
             metrics["train/passes"] = float(self.progress.step * self.passes_per_batch)  # since epoch 0
             sink(metrics, self)
 
-    def _current_threats(self) -> list[ThreatModel]:
+    def _current_threats(self, assigned: list[int] | None = None) -> list[ThreatModel]:
+        """This step's threat models: one per slot (``assigned`` indices, by default this step's assignment
+        when it is not drawn at random), or all of attack.norms for methods that use every one."""
         threats = training_threats(self.cfg, radius_scale(self.cfg.attack.warmup,
                                                           self.progress.step / self.total_steps),
                                    epoch=self.progress.epoch)
-        return rotated(threats, self.progress.step) if self.cfg.attack.rotate_norms else threats
+        if self.norm_sampler is None:
+            return threats
+        if assigned is None:
+            assigned = self.norm_sampler.assign(self.progress.step)
+        return [threats[i] for i in assigned]
 
     def _tied_rows(self, x: torch.Tensor) -> TiedRows | None:
         """The input-repeated rows of batch x (every slot the same image), when attack.tie_repeated is on."""
@@ -224,19 +251,29 @@ class Trainer:
         diagnostics: dict[str, float] = {}
         values = scheduled_values(cfg, epoch)
         self.loss_weights = torch.tensor(values.loss_weights, device=self.device)
+        drawn = torch.zeros(len(cfg.attack.norms))  # slot-batches attacked in each norm this epoch
         for i, (x, y) in enumerate(self.batches.epoch(epoch)):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.optim.lr * piecewise_linear(cfg.optim.schedule, self.progress.step / self.total_steps)
+            assigned = self.norm_sampler.assign(self.progress.step) if self.norm_sampler is not None else None
+            threats = self._current_threats(assigned)
             result = adversarial_loss(
-                self.method, self.train_net, x, y, threats=self._current_threats(), steps=cfg.attack.steps,
+                self.method, self.train_net, x, y, threats=threats, steps=cfg.attack.steps,
                 random_start=cfg.attack.random_start, outer=cfg.method.outer_loss, weights=self.loss_weights,
                 generator=self.attack_rng, attack_net=self.fast_net, tied=self._tied_rows(x))
-            if i == 0 and cfg.train.diagnostics and self.method.attacks and not self.method.msd:
-                diagnostics = self._diagnostics(result.x_adv, y)
+            if i == 0 and cfg.train.diagnostics and self.method.per_slot:
+                diagnostics = self._diagnostics(result.x_adv, y, threats)
             self.optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             self.optimizer.step()
+            if assigned is not None:
+                drawn.index_add_(0, torch.tensor(assigned), torch.ones(len(assigned)))  # a norm may repeat
+                if self.norm_sampler.adaptive:  # E-AT: robust accuracy of the attacked batch, over all ranks
+                    counted = _sum_across_ranks(torch.cat([result.member_correct.float(),
+                                                           torch.tensor([x.shape[0]], device=self.device,
+                                                                        dtype=torch.float)]))
+                    self.norm_sampler.record(assigned, counted[:-1].cpu(), counted[-1].item())
             self.progress.step += 1
             loss_sum += result.member_losses
             outer_sum += result.loss.detach()
@@ -260,12 +297,17 @@ class Trainer:
             for name in ("eps", "alpha", "loss_weights"):
                 metrics.update({f"schedule/{name}.{i}": float(v) for i, v in enumerate(getattr(values, name))})
         metrics.update(diagnostics)
+        if self.norm_sampler is not None and self.norm_sampler.rule in (NormRule.UNIFORM, NormRule.E_AT):
+            accuracies = self.norm_sampler.accuracies()
+            for j, norm in enumerate(cfg.attack.norms):  # how often each norm was drawn, and E-AT's figures
+                metrics[f"norms/share_{norm.value}"] = float(drawn[j] / drawn.sum())
+                if self.norm_sampler.adaptive and self.norm_sampler.seen[j] > 0:
+                    metrics[f"norms/train_robust_{norm.value}"] = float(accuracies[j])
         return metrics
 
-    def _diagnostics(self, x_adv: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def _diagnostics(self, x_adv: torch.Tensor, y: torch.Tensor, threats: list[ThreatModel]) -> dict[str, float]:
         """Cross-gradient ratio and step disagreement per sub-model at this batch's attacked inputs."""
-        found = cross_gradient_diagnostics(lambda xa: per_member_ce(self.net(xa), y), x_adv,
-                                           self._current_threats())
+        found = cross_gradient_diagnostics(lambda xa: per_member_ce(self.net(xa), y), x_adv, threats)
         return {f"diag/{name}_m{j}": float(v) for name, values in found.items() for j, v in enumerate(values)}
 
     def evaluate(self) -> dict[str, float]:

@@ -30,6 +30,11 @@ def table6(method: str, k: int, m: int) -> tuple[int, int]:
         "mimo_at": (k + 1, m * k + 1),
         "msd": ((1 + MSD_NORMS) * k + 1, k + 1),
         "mat_msd": ((1 + MSD_NORMS) * k + 1, k + 1),
+        # the field's one-network methods (DESIGN.md): one norm per batch, or every norm per batch
+        "sat": (k + 1, k + 1),
+        "e_at": (k + 1, k + 1),
+        "avg": (MSD_NORMS * (k + 1), MSD_NORMS * (k + 1)),
+        "max": (MSD_NORMS * (k + 1), MSD_NORMS * (k + 1)),
     }[method]
 
 
@@ -48,8 +53,10 @@ def count_passes(net: torch.nn.Module, run) -> tuple[int, int]:
 
 
 def threats_for(method: str, m: int):
-    if METHODS[method].msd:
+    if METHODS[method].msd or METHODS[method].every_norm is not None:
         return THREATS
+    if METHODS[method].draw is not None:  # the trainer hands over the one norm drawn for the batch
+        return [THREATS[2]]
     if METHODS[method].same_norm:
         return [THREATS[0]] * m
     return [THREATS[i % 3] for i in range(m)]
@@ -74,7 +81,37 @@ def test_passes_per_batch_equal_table_6(name, k, m):
 
     assert count_passes(net, step) == table6(name, k, m)
     # the count a tuning trial reports as its training cost is the measured one
-    assert method.passes_per_batch(steps=k, members=m, msd_norms=MSD_NORMS) == count_passes(net, step)
+    assert method.passes_per_batch(steps=k, members=m, norms=MSD_NORMS) == count_passes(net, step)
+
+
+@pytest.mark.parametrize("combine", ["avg", "max"])
+def test_avg_and_max_against_a_brute_force_loop_over_norms(combine):
+    """AVG's loss is the mean of the N adversarial losses; MAX keeps, per example, the norm whose adversarial
+    loss is highest: both against a loop that attacks with each norm alone from the same generator state."""
+    net = tiny_net(1)
+    x = torch.rand(12, 1, 1, 8, 8)
+    y = torch.randint(0, 10, (12, 1))
+    result = adversarial_loss(METHODS[combine], net, x, y, threats=THREATS, steps=2, random_start=True,
+                              outer=OuterLoss.SUM, weights=torch.ones(1), generator=torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    per_norm = []  # (N, B): each example's adversarial loss under each norm
+    adversarial = []
+    for threat in THREATS:
+        delta = perturb(lambda xa: per_member_ce(net(xa), y), x, [SlotAttack((threat,))], steps=2,
+                        generator=generator)
+        adversarial.append(x + delta)
+        with torch.no_grad():
+            per_norm.append(per_member_ce(net(x + delta), y)[:, 0])
+    per_norm = torch.stack(per_norm)
+    if combine == "max":
+        expected = torch.stack([per_norm[:, b].max() for b in range(12)]).mean()
+        for b in range(12):  # the kept example is that of the worst norm
+            worst = int(per_norm[:, b].argmax())
+            torch.testing.assert_close(result.x_adv[b], adversarial[worst][b])
+    else:
+        expected = per_norm.mean()
+    torch.testing.assert_close(result.loss.detach(), expected)
+    assert per_norm.argmax(dim=0).unique().numel() > 1  # the norms really differ per example here
 
 
 def test_mat_gradient_is_true_gradient_plus_cross_gradient():

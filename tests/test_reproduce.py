@@ -54,6 +54,8 @@ def test_tiny_preset_has_every_method_of_the_paper():
     assert REQUIRED <= names
     assert any(m.method == "mat_same_norm" for m in TINY.methods)
     for preset in PRESETS.values():
+        if preset.study:  # a study picks its own methods (test_the_study_preset_has_every_registry_method)
+            continue
         assert REQUIRED <= {m.name for m in preset.methods}, preset.name
         assert {"mat_same_linf", "mat_same_l2", "mat_same_l1"} <= {m.name for m in preset.methods} \
             or preset.name.startswith("tiny")
@@ -69,14 +71,16 @@ def test_every_preset_builds_valid_configs_and_suite(name):
     for spec in preset.methods:
         cfg = configs[spec.name]
         assert cfg.method.name == spec.method
-        # every method shares the preset's data, backbone, K and epochs: a fair comparison
+        # every method shares the preset's data, backbone, K and epochs (a fine-tuned one: fewer, after its
+        # source's): a fair comparison
         first = configs[preset.methods[0].name]
-        assert (cfg.data, cfg.model.backbone, cfg.attack.steps, cfg.train.epochs) == \
-            (first.data, first.model.backbone, first.attack.steps, first.train.epochs)
+        assert (cfg.data, cfg.model.backbone, cfg.attack.steps) == \
+            (first.data, first.model.backbone, first.attack.steps)
+        assert (cfg.train.epochs == first.train.epochs) == (spec.init_from is None)
         for norm, eps in zip(cfg.attack.norms, cfg.attack.eps):
             assert eps == preset.radii[norm]
-        assert cfg.train.diagnostics == (spec.method in ("mat", "mat_same_norm", "mimo_at"))
-        assert cfg.attack.rotate_norms == (spec.name == "mat_rotate")
+        assert cfg.train.diagnostics == (spec.method in ("mat", "mat_same_norm", "mimo_at") and not spec.init_from)
+        assert cfg.attack.rotate_norms == spec.name.endswith("mat_rotate")
         if preset.radii_match_paper():  # at the paper's radii every selection is made under APGD
             assert cfg.eval.attack.value == "apgd" or name.endswith("-paper")
     assert {n: e for n, e in suite.eps.items()} == dict(preset.radii)
@@ -242,5 +246,21 @@ def test_bad_preset_name_is_one_clear_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0] == ("matd: error: unknown preset 'mnist-huge'; use one of "
-                        "tiny, tiny-paper-radii, mnist5k-cpu, mnist5k-paper-radii, mnist-paper, cifar10-paper")
+                        "tiny, tiny-paper-radii, mnist5k-cpu, mnist5k-paper-radii, mnist5k-study, tiny-study, mnist-paper, "
+                        "cifar10-paper")
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_the_study_preset_has_every_registry_method_and_the_fine_tuned_rows():
+    from mat_dist.methods import METHODS
+
+    study = PRESETS["mnist5k-study"]
+    used = {m.method for m in study.methods}
+    assert set(METHODS) - {"mat_same_norm"} <= used  # MAT with one norm is the paper's Table 8, not the study's
+    names = {m.name for m in study.methods}
+    assert {"at_linf", "at_l2", "at_l1", "mat", "mat_rotate", "mat_eat", "ft_e_at", "ft_mat_rotate",
+            "ft_mat_eat"} <= names
+    order = [m.name for m in study.methods]
+    for spec in study.methods:  # a fine-tuned row runs after its source, whose weights it reads
+        if spec.init_from:
+            assert order.index(spec.init_from) < order.index(spec.name)

@@ -11,7 +11,8 @@ from mat_dist.config import config_from_dict
 from mat_dist.errors import UserError
 from mat_dist.training.in_process import train_in_process
 from mat_dist.threats import LinfThreat, L2Threat, Norm
-from mat_dist.train import Trainer, rotated
+from mat_dist.norm_sampling import NormRule, NormSampler
+from mat_dist.train import Trainer
 
 
 def test_apgd_check_reports_every_norm_and_leaves_the_global_rng_alone(tiny_raw):
@@ -131,7 +132,7 @@ def test_rotated_norms_give_every_slot_every_norm_over_m_batches(tiny_raw):
         trainer.progress.step = step
         seen.append([t.norm_kind for t in trainer._current_threats()])
     assert seen == [[Norm.L2, Norm.LINF], [Norm.LINF, Norm.L2], [Norm.L2, Norm.LINF], [Norm.LINF, Norm.L2]]
-    assert rotated([1, 2, 3], 4) == [2, 3, 1]
+    assert NormSampler(NormRule.ROTATE, num_norms=3, num_slots=3, seed=0).assign(4) == [1, 2, 0]
     tiny_raw["method"]["name"] = "mat_msd"
     with pytest.raises(UserError, match="rotate_norms"):
         config_from_dict(tiny_raw)

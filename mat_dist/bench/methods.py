@@ -52,12 +52,15 @@ class BenchSettings:
     device: str = "cpu"
 
 
-def table6_passes(method: str, k: int, m: int, msd_norms: int = 3) -> tuple[int, int]:
-    """Forward / backward passes per batch of the paper's Table 6 (MSD: one forward per candidate norm)."""
+def table6_passes(method: str, k: int, m: int, norms: int = 3) -> tuple[int, int]:
+    """Forward / backward passes per batch of the paper's Table 6 (MSD: one forward per candidate norm), and of
+    the field's one-network methods (SAT and E-AT: one norm per batch; AVG and MAX: every norm per batch)."""
     return {
         "standard": (1, 1), "at": (k + 1, k + 1), "mat": (k + 1, k + 1), "mat_same_norm": (k + 1, k + 1),
         "ensemble_at": (m * (k + 1), m * (k + 1)), "mimo_at": (k + 1, m * k + 1),
-        "msd": ((1 + msd_norms) * k + 1, k + 1), "mat_msd": ((1 + msd_norms) * k + 1, k + 1),
+        "msd": ((1 + norms) * k + 1, k + 1), "mat_msd": ((1 + norms) * k + 1, k + 1),
+        "sat": (k + 1, k + 1), "e_at": (k + 1, k + 1),
+        "avg": (norms * (k + 1), norms * (k + 1)), "max": (norms * (k + 1), norms * (k + 1)),
     }[method]
 
 
@@ -80,7 +83,7 @@ def _members(case: str, m: int) -> int:
 def _threats(case: str, m: int) -> list[ThreatModel]:
     method, norm = _method_and_norm(case)
     spec = METHODS[method]
-    if spec.msd:
+    if spec.msd or spec.every_norm is not None:
         return [_threat(n) for n in NORM_ORDER]
     if spec.single_model:
         return [_threat(norm)]

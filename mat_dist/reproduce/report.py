@@ -31,7 +31,8 @@ NORM_LABEL = {Norm.LINF: "l_inf", Norm.L2: "l_2", Norm.L1: "l_1"}
 UNION_ROWS = ("all_linf", "all_l2", "all_l1", "all_attacks")
 PASS_FORMULA = {"standard": "1 / 1", "at": "K+1 / K+1", "mat": "K+1 / K+1", "mat_same_norm": "K+1 / K+1",
                 "ensemble_at": "M(K+1) / M(K+1)", "mimo_at": "K+1 / MK+1", "msd": "(1+N)K+1 / K+1",
-                "mat_msd": "(1+N)K+1 / K+1"}
+                "mat_msd": "(1+N)K+1 / K+1", "sat": "K+1 / K+1", "e_at": "K+1 / K+1", "avg": "N(K+1) / N(K+1)",
+                "max": "N(K+1) / N(K+1)"}
 
 
 @dataclass
@@ -319,8 +320,7 @@ def cost_table(preset: Preset, data: list[MethodData], paper: dict) -> Table:
                   ["method", "networks x heads", "K", "fwd / bwd (formula)", "fwd", "bwd", "epochs",
                    "s / epoch (median)", "training (min)", "paper (min)", "evaluation (s)"])
     for d in data:
-        msd_norms = len(d.norms)
-        fwd, bwd = table6_passes(d.method, d.steps, d.num_members, msd_norms=msd_norms)
+        fwd, bwd = table6_passes(d.method, d.steps, d.num_members, norms=len(d.norms))
         times = [float(r["epoch_time_s"]) for r in d.metrics if "epoch_time_s" in r]
         shape = f"{d.num_members} x 1" if d.method == "ensemble_at" else f"1 x {d.num_members}"
         paper_min = paper.get(("MAT paper Table 7", preset.paper_dataset, d.table7_name, "train_minutes")) \

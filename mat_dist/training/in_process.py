@@ -17,7 +17,8 @@ from mat_dist.config import RunConfig
 from mat_dist.data import DataSplits, load_splits
 from mat_dist.errors import UserError
 from mat_dist.tracking import check_store
-from mat_dist.train import BatchCallback, Trainer, resolve_device, set_threads
+from mat_dist.init_from import check_init_source
+from mat_dist.train import BatchCallback, Trainer, model_spec, resolve_device, set_threads
 from mat_dist.training.recorder import EpochRecorder, start_tracker
 from mat_dist.training.run_folder import RAY_RUN_FILE, RunFolder, RunResult, check_writable
 
@@ -28,7 +29,6 @@ def train_in_process(cfg: RunConfig, output: Path, *, resume: bool = False, trac
                      splits: DataSplits | None = None) -> RunResult:
     """Train ``cfg`` in this process; ``output`` receives the run folder's layout."""
     run = RunFolder(output)
-    check_writable(output)
     if resume and run.ray_run.is_file():
         raise UserError(f"--resume: {output} is a Ray run ({RAY_RUN_FILE}); resume it with --cluster FILE "
                         f"(or no --cluster for the local default)")
@@ -36,8 +36,10 @@ def train_in_process(cfg: RunConfig, output: Path, *, resume: bool = False, trac
     # that the corrected command then refuses ("already holds a run").
     splits = splits or load_splits(cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size,
                                    seed=cfg.seed, limit_train=cfg.data.limit_train)
+    check_init_source(cfg.train.init_from, model_spec(cfg, splits))  # a bad fine-tuning source, too
     if cfg.tracking.enabled:  # an unreachable store, too, before config.yaml is written
         check_store(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment)
+    check_writable(output)  # last of the checks: it creates the folder
     cfg = run.prepare(cfg, resume=resume)
     set_threads(cfg.train.threads)
     trainer = Trainer(cfg, splits, device=resolve_device(cfg.train.device))

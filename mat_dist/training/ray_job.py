@@ -41,6 +41,8 @@ from mat_dist.cluster.runtime import check_storage, connect
 from mat_dist.config import RunConfig
 from mat_dist.console import plural
 from mat_dist.data import MimoBatches, load_splits
+from mat_dist.init_from import check_init_source
+from mat_dist.train import model_spec
 from mat_dist.environ import scoped_env
 from mat_dist.errors import UserError
 from mat_dist.tracking import check_store
@@ -90,6 +92,7 @@ def check_data(cfg: RunConfig, cluster: ClusterConfig) -> None:
     for world_size in cluster.worker_counts:
         MimoBatches(splits.train, num_members=cfg.model.num_members, batch_size=cfg.data.batch_size,
                     seed=cfg.seed, rank=0, world_size=world_size)
+    check_init_source(cfg.train.init_from, model_spec(cfg, splits))  # the workers read the same file
 
 
 def _ray_run(output: Path, storage: str, cfg: RunConfig, resume: bool) -> dict[str, str]:

@@ -1,0 +1,293 @@
+"""The study: union robustness against training cost, for whatever methods of a study preset are finished.
+
+Reads a reproduction folder (``runs/<label>/metrics.jsonl``, ``evals/<label>/summary.json`` and
+``results.parquet``; the weights are not needed, so committed results are enough) and writes:
+
+    study.md             one row per method (seeds pooled): clean, union and per-norm robust accuracy with
+                         95% intervals, training passes (paper Table 6 counts times the batches trained; a
+                         fine-tuned method adds its source's) and training seconds; the Pareto front of union
+                         against passes; every difference to MAT (rotated) paired on the same test images;
+                         and the paper's claims, one by one, each with its paired difference and a verdict
+    study.json           the same figures as data
+    study_cost.png       union against training passes, the Pareto front marked
+    study_cost_norms.png the same per norm
+
+A difference counts only when its 95% interval (bootstrap over images and seeds, ``evaluate.paired``)
+excludes 0; otherwise the report calls it a tie.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mat_dist.atomic import read_jsonl, write_atomic
+from mat_dist.evaluate.metrics import wilson_interval
+from mat_dist.evaluate.paired import PairedDifference, paired_difference
+from mat_dist.reproduce.presets import Preset
+
+REFERENCE = "mat_rotate"  # every row's paired difference is against MAT with rotated norms
+NORMS = ("linf", "l2", "l1")
+
+
+@dataclass
+class Row:
+    """One method, its seeds pooled."""
+
+    name: str
+    method: str
+    seeds: list[int]
+    per_image: dict[str, list[np.ndarray]]  # "all" and each norm -> one robustness vector per seed
+    clean: list[float]
+    passes: float        # mean over seeds, the source's included for a fine-tuned method
+    own_passes: float    # this run's alone
+    seconds: float       # training wall seconds (sum of epoch times), the source's included
+    images: int
+    source: str | None = None
+    front: bool = False
+    vs_reference: PairedDifference | None = None
+    per_norm_fronts: dict[str, bool] = field(default_factory=dict)
+
+    def accuracy(self, key: str = "all") -> float:
+        return float(np.mean([v.mean() for v in self.per_image[key]]))
+
+    def interval(self, key: str = "all") -> tuple[float, float]:
+        """The Wilson interval of the pooled images (one seed: that seed's)."""
+        pooled = np.concatenate(self.per_image[key])
+        return wilson_interval(int(pooled.sum()), pooled.size)
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    report: Path
+    figures: list[Path]
+    rows: list[Row]
+
+
+def _per_image(eval_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    import pyarrow.parquet as pq
+
+    from mat_dist.evaluate.metrics import robust_matrix
+
+    robust, attacks, norms, examples = robust_matrix(pq.read_table(eval_dir / "results.parquet"))
+    out = {"all": robust.all(axis=1)}
+    for norm in NORMS:
+        cols = [i for i, a in enumerate(attacks) if norms[a] == norm]
+        out[norm] = robust[:, cols].all(axis=1) if cols else np.zeros(len(examples), dtype=bool)
+    return examples, out
+
+
+def _training(run_dir: Path) -> tuple[float, float] | None:
+    """(training passes, training seconds) of a finished run folder, from its metrics."""
+    lines = [r for r in read_jsonl(run_dir / "metrics.jsonl")] if (run_dir / "metrics.jsonl").is_file() else []
+    if not lines:
+        return None
+    return float(lines[-1].get("train/passes", 0.0)), float(sum(r.get("epoch_time_s", 0.0) for r in lines))
+
+
+def collect(preset: Preset, output: Path, seeds: int) -> list[Row]:
+    """Every method with at least one seed trained and evaluated, in the preset's order."""
+    from mat_dist.reproduce.pipeline import EVALS, RUNS, run_label
+
+    rows: list[Row] = []
+    ids: np.ndarray | None = None
+    for spec in preset.methods:
+        per_image: dict[str, list[np.ndarray]] = {k: [] for k in ("all", *NORMS)}
+        done, clean, passes, own, seconds = [], [], [], [], []
+        for seed in range(seeds):
+            label = run_label(spec.name, seed)
+            eval_dir, cost = output / EVALS / label, _training(output / RUNS / label)
+            if cost is None or not (eval_dir / "results.parquet").is_file():
+                continue
+            total_passes, total_seconds = cost
+            for source in preset.sources(spec.name):  # fine-tuning costs its source's training too
+                source_cost = _training(output / RUNS / run_label(source, seed)) or (0.0, 0.0)
+                total_passes, total_seconds = total_passes + source_cost[0], total_seconds + source_cost[1]
+            examples, robust = _per_image(eval_dir)
+            if ids is None:
+                ids = examples
+            elif not np.array_equal(ids, examples):
+                raise ValueError(f"{eval_dir} was evaluated on other test images than the study's first method")
+            for key, values in robust.items():
+                per_image[key].append(values)
+            summary = json.loads((eval_dir / "summary.json").read_text())
+            done.append(seed)
+            clean.append(float(summary["clean"]))
+            passes.append(total_passes)
+            own.append(cost[0])
+            seconds.append(total_seconds)
+        if done:
+            rows.append(Row(name=spec.name, method=spec.method, seeds=done, per_image=per_image, clean=clean,
+                            passes=float(np.mean(passes)), own_passes=float(np.mean(own)),
+                            seconds=float(np.mean(seconds)), images=len(per_image["all"][0]),
+                            source=spec.init_from))
+    return rows
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """Which (cost, accuracy) points no other point beats: as cheap or cheaper and at least as accurate, one of
+    the two strictly."""
+    return [not any((c2 <= c and a2 >= a) and (c2 < c or a2 > a) for c2, a2 in points) for c, a in points]
+
+
+# ---------------------------------------------------------------- claims
+
+@dataclass(frozen=True)
+class Claim:
+    text: str                      # the paper's (or the field's) claim
+    better: str                    # the method the claim says is more robust (or as robust)
+    other: str
+    expect: str = "above"          # above: better > other; tie: comparable
+
+
+def claims() -> list[Claim]:
+    return [
+        *[Claim(f"MAT is more robust to the union than AT in {n}", "mat", f"at_{n}") for n in NORMS],
+        *[Claim(f"MAT (rotated) is more robust to the union than AT in {n}", REFERENCE, f"at_{n}") for n in NORMS],
+        Claim("MAT is more robust to the union than the vanilla ensemble (ensemble AT)", "mat", "ensemble_at"),
+        Claim("MAT is comparable to MSD on the union", "mat", "msd", expect="tie"),
+        Claim("MAT (rotated) against E-AT, at the same passes per batch (K+1)", REFERENCE, "e_at", expect="tie"),
+        Claim("rotating the norms over the slots beats the paper's fixed assignment", REFERENCE, "mat"),
+        Claim("MAT with E-AT's sampling against MAT (rotated)", "mat_eat", REFERENCE, expect="tie"),
+        Claim("E-AT fine-tuning of l_inf-AT reaches E-AT from scratch", "ft_e_at", "e_at", expect="tie"),
+        Claim("MAT fine-tuned from l_inf-AT reaches MAT (rotated) from scratch", "ft_mat_rotate", REFERENCE,
+              expect="tie"),
+    ]
+
+
+def _holds(c: Claim, v: str) -> str:
+    if c.expect == "above":
+        return {"above": "yes", "below": "no: reversed", "tie": "not shown (a tie)"}[v]
+    return {"tie": "yes (a tie)", "above": f"no: {c.better} is above", "below": f"no: {c.better} is below"}[v]
+
+
+def verdict(d: PairedDifference) -> str:
+    if not d.separated:
+        return "tie"
+    return "above" if d.difference > 0 else "below"
+
+
+def _paired(rows: dict[str, Row], a: str, b: str, key: str = "all") -> PairedDifference | None:
+    if a not in rows or b not in rows:
+        return None
+    return paired_difference(rows[a].per_image[key], rows[b].per_image[key])
+
+
+# ---------------------------------------------------------------- writing
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _ci(lo_hi: tuple[float, float]) -> str:
+    return f"[{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]"
+
+
+def _plot(rows: list[Row], path: Path, keys: tuple[str, ...], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r.passes, r.accuracy(key)) for r in rows]
+        front = pareto_front(points)
+        for r, on_front in zip(rows, front):
+            lo, hi = r.interval(key)
+            acc = r.accuracy(key)
+            ax.errorbar(r.passes, 100 * acc, yerr=[[100 * (acc - lo)], [100 * (hi - acc)]], fmt="o",
+                        color="tab:red" if on_front else "tab:blue", capsize=3, alpha=0.9)
+            ax.annotate(r.name, (r.passes, 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        line = sorted(p for p, f in zip(points, front) if f)
+        ax.step([p[0] for p in line], [100 * p[1] for p in line], where="post", color="tab:red", lw=1,
+                label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("training passes (forward + backward, log scale)")
+        ax.set_ylabel(f"robust accuracy, {'union of all norms' if key == 'all' else key} (%)")
+        ax.set_title(f"{title}: {'union' if key == 'all' else key}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
+                machine: str | None = None) -> StudyReport:
+    """Write study.md, study.json and the two figures for the finished methods of ``output`` into ``target``."""
+    rows = collect(preset, output, seeds)
+    by_name = {r.name: r for r in rows}
+    for r, on_front in zip(rows, pareto_front([(r.passes, r.accuracy()) for r in rows])):
+        r.front = on_front
+        r.vs_reference = _paired(by_name, r.name, REFERENCE) if r.name != REFERENCE else None
+    target.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if rows:
+        figures = [target / "study_cost.png", target / "study_cost_norms.png"]
+        _plot(rows, figures[0], ("all",), preset.name)
+        _plot(rows, figures[1], NORMS, preset.name)
+    missing = [m.name for m in preset.methods if m.name not in by_name]
+    lines = [f"# Study {preset.name}: union robustness against training cost", "",
+             f"{preset.data_note}.", "",
+             f"Machine: {machine or _machine()}. Seeds per method: as listed. Robust accuracy is the per-image "
+             f"worst case over the suite's attacks (all norms for the union), in % with 95% Wilson intervals "
+             f"over the pooled images of the seeds. Passes: forward + backward passes of the network "
+             f"(paper Table 6 per batch, times the batches trained; a fine-tuned method adds its source's). "
+             f"Seconds: training wall time (sum of epoch times, per-epoch check included). Paired: the "
+             f"difference to {REFERENCE} on the same test images, 95% bootstrap over images and seeds; a "
+             f"difference whose interval holds 0 is a tie.", ""]
+    if not rows:
+        lines += ["No method is finished yet."]
+    else:
+        lines += ["| method | seeds | clean | union [95%] | l_inf | l_2 | l_1 | passes | seconds | Pareto | "
+                  f"paired vs {REFERENCE} |", "|---|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|"]
+        for r in rows:
+            name = r.name + (f" (from {r.source})" if r.source else "")
+            paired = r.vs_reference.text() + f" {verdict(r.vs_reference)}" if r.vs_reference else "-"
+            lines.append(f"| {name} | {','.join(map(str, r.seeds))} | {_pct(np.mean(r.clean))} | "
+                         f"{_pct(r.accuracy())} {_ci(r.interval())} | " +
+                         " | ".join(_pct(r.accuracy(n)) for n in NORMS) +
+                         f" | {r.passes:,.0f} | {r.seconds:,.0f} | {'yes' if r.front else ''} | {paired} |")
+        lines += ["", f"Test images per method: {rows[0].images}.", ""]
+    lines += ["## The claims, one by one", "",
+              "| claim | methods | paired difference [95%] | verdict | holds? |", "|---|---|---:|---|---|"]
+    claim_data = []
+    for c in claims():
+        d = _paired(by_name, c.better, c.other)
+        if d is None:
+            lines.append(f"| {c.text} | {c.better} - {c.other} | not yet measured | - | - |")
+            claim_data.append({"claim": c.text, "measured": False})
+            continue
+        v = verdict(d)
+        holds = _holds(c, v)
+        lines.append(f"| {c.text} | {c.better} - {c.other} | {d.text()} | {v} | {holds} |")
+        claim_data.append({"claim": c.text, "measured": True, "difference": d.difference, "interval": d.interval,
+                           "verdict": v, "holds": holds})
+    if missing:
+        lines += ["", f"Not finished yet ({len(missing)}): {', '.join(missing)}."]
+    write_atomic(target / "study.md", "\n".join(lines) + "\n")
+    data = {"preset": preset.name, "rows": [{
+        "name": r.name, "method": r.method, "seeds": r.seeds, "images": r.images, "clean": float(np.mean(r.clean)),
+        "union": r.accuracy(), "union_interval": r.interval(),
+        **{f"all_{n}": r.accuracy(n) for n in NORMS}, "passes": r.passes, "own_passes": r.own_passes,
+        "seconds": r.seconds, "source": r.source, "pareto": r.front,
+        "paired_vs_reference": None if r.vs_reference is None else
+        {"difference": r.vs_reference.difference, "interval": r.vs_reference.interval}} for r in rows],
+        "claims": claim_data, "missing": missing}
+    write_atomic(target / "study.json", json.dumps(data, indent=1))
+    return StudyReport(report=target / "study.md", figures=figures, rows=rows)
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    import torch
+
+    return (f"{platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}), "
+            f"torch {torch.__version__}, {'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")

@@ -1,0 +1,60 @@
+"""The study (``matd reproduce --preset tiny-study``): fine-tuned rows read their source's model, ``--only``
+runs a subset, committed results (no weights) are skipped on a fresh machine, and the report pairs, ranks and
+marks the Pareto front of what is finished."""
+
+import json
+import shutil
+
+import pytest
+
+from mat_dist.config import read_yaml
+from mat_dist.errors import UserError
+from mat_dist.reproduce.pipeline import reproduce
+from mat_dist.reproduce.presets import PRESETS
+from mat_dist.reproduce.study import pareto_front
+
+PRESET = PRESETS["tiny-study"]
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    points = [(1, 0.1), (2, 0.3), (3, 0.2), (4, 0.5), (4, 0.4), (2, 0.3)]
+    assert pareto_front(points) == [True, True, False, True, False, True]
+
+
+def test_a_study_runs_in_pieces_and_continues_from_committed_results(tmp_path):
+    out = tmp_path / "study"
+    first = reproduce(PRESET, output=out, tracking=False, workers=0, only=["ft_mat_rotate"])
+    assert [o.label for o in first.methods] == ["at_linf", "ft_mat_rotate"]  # the source comes along
+    cfg = read_yaml(out / "runs" / "ft_mat_rotate" / "config.yaml")
+    assert cfg["train"]["init_from"] == str(out / "runs" / "at_linf") and cfg["train"]["epochs"] == 1
+    study = json.loads((out / "study.json").read_text())
+    rows = {r["name"]: r for r in study["rows"]}
+    assert set(rows) == {"at_linf", "ft_mat_rotate"}
+    # a fine-tuned model costs its source's training too
+    assert rows["ft_mat_rotate"]["passes"] == rows["ft_mat_rotate"]["own_passes"] + rows["at_linf"]["passes"]
+    assert rows["at_linf"]["passes"] == 2 * 10 * (3 + 3)  # 2 epochs x 10 batches x ((K+1) fwd + (K+1) bwd), K=2
+    assert "mat_rotate" in study["missing"]
+    # A fresh clone holds the committed files only: no weights, no checkpoints, no evaluation shards.
+    for pattern in ("*.safetensors", "checkpoints", "shards"):
+        for path in out.rglob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    second = reproduce(PRESET, output=out, tracking=False, workers=0)
+    status = {o.label: (o.training, o.evaluation) for o in second.methods}
+    assert status["at_linf"] == status["ft_mat_rotate"] == ("skipped", "skipped")
+    assert status["mat_rotate"] == status["e_at"] == status["avg"] == ("trained", "evaluated")
+    study = json.loads((out / "study.json").read_text())
+    assert not study["missing"] and len(study["rows"]) == 5
+    reference = {r["name"]: r for r in study["rows"]}["mat_rotate"]
+    assert reference["paired_vs_reference"] is None
+    assert all(r["paired_vs_reference"] is not None for r in study["rows"] if r["name"] != "mat_rotate")
+    assert any(r["pareto"] for r in study["rows"])
+    text = (out / "study.md").read_text()
+    assert "| ft_mat_rotate (from at_linf) |" in text and "MAT (rotated) against E-AT" in text
+    assert (out / "study_cost.png").is_file() and (out / "study_cost_norms.png").is_file()
+    assert (out / "report.md").is_file()  # every method finished: the paper-shaped report too
+
+
+def test_only_names_the_preset_methods(tmp_path):
+    with pytest.raises(UserError, match="preset tiny-study has no method 'mat_x'"):
+        reproduce(PRESET, output=tmp_path / "s", tracking=False, workers=0, only=["mat_x"])
+    assert not (tmp_path / "s" / "runs").exists()

@@ -29,7 +29,7 @@ publish() {  # copy the results of method $1 (every seed) and the study report i
     [ -d "$d" ] || continue
     mkdir -p "$PUBLISH/$d"
     for f in config.yaml metrics.jsonl report.md summary.json results.parquet eval.json; do
-      [ -f "$d/$f" ] && cp "$d/$f" "$PUBLISH/$d/$f"
+      if [ -f "$d/$f" ]; then cp "$d/$f" "$PUBLISH/$d/$f"; fi
     done
   done
   git -C "$PUBLISH" add -- "$HERE"
@@ -38,6 +38,7 @@ publish() {  # copy the results of method $1 (every seed) and the study report i
         -- "$HERE" && return 0
     sleep 5
   done
+  echo "$(date -u +%FT%TZ) $m: nothing committed to $PUBLISH" >> runs/study.log
 }
 
 for m in $METHODS; do

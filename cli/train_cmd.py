@@ -17,15 +17,38 @@ def resolve_run_config(config: str | None, output: Path | None, resume: bool, ov
     """The config to run and its output folder; with --resume the run folder's config is the default."""
     from mat_dist.errors import UserError
 
-    if config is None:
-        if not (resume and output is not None):
-            raise UserError("give --config FILE (or a shipped config name; see `matd configs`)")
-        saved = RunFolder(output).config
-        if not saved.is_file():
-            raise UserError(f"--resume: {output} holds no run (no {CONFIG_FILE}); give --config to start one")
-        return config_from_dict(apply_overrides(read_yaml(saved), overrides)), output
-    cfg = load_config(config, overrides)
-    return cfg, output or Path("runs") / cfg.name
+    if config is None and not resume:
+        raise UserError("give --config FILE (or a shipped config name; see `matd configs`)")
+    if config is None and output is None:
+        raise UserError("--resume needs --output DIR, the run folder to continue")
+    cfg = load_config(config, overrides) if config is not None else None
+    output = output or Path("runs") / cfg.name
+    saved = RunFolder(output).config
+    if resume and not saved.is_file():
+        # The same advice with or without --config: there is nothing to resume, so start the run.
+        start = "drop --resume" + (" and give --config FILE" if config is None else "")
+        raise UserError(f"--resume: {output} holds no run (no {CONFIG_FILE}); to start one there, {start}")
+    if cfg is None:
+        cfg = config_from_dict(apply_overrides(read_yaml(saved), overrides), source=str(saved), overrides=overrides)
+    return cfg, output
+
+
+def check_before_start(cfg, output: Path, resume: bool, cluster_cfg) -> None:
+    """What would stop the run, found before the first line is printed and before any folder is made: the
+    output folder, the data (when this machine reads it) and the cluster's address."""
+    from mat_dist.cluster.runtime import check_reachable
+    from mat_dist.data import check_data
+    from mat_dist.errors import UserError
+    from mat_dist.training.run_folder import check_writable
+
+    run = RunFolder(output)
+    if not resume and run.holds_run():
+        raise UserError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+    check_writable(output)
+    if cluster_cfg is None or cluster_cfg.is_local:  # a remote cluster's nodes read their own data.root
+        check_data(cfg.data.name, cfg.data.root)
+    if cluster_cfg is not None:
+        check_reachable(cluster_cfg)
 
 
 def run_train(*, config: str | None, output: Path | None, resume: bool, tracking_uri: str | None,
@@ -37,6 +60,7 @@ def run_train(*, config: str | None, output: Path | None, resume: bool, tracking
 
     cluster_cfg = None if cluster == IN_PROCESS else load_cluster(cluster)  # a bad file fails before anything runs
     cfg, output = resolve_run_config(config, output, resume, overrides)
+    check_before_start(cfg, output, resume, cluster_cfg)
     typer.echo(f"training {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, "
                f"{plural(cfg.train.epochs, 'epoch')}{_where(cluster_cfg)} -> {output}")
     # The progress bar follows this process's batches: only the in-process loop has them (on Ray, rank 0
@@ -70,12 +94,16 @@ def _progress_bar(cfg):
     """A bar over each epoch's batches and a line per epoch: the ``on_batch`` / ``on_epoch`` callbacks of ``train``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[last]}"), transient=False) as bar:
-        task = bar.add_task("train", total=None, epoch=1, last="")
-        state = {"epoch": 1}
-
+    # Started at the first batch, not before: a run refused while it loads its data shows no bar.
+    bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[last]}"), transient=False)
+    task = bar.add_task("train", total=None, epoch=1, last="")
+    state = {"epoch": 1, "started": False}
+    try:
         def on_batch(i: int, n: int) -> None:
+            if not state["started"]:
+                bar.start()
+                state["started"] = True
             bar.update(task, completed=i, total=n, epoch=f"{state['epoch']}/{cfg.train.epochs}")
 
         def on_epoch(m: dict) -> None:
@@ -85,3 +113,6 @@ def _progress_bar(cfg):
                               f"{100 * m['val/clean_acc']:.1f}%  {cfg.eval.attack.value.upper()} robust {robust}  ({m['epoch_time_s']:.0f} s)")
 
         yield {"on_batch": on_batch, "on_epoch": on_epoch}
+    finally:
+        if state["started"]:
+            bar.stop()

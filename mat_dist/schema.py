@@ -445,10 +445,16 @@ def set_key(raw: dict, key: str, value: Any, *, model: Any, voice: Voice, where:
     raise AssertionError("unreachable: the last part returns")
 
 
+_FLAG_VALUES = {"true", "false", "yes", "no", "on", "off", "1", "0"}  # what a user types after a flag
+
+
 def apply_overrides(raw: dict, overrides: Iterable[str], *, model: Any, voice: Voice) -> dict:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to parsed data of ``model``, in place."""
     for item in overrides:
         key, sep, text = item.partition("=")
+        if not sep and item.lower() in _FLAG_VALUES:
+            raise UserError(f"{item!r} is not an override (key.sub=value): a flag takes no value; write --resume, "
+                            f"not --resume {item}")
         if not sep or not key:
             raise UserError(f"override {item!r} is not of the form key.sub=value")
         try:

@@ -116,11 +116,14 @@ def parse(spec: str | nn.Module, *, weights: str | Path | None = None, input_mea
                                 f"weights; drop --weights and --input-mean/--input-std")
             from mat_dist.checkpoint import find_weights
 
+            _check_run_has_model(path)
             found = find_weights(path).resolve()
             return ModelSource(kind="checkpoint", location=str(found), label=label or _checkpoint_label(found))
         if weights is not None:
             raise UserError(f"--weights applies to a factory (package.module:function); {text} is a "
                             f"{kind} file that holds its own weights")
+        if kind in ("torchscript", "export"):
+            _check_archive(path, kind)
         return ModelSource(kind=kind, location=str(path.resolve()), label=label or path.stem,
                            input_mean=mean, input_std=std)
     match = _FACTORY.match(text)
@@ -140,6 +143,31 @@ def parse(spec: str | nn.Module, *, weights: str | Path | None = None, input_mea
                          weights=_weights(weights), input_mean=mean, input_std=std, search_path=search_path)
     _build_factory(source)  # fail now, in one line, rather than in every worker
     return source
+
+
+def _check_run_has_model(path: Path) -> None:
+    """A training run folder with neither a final model nor a checkpoint: training has not finished an epoch."""
+    from mat_dist.checkpoint import CHECKPOINTS_DIR, WEIGHTS, latest_checkpoint
+
+    if path.is_dir() and (path / "config.yaml").is_file() and not (path / WEIGHTS).is_file() \
+            and latest_checkpoint(path / CHECKPOINTS_DIR) is None:
+        raise UserError(f"{path}: this run has no model yet (training unfinished? no {WEIGHTS} and no checkpoint); "
+                        f"finish it with matd train --output {path} --resume")
+
+
+def _check_archive(path: Path, kind: str) -> None:
+    """TorchScript and torch.export files are zip archives: anything else is refused before it is loaded."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return
+    head = path.read_bytes()[:200]
+    try:
+        what = f"a text file ({head.decode('utf-8').splitlines()[0][:40]!r}...)" if head else "an empty file"
+    except (UnicodeDecodeError, IndexError):
+        what = "not a zip archive"
+    raise UserError(f"--model {path} is {what}, not a model file; give a TorchScript file (torch.jit.save), a .pt2 "
+                    f"export, an .onnx file, a mat-dist run folder or .safetensors checkpoint, or a factory")
 
 
 def _file_kind(path: Path) -> str:

@@ -57,7 +57,7 @@ def _is_schedule(points: list[list[float]]) -> bool:
 @dataclass(frozen=True, kw_only=True, config=FORBID)
 class DataConfig:
     name: DatasetName = DatasetName.MNIST5K
-    root: Str | None = None           # folder of MNIST IDX files or CIFAR-10 batches
+    root: Str | None = None           # folder of MNIST IDX files or CIFAR-10 batches; the .npz file of arrays
     val_size: NonNegInt = 500         # images held out of train for the per-epoch check
     limit_train: Int | None = None    # keep at most this many training images
     batch_size: Count = 128           # global batch, across all workers

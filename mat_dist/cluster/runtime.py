@@ -79,7 +79,7 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     except OSError as err:
         reason = err.strerror or type(err).__name__
     raise UserError(f"Ray cluster at {address} is unreachable ({reason}); start it (ray start --head) or fix "
-                    f"address in the cluster file, or use address: null for a local runtime")
+                    f"the address, or use a local runtime (no --cluster, or address: null in a cluster file)")
 
 
 def check_reachable(cluster: ClusterConfig) -> None:

@@ -18,7 +18,7 @@ Keys of the file:
 
 Images are uint8 (0..255) or float in [0, 1], shaped N x C x H x W, N x H x W x C
 or N x H x W (one channel); the channel axis is the one of length 1, 3 or 4
-(and the other end is longer). Labels are integers 0..K-1, one per image; K,
+(when both ends could be, the one that leaves square images). Labels are integers 0..K-1, one per image; K,
 the number of classes, is the largest label plus one. Every file that does not
 fit is refused with one line naming the file, the key and what is wrong.
 Nothing is unpickled: the file is read with ``allow_pickle=False``.
@@ -130,10 +130,12 @@ def _images(array: np.ndarray, path: Path, key: str) -> torch.Tensor:
                         f"or N x H x W")
     if len(array) == 0:
         raise UserError(f"{path}: {key} holds no images")
-    first, last = array.shape[1], array.shape[3]
-    if first in _CHANNELS and last > max(_CHANNELS):
-        pass  # N x C x H x W
-    elif last in _CHANNELS and first > max(_CHANNELS):
+    _, d1, d2, d3 = array.shape
+    first = d1 in _CHANNELS and (d3 not in _CHANNELS or d2 == d3)   # N x C x H x W (square images break a tie)
+    last = d3 in _CHANNELS and (d1 not in _CHANNELS or d1 == d2)    # N x H x W x C
+    if first and not last:
+        pass
+    elif last and not first:
         array = array.transpose(0, 3, 1, 2)  # N x H x W x C -> N x C x H x W
     else:
         raise UserError(f"{path}: cannot tell the channel axis of {key} (shape {array.shape}); store it as "

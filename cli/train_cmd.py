@@ -33,22 +33,34 @@ def resolve_run_config(config: str | None, output: Path | None, resume: bool, ov
     return cfg, output
 
 
-def check_before_start(cfg, output: Path, resume: bool, cluster_cfg) -> None:
+def check_before_start(cfg, output: Path, resume: bool, cluster_cfg, tracking_uri: str | None = None):
     """What would stop the run, found before the first line is printed and before any folder is made: the
-    output folder, the data (when this machine reads it) and the cluster's address."""
+    output folder, the cluster's address, the data where this machine reads it, and last (it creates the
+    experiment) the MLflow store. Returns the data splits of an in-process run (read here once, not again by
+    the loop)."""
     from mat_dist.cluster.runtime import check_reachable
-    from mat_dist.data import check_data
+    from mat_dist.data import load_splits
     from mat_dist.errors import UserError
+    from mat_dist.tracking import check_store
+    from mat_dist.training.ray_job import check_job
     from mat_dist.training.run_folder import check_writable
 
     run = RunFolder(output)
     if not resume and run.holds_run():
         raise UserError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
     check_writable(output)
-    if cluster_cfg is None or cluster_cfg.is_local:  # a remote cluster's nodes read their own data.root
-        check_data(cfg.data.name, cfg.data.root)
-    if cluster_cfg is not None:
+    splits = None
+    if cluster_cfg is None:
+        splits = load_splits(cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size, seed=cfg.seed,
+                             limit_train=cfg.data.limit_train)
+    else:
         check_reachable(cluster_cfg)
+        # Batch x workers and the device; on a local runtime also the data, read here as the workers will (the
+        # Ray driver checks again: a second read of the data, against a run of minutes).
+        check_job(cfg, cluster_cfg)
+    if cfg.tracking.enabled:
+        check_store(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment)
+    return splits
 
 
 def run_train(*, config: str | None, output: Path | None, resume: bool, tracking_uri: str | None,
@@ -60,13 +72,14 @@ def run_train(*, config: str | None, output: Path | None, resume: bool, tracking
 
     cluster_cfg = None if cluster == IN_PROCESS else load_cluster(cluster)  # a bad file fails before anything runs
     cfg, output = resolve_run_config(config, output, resume, overrides)
-    check_before_start(cfg, output, resume, cluster_cfg)
+    splits = check_before_start(cfg, output, resume, cluster_cfg, tracking_uri)
     typer.echo(f"training {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, "
                f"{plural(cfg.train.epochs, 'epoch')}{_where(cluster_cfg)} -> {output}")
     # The progress bar follows this process's batches: only the in-process loop has them (on Ray, rank 0
     # prints a line per epoch to this console).
     with _progress_bar(cfg) if cluster_cfg is None else contextlib.nullcontext({}) as callbacks:
-        result = train(cfg, output, cluster_cfg, resume=resume, tracking_uri=tracking_uri, **callbacks)
+        result = train(cfg, output, cluster_cfg, resume=resume, tracking_uri=tracking_uri, splits=splits,
+                       **callbacks)
     run = RunFolder(result.output)
     if not isinstance(result, RayRunResult):
         typer.echo(f"done: {run.model}; report {run.report}")

@@ -278,8 +278,9 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_the_readme_names_and_links_the_paper():
-    head = README.split("\n## ", 1)[0]
-    assert "MIMO Adversarial Training" in head and "https://openreview.net/forum?id=ArY-zkyHI_l" in head
+    head = " ".join(README.split("\n## ", 1)[0].split())
+    assert "MIMO adversarial training" in head and "https://openreview.net/forum?id=ArY-zkyHI_l" in head
+    assert "https://github.com/RuqiBai/MIMO_Adversarial_Training" in head
 
 
 def test_the_readme_reads_in_the_order_of_a_first_hour():

@@ -163,11 +163,12 @@ def _check_archive(path: Path, kind: str) -> None:
         return
     head = path.read_bytes()[:200]
     try:
-        what = f"a text file ({head.decode('utf-8').splitlines()[0][:40]!r}...)" if head else "an empty file"
-    except (UnicodeDecodeError, IndexError):
-        what = "not a zip archive"
-    raise UserError(f"--model {path} is {what}, not a model file; give a TorchScript file (torch.jit.save), a .pt2 "
-                    f"export, an .onnx file, a mat-dist run folder or .safetensors checkpoint, or a factory")
+        what = f"a text file starting {head.decode('utf-8').splitlines()[0][:30]!r}" if head.strip() else \
+            "an empty file"
+    except UnicodeDecodeError:
+        what = "bytes of no model format (not a zip archive)"
+    raise UserError(f"--model {path} is not a TorchScript file (torch.jit.save) nor a .pt2 export, .onnx file or "
+                    f"mat-dist checkpoint: it is {what}; save the model with torch.jit.save or torch.export.save")
 
 
 def _file_kind(path: Path) -> str:
@@ -289,16 +290,22 @@ def _load_torchscript(path: Path) -> nn.Module:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # noqa: BLE001 - anything that is not a TorchScript archive
         raise UserError(f"--model {path} is not a TorchScript file (torch.jit.save) nor a .pt2 export, "
-                        f".onnx file or mat-dist checkpoint ({type(err).__name__})") from None
+                        f".onnx file or mat-dist checkpoint: torch.jit.load says {_first_line(err)}") from None
 
 
 def _load_export(path: Path) -> nn.Module:
     try:
         program = torch.export.load(str(path))
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"--model {path} is not a torch.export program (torch.export.save) "
-                        f"({type(err).__name__})") from None
+        raise UserError(f"--model {path} is not a torch.export program (torch.export.save): torch.export.load "
+                        f"says {_first_line(err)}") from None
     return program.module()
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception as a short phrase: its first line (no C++ stack), else its type."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{lines[0][:120]!r}" if lines else type(err).__name__
 
 
 # ------------------------------------------------------------------ wrappers

@@ -105,16 +105,18 @@ def evaluate(
                               "field-cifar10, blackbox, paper, full."),
     examples: Optional[int] = typer.Option(None, "--examples", "-n", help="Evaluate the first N test images "
                                            "(default: the suite's)."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file, as for training "
-                                          "(default: a local Ray runtime with --workers CPUs)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file or HOST:PORT, as for training "
+                                          "(default: a local Ray runtime with --workers CPUs; 'none': in this "
+                                          "process, as --workers 0)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="CPUs of the local Ray runtime "
                                           "(default: all of this machine's; 0: no Ray, in this process)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: <run>/eval-<suite>; "
                                           "--model: runs/eval-<name>-<suite>, several: runs/leaderboard-<suite>); "
                                           "re-running the same command resumes it."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset: mnist5k, mnist, cifar10, digits "
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset: mnist5k, mnist, cifar10, digits, arrays "
                                        "(default: the run's; needed for a model mat-dist did not train)."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder of MNIST / CIFAR-10 files."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder of MNIST / CIFAR-10 files, or the "
+                                            ".npz file of --data arrays."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log the evaluation to MLflow."),
@@ -217,8 +219,9 @@ def reproduce(
                                      "mnist-paper, cifar10-paper (--list shows them)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: "
                                           "runs/reproduce-<preset>); re-running the same command resumes it."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file for training and evaluation "
-                                          "(default: train in this process, evaluate as the preset says)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file or HOST:PORT for training and "
+                                          "evaluation (default: train in this process, evaluate as the preset says; "
+                                          "'none': everything in this process)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Local Ray workers of the evaluator "
                                           "(default: the preset's; 0: in this process)."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Write report.md and the figures here "

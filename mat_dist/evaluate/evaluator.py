@@ -195,19 +195,19 @@ def evaluate(*, model_path: str | os.PathLike | None = None, model: ModelSource 
         check_contract(net, images, labels, num_classes=num_classes, label=model.label,
                        needs_gradients=model.differentiable)
     check_cluster(cluster)
-    if tracking is not None and tracking.enabled:
-        from mat_dist.tracking import check_store
-
-        check_store(tracking.uri, tracking.experiment)  # an unreachable server fails now, not after the attacks
     fingerprint = {**model.fingerprint(), **data_id_of(data, dataset, images), "examples": n,
                    "suite": suite.to_dict()}
     if (output / FINGERPRINT).is_file():
         _check_fingerprint(output, fingerprint)  # another evaluation's folder: refused before anything is written
     try:
         probe_writable(output)
-        output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"output folder {output} is not writable ({err.strerror}); choose another --output") from None
+    if tracking is not None and tracking.enabled:  # last of the checks: it creates the store's experiment
+        from mat_dist.tracking import check_store
+
+        check_store(tracking.uri, tracking.experiment)  # an unreachable server fails now, not after the attacks
+    output.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(output, fingerprint)
     if on_start is not None:
         on_start(n)

@@ -1,8 +1,9 @@
 """``matd``: train, evaluate and tune MIMO ensembles against several attack norms.
 
 Each command is thin: parse options, call the library, print. A ``UserError``
-becomes one line on stderr and exit code 2; anything else is a bug and keeps
-its traceback.
+and a usage mistake (unknown option, bad value, missing argument) become one
+line on stderr and exit code 2; anything else is a bug and keeps its
+traceback. Each short flag means one option on every command.
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ def tune(
     from mat_dist.cli.tune_cmd import run_tune
 
     run_tune(space=space, config=config, cluster=cluster, trials=trials, output=output, resume=resume,
-             tracking_uri=tracking_uri, overrides=list(overrides or []), tracking=tracking, fidelity=fidelity, confirm=confirm,
-             confirm_suite=confirm_suite, confirm_examples=confirm_examples, time_budget=time_budget)
+             tracking_uri=tracking_uri, overrides=list(overrides or []), tracking=tracking, fidelity=fidelity,
+             confirm=confirm, confirm_suite=confirm_suite, confirm_examples=confirm_examples, time_budget=time_budget)
 
 
 @app.command(cls=_Command)

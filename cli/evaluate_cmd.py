@@ -12,6 +12,8 @@ import typer
 from mat_dist.errors import UserError
 from mat_dist.training.run_folder import RunFolder
 
+DATASETS = "mnist5k, mnist, cifar10, digits, arrays"
+
 
 def _run_folder_of(path: Path) -> Path | None:
     """The run folder a weights file or checkpoint folder belongs to (it holds config.yaml), if any."""
@@ -33,6 +35,9 @@ def resolve_model(run: Path | None, checkpoint: Path | None) -> tuple[Path, Path
     if run is not None:
         if not run.is_dir():
             raise UserError(f"--run {run} is not a folder; give a training run folder (it holds model.safetensors)")
+        if not RunFolder(run).config.is_file():
+            raise UserError(f"--run {run} is not a training run folder (no config.yaml); give the --output of "
+                            f"matd train, or --model / --checkpoint for other weights")
         return run, run
     if not checkpoint.exists():
         raise UserError(f"--checkpoint {checkpoint} does not exist; give a .safetensors file or a checkpoint folder")
@@ -49,7 +54,7 @@ def resolve_data(data: str | None, data_root: str | None, run_folder: Path | Non
         section = raw.get("data") or {}
         return str(section.get("name", "mnist5k")), data_root or section.get("root")
     raise UserError("the checkpoint is not inside a run folder, so its dataset is unknown; pass --data NAME "
-                    "(mnist5k, mnist, cifar10, digits)")
+                    f"({DATASETS})")
 
 
 def parent_run_id(run_folder: Path | None) -> str | None:
@@ -122,18 +127,36 @@ def _models_file(path: Path):
     return out
 
 
+def check_options(*, examples: int | None, workers: int | None, cluster: str | None) -> tuple[int | None, str | None]:
+    """(workers, cluster) after the checks that need nothing loaded; ``--cluster none`` is ``--workers 0``."""
+    from mat_dist.cluster.files import IN_PROCESS
+
+    if examples is not None and examples < 1:
+        raise UserError(f"--examples {examples} must be at least 1 (the first N test images; default: the suite's)")
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers {workers} must be 0 (in this process) or more")
+    if cluster == IN_PROCESS:
+        if workers:
+            raise UserError(f"--cluster {IN_PROCESS} runs in this process; drop --workers {workers} (or the cluster)")
+        return 0, None
+    return workers, cluster
+
+
 def run_evaluate(*, run: Path | None, checkpoint: Path | None, suite: str, examples: int | None,
                  cluster: str | None, workers: int | None, output: Path | None, data: str | None,
                  data_root: str | None, tracking_uri: str | None, tracking: bool, overrides: list[str],
                  models: list[str] | None = None, weights: Path | None = None, input_mean: str | None = None,
                  input_std: str | None = None) -> None:
+    from mat_dist.evaluate.evaluator import check_cluster
     from mat_dist.evaluate.suite import load_suite
 
     if models and (run is not None or checkpoint is not None):
         raise UserError("give --model, or one of --run / --checkpoint, not both (a run folder is a --model too)")
     if not models and (weights is not None or input_mean is not None or input_std is not None):
         raise UserError("--weights and --input-mean/--input-std apply to --model only")
+    workers, cluster = check_options(examples=examples, workers=workers, cluster=cluster)
     the_suite = load_suite(suite, overrides)
+    check_cluster(cluster)  # a bad file or an address nobody answers at: before any model or data is read
     n_workers = workers if workers is not None else len(os.sched_getaffinity(0))
     if not models:
         model_path, run_folder = resolve_model(run, checkpoint)
@@ -182,7 +205,7 @@ def _data_for(sources, data: str | None, data_root: str | None) -> tuple[str, st
     found = {resolve_data(None, data_root, f) for f in folders if f is not None}
     if len(found) == 1 and all(s.is_checkpoint for s in sources):
         return found.pop()
-    raise UserError("pass --data NAME (mnist5k, mnist, cifar10, digits): the images to attack the models on")
+    raise UserError(f"pass --data NAME ({DATASETS}): the images to attack the models on")
 
 
 def _evaluate_one(source, output: Path, *, suite, dataset: str, root: str | None, examples: int | None,
@@ -190,23 +213,33 @@ def _evaluate_one(source, output: Path, *, suite, dataset: str, root: str | None
                   run_folder: Path | None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from mat_dist.data import check_data
     from mat_dist.evaluate.evaluator import TrackingOptions, evaluate
 
+    check_data(dataset, root)  # a missing data folder: one line before the model is loaded
     where = f"cluster {cluster}" if cluster else f"{workers} local Ray worker{'s' if workers != 1 else ''}" \
         if workers else "this process"
-    typer.echo(f"evaluating {source.location} with suite {suite.name} on {examples or suite.examples} "
-               f"{dataset} test images, {where} -> {output}")
     options = TrackingOptions(enabled=tracking, uri=tracking_uri, parent_run_id=parent_run_id(run_folder))
-    with Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[last]}")) as bar:
-        task = bar.add_task("shards", total=None, last="")
+    # The banner and the bar come after every check (evaluate's on_start): a refused command prints one line.
+    bar = Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[last]}"))
+    task = bar.add_task("shards", total=None, last="")
 
-        def on_progress(done: int, total: int, name: str) -> None:
-            bar.update(task, completed=done, total=total, last=name)
+    def on_start(n: int) -> None:
+        typer.echo(f"evaluating {source.location} with suite {suite.name} on {n} {dataset} test images, "
+                   f"{where} -> {output}")
+        bar.start()
 
+    def on_progress(done: int, total: int, name: str) -> None:
+        bar.update(task, completed=done, total=total, last=name)
+
+    try:
         result = evaluate(model=source, suite=suite, output=output, dataset=dataset, data_root=root,
                           examples=examples, workers=workers, cluster=cluster, on_progress=on_progress,
-                          tracking=options)
+                          tracking=options, on_start=on_start)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     typer.echo(summary_table(result.summary))
     for w in result.warnings:
         typer.echo(f"warning: {w}", err=True)
@@ -220,9 +253,14 @@ def _evaluate_one(source, output: Path, *, suite, dataset: str, root: str | None
 
 
 def summary_table(summary: dict) -> str:
+    """The console's final table: every figure with its 95% Wilson interval (n images are few: say so)."""
     rows = [("clean", summary["clean"])] + list(summary["attacks"].items()) \
         + [(k, v) for k, v in summary.items() if k.startswith("all_")]
+    intervals = summary.get("intervals", {})
     width = max(len(k) for k, _ in rows)
-    lines = [f"robust accuracy on {summary['examples']} examples"]
-    lines += [f"  {k:<{width}}  {100 * v:5.1f}%" for k, v in rows]
+    lines = [f"robust accuracy on {summary['examples']} examples (95% interval)"]
+    for key, value in rows:
+        bounds = intervals.get(key)
+        told = f"  [{100 * bounds[0]:5.1f}, {100 * bounds[1]:5.1f}]" if bounds is not None else ""
+        lines.append(f"  {key:<{width}}  {100 * value:5.1f}%{told}")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """``matd``: train, evaluate and tune MIMO ensembles against several attack norms.
 
 Each command is thin: parse options, call the library, print. A ``UserError``
-becomes one line on stderr and exit code 2; anything else is a bug and keeps
-its traceback.
+and a usage mistake (unknown option, bad value, missing argument) become one
+line on stderr and exit code 2; anything else is a bug and keeps its
+traceback. Each short flag means one option on every command.
 """
 
 from __future__ import annotations
@@ -12,8 +13,28 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from mat_dist.errors import UserError
+
+
+def _flags_without_type(params: list) -> list:
+    """A flag takes no value: its ``--help`` row shows none (a ``<bool>`` there invites ``--resume true``)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="matd",
@@ -21,11 +42,26 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-@app.command(context_settings={"allow_extra_args": False})
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"matd (mat-dist) {version('mat-dist')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print mat-dist's version and exit.")) -> None:
+    """mat-dist: adversarially trained MIMO ensembles (MAT) robust to l_inf, l_2 and l_1 attacks at once."""
+
+
+@app.command(cls=_Command, context_settings={"allow_extra_args": False})
 def train(
     config: Optional[str] = typer.Option(
         None, "--config", "-c", help="Config YAML file, or the name of a shipped config (e.g. mnist5k-mat)."),
@@ -34,9 +70,12 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log the run to MLflow (the same as "
+                                  "tracking.enabled=true/false)."),
     cluster: Optional[str] = typer.Option(
-        None, "--cluster", help="Ray cluster file (YAML path, or a shipped name: local, multi-gpu). Default: "
-        "clusters/local.yaml, a local Ray runtime with 1 worker. 'none': the in-process loop, without Ray."),
+        None, "--cluster", help="Ray cluster file (YAML path, or a shipped name: local, multi-gpu), or HOST:PORT / "
+        "ray://HOST:PORT of a running cluster. Default: clusters/local.yaml, a local Ray runtime with 1 worker. "
+        "'none': the in-process loop, without Ray."),
     overrides: Optional[list[str]] = typer.Argument(
         None, help="Config overrides key.sub=value, e.g. train.epochs=3 attack.eps=[5,1,0.1]."),
 ) -> None:
@@ -45,10 +84,10 @@ def train(
     from mat_dist.cli.train_cmd import run_train
 
     run_train(config=config, output=output, resume=resume, tracking_uri=tracking_uri,
-              overrides=list(overrides or []), cluster=cluster)
+              overrides=list(overrides or []) + ([] if tracking else ["tracking.enabled=false"]), cluster=cluster)
 
 
-@app.command(context_settings={"allow_extra_args": False})
+@app.command(cls=_Command, context_settings={"allow_extra_args": False})
 def evaluate(
     run: Optional[Path] = typer.Option(None, "--run", help="Training run folder (its model.safetensors)."),
     checkpoint: Optional[Path] = typer.Option(
@@ -67,16 +106,18 @@ def evaluate(
                               "field-cifar10, blackbox, paper, full."),
     examples: Optional[int] = typer.Option(None, "--examples", "-n", help="Evaluate the first N test images "
                                            "(default: the suite's)."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file, as for training "
-                                          "(default: a local Ray runtime with --workers CPUs)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file or HOST:PORT, as for training "
+                                          "(default: a local Ray runtime with --workers CPUs; 'none': in this "
+                                          "process, as --workers 0)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="CPUs of the local Ray runtime "
                                           "(default: all of this machine's; 0: no Ray, in this process)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: <run>/eval-<suite>; "
                                           "--model: runs/eval-<name>-<suite>, several: runs/leaderboard-<suite>); "
                                           "re-running the same command resumes it."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset: mnist5k, mnist, cifar10, digits "
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset: mnist5k, mnist, cifar10, digits, arrays "
                                        "(default: the run's; needed for a model mat-dist did not train)."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder of MNIST / CIFAR-10 files."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder of MNIST / CIFAR-10 files, or the "
+                                            ".npz file of --data arrays."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log the evaluation to MLflow."),
@@ -93,7 +134,7 @@ def evaluate(
                  overrides=list(overrides or []))
 
 
-@app.command(context_settings={"allow_extra_args": False})
+@app.command(cls=_Command, context_settings={"allow_extra_args": False})
 def tune(
     space: Optional[str] = typer.Option(
         None, "--space", help="Search space YAML, or a shipped space: mnist5k-cpu, mnist5k-paper, mnist5k-paper-pbt,"
@@ -103,7 +144,7 @@ def tune(
     cluster: Optional[str] = typer.Option(
         None, "--cluster", help="Ray cluster file, as for training; its workers section is ONE trial "
         "(1 worker: the core loop in the trial's process; more: each trial a Ray Train job). Default: local, 1 CPU."),
-    trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Random trials (per grid point); "
+    trials: Optional[int] = typer.Option(None, "--trials", help="Random trials (per grid point); "
                                          "default: the space's trials:."),
     time_budget: Optional[float] = typer.Option(
         None, "--time-budget", help="Wall seconds for the trials; then Tune stops them and the sweep ranks what "
@@ -113,6 +154,8 @@ def tune(
                                 "trials are not run again."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
+    tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log the sweep and its trials to MLflow "
+                                  "(the same as the override tracking.enabled=true/false)."),
     fidelity: Optional[int] = typer.Option(
         None, "--fidelity", help="Re-train the top K trials (and the space's fidelity.random more, drawn at "
         "random) at the full budget and report the proxy's Spearman rank correlation (fidelity.csv, .png); "
@@ -132,11 +175,11 @@ def tune(
     from mat_dist.cli.tune_cmd import run_tune
 
     run_tune(space=space, config=config, cluster=cluster, trials=trials, output=output, resume=resume,
-             tracking_uri=tracking_uri, overrides=list(overrides or []), fidelity=fidelity, confirm=confirm,
-             confirm_suite=confirm_suite, confirm_examples=confirm_examples, time_budget=time_budget)
+             tracking_uri=tracking_uri, overrides=list(overrides or []), tracking=tracking, fidelity=fidelity,
+             confirm=confirm, confirm_suite=confirm_suite, confirm_examples=confirm_examples, time_budget=time_budget)
 
 
-@app.command()
+@app.command(cls=_Command)
 def bench(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),
     parts: str = typer.Option("methods,switches", "--parts", help="Comma-separated: methods (every training "
@@ -146,12 +189,12 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (methods and switches)."),
     backbone: str = typer.Option("mnist_cnn", "--backbone", help="Backbone of every method's model."),
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per batch (each row carries M images)."),
-    members: int = typer.Option(3, "--members", "-m", help="M, the sub-models of the MIMO methods."),
-    steps: int = typer.Option(10, "--steps", "-k", help="K, attack steps per batch."),
+    members: int = typer.Option(3, "--members", help="M, the sub-models of the MIMO methods."),
+    steps: int = typer.Option(10, "--steps", help="K, attack steps per batch."),
     repeats: int = typer.Option(7, "--repeats", help="Timed rounds (after 2 warm-up rounds)."),
     image_size: int = typer.Option(28, "--image-size", help="Input height and width (pixels)."),
     channels: int = typer.Option(1, "--channels", help="Input channels."),
-    model: Path = typer.Option(Path("runs/mnist5k-mat"), "--model", help="Trained run folder or weights file "
+    model: Path = typer.Option(Path("runs/mnist5k-mat"), "--model", "-m", help="Trained run folder or weights file "
                                "the evaluator part attacks (default: the README's main run)."),
     suite: str = typer.Option("quick", "--suite", help="Suite whose attacks the evaluator part times."),
     eval_examples: int = typer.Option(100, "--eval-examples", help="Test images per evaluator measurement."),
@@ -170,15 +213,16 @@ def bench(
               train_overrides=list(train_overrides))
 
 
-@app.command(context_settings={"allow_extra_args": False})
+@app.command(cls=_Command, context_settings={"allow_extra_args": False})
 def reproduce(
     preset: Optional[str] = typer.Option(
         None, "--preset", "-p", help="Preset: tiny, tiny-paper-radii, tiny-study, mnist5k-cpu, mnist5k-paper-radii, "
                                      "mnist5k-study, mnist-paper, cifar10-paper (--list shows them)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: "
                                           "runs/reproduce-<preset>); re-running the same command resumes it."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file for training and evaluation "
-                                          "(default: train in this process, evaluate as the preset says)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Ray cluster file or HOST:PORT for training and "
+                                          "evaluation (default: train in this process, evaluate as the preset says; "
+                                          "'none': everything in this process)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Local Ray workers of the evaluator "
                                           "(default: the preset's; 0: in this process)."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Write report.md and the figures here "
@@ -204,7 +248,7 @@ def reproduce(
                   only=[m.strip() for m in only.split(",") if m.strip()] if only else None)
 
 
-@app.command(context_settings={"allow_extra_args": False})
+@app.command(cls=_Command, context_settings={"allow_extra_args": False})
 def validate(
     file: str = typer.Argument(..., help="The YAML file to check (with --kind, also a shipped name)."),
     # The values of mat_dist.file_kinds.FileKind, not imported here so that every other command starts without pydantic.
@@ -214,13 +258,13 @@ def validate(
         "YAML documents or a mat_dist: section: a cluster file; data:, model:, attack:, train: ...: a run config."),
 ) -> None:
     """Check a run config, cluster file, suite or search space (a space's values against its base config):
-    prints 'FILE: valid <kind> (...)', or the one error line and exits 1."""
+    prints 'FILE: valid <kind> (...)', or the one error line and exits 2, as every mistake does."""
     from mat_dist.cli.validate_cmd import run_validate
 
     run_validate(file=file, kind=kind)
 
 
-@app.command("configs")
+@app.command("configs", cls=_Command)
 def list_configs() -> None:
     """List the configs that ship with mat-dist."""
     from mat_dist.config import SHIPPED_CONFIGS
@@ -230,7 +274,7 @@ def list_configs() -> None:
         typer.echo(f"{path.stem:24s} {first}")
 
 
-@app.command("methods")
+@app.command("methods", cls=_Command)
 def list_methods() -> None:
     """List the training methods."""
     from mat_dist.methods import METHODS
@@ -252,19 +296,40 @@ def _from_ctrl_c(exc: BaseException) -> bool:
     return False
 
 
+def _usage_line(err) -> str:
+    """A usage mistake (unknown option, bad value, missing argument) as the one line every other mistake gets."""
+    message = " ".join(err.format_message().split()).rstrip(".")
+    where = err.ctx.command_path if getattr(err, "ctx", None) is not None else "matd"
+    return f"{message[0].lower()}{message[1:]}; see `{where} -h`"
+
+
 def main() -> None:
+    """``matd``: every user mistake is one line on stderr and exit code 2; Ctrl-C is exit 130."""
+    try:  # typer >= 0.25 carries its own copy of click
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click.exceptions import ClickException
     try:
-        app()
+        code = app(standalone_mode=False)
+    except ClickException as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # a bare ``matd``: the help, as asked
+            typer.echo(err.ctx.get_help())
+            sys.exit(2)
+        typer.echo(f"matd: error: {_usage_line(err)}", err=True)
+        sys.exit(2)
     except UserError as err:
         typer.echo(f"matd: error: {err}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except SystemExit as exit_:
         if exit_.code == 130 and _from_ctrl_c(exit_):
             typer.echo(INTERRUPTED, err=True)
         raise
+    if code == 130:  # Typer turns a KeyboardInterrupt into an exit code of 130
+        typer.echo(INTERRUPTED, err=True)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

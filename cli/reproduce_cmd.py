@@ -19,6 +19,21 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
             typer.echo(f"{p.name:14s} {p.description} ({p.budget})")
         return
     the_preset = get_preset(preset)  # a bad name fails here, before anything is imported or written
+    from mat_dist.cluster.files import IN_PROCESS
+    from mat_dist.errors import UserError
+
+    if cluster == IN_PROCESS:  # as for train and evaluate: everything in this process, no Ray
+        if workers:
+            raise UserError(f"--cluster {IN_PROCESS} runs in this process; drop --workers {workers} (or the cluster)")
+        cluster, workers = None, 0
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers {workers} must be 0 (in this process) or more")
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds} must be at least 1")
+    if cluster is not None:
+        from mat_dist.evaluate.evaluator import check_cluster
+
+        check_cluster(cluster)  # a bad file or an address nobody answers at, before the first line
     from mat_dist.reproduce.pipeline import reproduce
 
     for name in only or ():

@@ -11,7 +11,8 @@ from mat_dist.console import plural
 
 
 def run_tune(*, space: str | None, config: str | None, cluster: str | None, trials: int | None, output: Path | None,
-             resume: bool, tracking_uri: str | None, overrides: list[str], fidelity: int | None = None,
+             resume: bool, tracking_uri: str | None, overrides: list[str], tracking: bool = True,
+             fidelity: int | None = None,
              confirm: int = 0, confirm_suite: str = "field", confirm_examples: int | None = None,
              time_budget: float | None = None) -> None:
     from mat_dist.errors import UserError
@@ -22,9 +23,17 @@ def run_tune(*, space: str | None, config: str | None, cluster: str | None, tria
                         "mnist-paper, cifar10-paper)")
     if resume and output is None:
         raise UserError("--resume needs --output DIR, the folder of the sweep to continue")
-    if resume and (config is not None or overrides):
-        raise UserError("--resume continues the sweep with the base config it started with; drop --config and "
-                        "the overrides")
+    if resume and (config is not None or overrides or not tracking):
+        raise UserError("--resume continues the sweep with the base config it started with; drop --config, "
+                        "--no-tracking and the overrides")
+    if cluster == "none":
+        raise UserError("--cluster none: a sweep runs its trials on Ray; drop --cluster for a local Ray runtime, "
+                        "or give a cluster file")
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials {trials} must be at least 1")
+    if confirm < 0 or (confirm_examples is not None and confirm_examples < 1):
+        raise UserError("--confirm must be 0 or more and --confirm-examples at least 1")
+    overrides = overrides + ([] if tracking else ["tracking.enabled=false"])
     loaded = load_space(space) if space is not None else None  # a bad space fails before Ray starts
     if output is None:
         output = Path("runs") / f"tune-{Path(loaded.source).stem}"

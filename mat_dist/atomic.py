@@ -73,3 +73,16 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         f.write(jsonl_line(row))
         f.flush()
         os.fsync(f.fileno())
+
+
+def probe_writable(folder: Path) -> None:
+    """OSError unless ``folder`` exists and takes a file, or could be made: its nearest existing ancestor is a
+    folder that takes one. Creates nothing that outlives the call, so a refused command leaves no empty folder."""
+    folder = Path(folder).expanduser().absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(20, os.strerror(20), str(existing))
+    with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
+        pass

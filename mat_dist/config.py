@@ -74,7 +74,7 @@ def _named_schedule(value: Any) -> Any:
 @dataclass(frozen=True, kw_only=True, config=FORBID)
 class DataConfig:
     name: DatasetName = DatasetName.MNIST5K
-    root: Str | None = None           # folder of MNIST IDX files or CIFAR-10 batches
+    root: Str | None = None           # folder of MNIST IDX files or CIFAR-10 batches; the .npz file of arrays
     val_size: NonNegInt = 500         # images held out of train for the per-epoch check
     limit_train: Int | None = None    # keep at most this many training images
     batch_size: Count = 128           # global batch, across all workers
@@ -212,10 +212,12 @@ def _require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
-def _check_radius(norm: Norm, eps: float, key: str) -> None:
+def _check_radius(norm: Norm, eps: float, key: str, norms: Sequence[Norm] = ()) -> None:
     _require(eps > 0, f"{key}: {norm.value} radius {eps} must be positive")
     problem = radius_unit_problem(norm, eps)
-    _require(problem is None, f"{key}: {problem}")
+    # A list of radii may be in another order than its norms (l_inf, l_2, l_1 is how papers write them).
+    order = f"; the radii follow attack.norms ({', '.join(n.value for n in norms)})" if len(norms) > 1 else ""
+    _require(problem is None, f"{key}: {problem}{order}")
 
 
 def validate(cfg: RunConfig) -> None:
@@ -231,7 +233,7 @@ def validate(cfg: RunConfig) -> None:
              f"attack.norms, attack.eps and attack.alpha need the same length "
              f"(got {len(a.norms)}, {len(a.eps)}, {len(a.alpha)})")
     for i, (norm, eps) in enumerate(zip(a.norms, a.eps)):
-        _check_radius(norm, eps, f"attack.eps[{i}]")
+        _check_radius(norm, eps, f"attack.eps[{i}]", a.norms)
     method.check(num_members=m.num_members, norms=list(a.norms))
     _require(cfg.eval.select is not Selection.BEST or cfg.eval.attack is ValidationAttack.APGD,
              "eval.select=best picks a checkpoint by its validation union: set eval.attack=apgd, since PGD "

@@ -74,10 +74,17 @@ def detect_kind(path: Path) -> FileKind:
 
 def _describe_run(name: str) -> str:
     from mat_dist.config import load_config
+    from mat_dist.data import DatasetName, check_data
 
     cfg = load_config(name)
+    note = ""
+    if cfg.data.root is not None or cfg.data.name in (DatasetName.MNIST5K, DatasetName.DIGITS):
+        check_data(cfg.data.name, cfg.data.root)  # a data.root that is not there is no valid config here
+    else:  # a shipped config leaves the folder to the command line
+        where = "FILE.npz" if cfg.data.name is DatasetName.ARRAYS else "FOLDER"
+        note = f"; data.root unset: pass data.root={where} when you train"
     return (f"{cfg.name}: {cfg.method.name}, M={cfg.model.num_members}, {cfg.data.name.value}, "
-            f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}")
+            f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}{note}")
 
 
 def _describe_cluster(name: str) -> str:

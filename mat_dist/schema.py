@@ -196,7 +196,7 @@ def key_type(model: Any, key: str, *, voice: Voice, where: str) -> Any:
     except _NoSuchKey as err:
         so_far = ".".join(parts[:err.at])
         if err.problem == "unknown":
-            line = voice.unknown.format(key=key, known=", ".join(err.known))
+            line = unknown_key(voice, key, err.known)
         elif err.problem == "list":
             line = (f"{so_far} is a list; index it with a number ({so_far}.0, {so_far}.1, ...), "
                     f"not {parts[err.at]!r}")
@@ -216,6 +216,19 @@ class Voice:
     wrong_type: str = "{key} must be {expected}, got {value!r}"
     section: str = "{key} must be a mapping, got {value!r}"
     choice: str = "{key}: unknown {noun} {value!r}; use {choices}"
+
+
+def unknown_key(voice: Voice, key: str, known: Sequence[str]) -> str:
+    """The unknown-key line: the known keys, and the near one when the key looks like a typo of it."""
+    import difflib
+
+    line = voice.unknown.format(key=key, known=", ".join(known))
+    last = str(key).rsplit(".", 1)[-1]
+    near = difflib.get_close_matches(last, list(known), n=1, cutoff=0.6)
+    if near:
+        prefix = str(key)[: len(str(key)) - len(last)]
+        line += f"; did you mean {prefix}{near[0]}?"
+    return line
 
 
 RUN = Voice(unknown="unknown config key {key!r}; known keys here: {known}",
@@ -276,7 +289,7 @@ def error_line(error: ValidationError, model: Any, voice: Voice) -> str:
     loc, value, kind, ctx = e["loc"], e.get("input"), e["type"], e.get("ctx") or {}
     key = ".".join(str(p) for p in loc if p != "[key]")
     if kind in _UNKNOWN:
-        return voice.unknown.format(key=key, known=", ".join(keys_of(_type_at(model, loc[:-1]))))
+        return unknown_key(voice, key, keys_of(_type_at(model, loc[:-1])))
     if kind in ("missing", "missing_keyword_argument"):
         return f"{key} is missing; add it"
     if kind == "check":
@@ -340,7 +353,7 @@ def parse(model: type[T], raw: Any, *, voice: Voice, where: str | None = None, o
         raise UserError(f"{where or 'the input'} must be a YAML mapping ({', '.join(keys_of(model))}), not {shown}")
     for key in raw:
         if key in _hints(model) and key not in keys_of(model):
-            raise UserError(_at(where, voice.unknown.format(key=key, known=", ".join(keys_of(model)))))
+            raise UserError(_at(where, unknown_key(voice, key, keys_of(model))))
     raw = {**_drop_empty_sections(model, raw), **(internal or {})}
     with located(where, overrides):  # the rules' UserErrors
         try:
@@ -445,10 +458,16 @@ def set_key(raw: dict, key: str, value: Any, *, model: Any, voice: Voice, where:
     raise AssertionError("unreachable: the last part returns")
 
 
+_FLAG_VALUES = {"true", "false", "yes", "no", "on", "off", "1", "0"}  # what a user types after a flag
+
+
 def apply_overrides(raw: dict, overrides: Iterable[str], *, model: Any, voice: Voice) -> dict:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to parsed data of ``model``, in place."""
     for item in overrides:
         key, sep, text = item.partition("=")
+        if not sep and item.lower() in _FLAG_VALUES:
+            raise UserError(f"{item!r} is not an override (key.sub=value): a flag takes no value; write --resume, "
+                            f"not --resume {item}")
         if not sep or not key:
             raise UserError(f"override {item!r} is not of the form key.sub=value")
         try:

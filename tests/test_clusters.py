@@ -161,7 +161,10 @@ def test_storage_not_writable(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="storage path .* is not writable"):
         check_storage(str(tmp_path / "a-file" / "ray"))  # a path below a file: never writable, even as root
     check_storage(str(tmp_path / "ok" / "ray"))
-    assert (tmp_path / "ok" / "ray").is_dir() and not list((tmp_path / "ok" / "ray").iterdir())
+    assert not (tmp_path / "ok").exists()  # probed, not made: a run refused after this leaves no empty folder
+    (tmp_path / "there" / "ray").mkdir(parents=True)
+    check_storage(str(tmp_path / "there" / "ray"))
+    assert not list((tmp_path / "there" / "ray").iterdir())
 
 
 def test_batch_must_divide_across_workers() -> None:

@@ -146,5 +146,5 @@ def test_an_output_folder_of_another_evaluation_is_refused():
     out = workdir() / "one-worker"
     if not (out / "summary.json").is_file():
         run(out, workers=0)
-    with pytest.raises(UserError, match="another suite"):
+    with pytest.raises(UserError, match="holds another evaluation \\(suite.seed 3 there, 4 now\\)"):
         run(out, workers=0, suite=small_suite(seed=4))

@@ -137,6 +137,7 @@ def test_the_cli_refuses_a_bad_source_with_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "holds more than plain weights" in lines[0], out.stderr
+    assert out.stdout == ""  # refused before the banner
     assert not (tmp_path / "run").exists()
 
 

@@ -272,7 +272,78 @@ CASES = [
     Case("tune zero radius in a space", _tune("params:\n  attack.eps.1: {choice: [0.0, 0.1]}\n"), "must be positive"),
     Case("tune bad base override", _tune(_SPACE_OK, "attack.eps=[1.0,8]"), "above 1"),
     Case("tune resume without output", lambda f: ["tune", "--resume"], "--resume needs --output"),
+    # ---- a newcomer's first hour (issue 24): each was found by trying mat-dist as a new user
+    Case("evaluate zero examples", _evaluate("-n", "0"), "--examples 0 must be at least 1"),
+    Case("evaluate negative examples", _evaluate("-n", "-5"), "--examples -5 must be at least 1"),
+    Case("evaluate examples not a number", _evaluate("-n", "abc"), "invalid value for '--examples'",
+         "see `matd evaluate -h`"),
+    Case("evaluate rerun with another example count", lambda f: _other_examples(f), "examples 16 there, 8 now",
+         "rerun with -n 16"),
+    Case("evaluate a run that has no model yet", lambda f: _run_without_model(f), "this run has no model yet",
+         "--resume"),
+    Case("evaluate a folder that is no run", lambda f: ["evaluate", "--run", str(f), "--no-tracking"],
+         "is not a training run folder"),
+    Case("evaluate a text file as the model", lambda f: _text_model(f), "is not a TorchScript file",
+         "it is a text file starting 'hello, I am a model'"),
+    Case("evaluate unreachable bare cluster address", _evaluate("--cluster", "127.0.0.1:9"),
+         "Ray cluster at 127.0.0.1:9 is unreachable"),
+    Case("evaluate arrays without a file", _evaluate("--data", "arrays"), "data.name=arrays needs data.root"),
+    Case("train resume an empty folder without a config", lambda f: ["train", "--resume", "--output", str(f / "out")],
+         "holds no run", "drop --resume and give --config FILE"),
+    Case("train unreachable bare cluster address", _train(cluster="127.0.0.1:9"),
+         "Ray cluster at 127.0.0.1:9 is unreachable"),
+    Case("train mnist without a data folder", _train("data.name=mnist"), "set data.root"),
+    Case("train arrays from a text file", lambda f: _text_arrays(f), "is not a .npz file"),
+    Case("train typo in a config key", _train("train.epoch=3"), "unknown config key 'train.epoch'",
+         "did you mean train.epochs?"),
+    Case("train radii in another order than the norms", _train("attack.norms=[l1,l2,linf]", "attack.eps=[0.3,2,10]",
+                                                               "attack.alpha=[0.5,0.1,0.01]", "model.num_members=3"),
+         "l_inf radius 10.0 is above 1", "the radii follow attack.norms (l1, l2, linf)"),
+    Case("train flag given a value", _train(extra=("--resume", "true")), "a flag takes no value"),
+    Case("train unknown option", _train(extra=("--epochs", "3")), "no such option: --epochs", "see `matd train -h`"),
+    Case("unknown command", lambda f: ["evalute", "--run", str(f)], "no such command 'evalute'"),
+    Case("validate a data folder that is not there",
+         lambda f: ["validate", str(_cfg(f, data={"name": "mnist", "root": "/no/such/mnist"}))],
+         "/no/such/mnist does not exist"),
+    Case("validate a bad value", lambda f: ["validate", str(_cfg(f, data={"batch_size": 0}))],
+         "data.batch_size=0 must be at least 1"),
+    Case("tune in-process", _tune(_SPACE_OK, "--cluster", "none"), "--cluster none: a sweep runs its trials on Ray"),
+    Case("tune zero trials", _tune(_SPACE_OK, "--trials", "0"), "--trials 0 must be at least 1"),
+    Case("bench unknown part", lambda f: ["bench", "--parts", "method"], "unknown part method"),
 ]
+
+
+def _text_model(folder: Path) -> list[str]:
+    (folder / "net.pt").write_text("hello, I am a model\n")
+    return ["evaluate", "--model", str(folder / "net.pt"), "--data", "digits", "-n", "8", "--workers", "0",
+            "--output", str(folder / "out"), "--no-tracking"]
+
+
+def _text_arrays(folder: Path) -> list[str]:
+    (folder / "mine.npz").write_text("x,y\n0.1,3\n")
+    return _train("data.name=arrays", f"data.root={folder / 'mine.npz'}")(folder)
+
+
+def _run_without_model(folder: Path) -> list[str]:
+    """A run folder whose training has written config.yaml and nothing else yet."""
+    run = folder / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(TINY))
+    return ["evaluate", "--run", str(run), "--workers", "0", "--no-tracking"]
+
+
+def _other_examples(folder: Path) -> list[str]:
+    """An output folder holding the same evaluation on 16 images; the command asks for 8."""
+    from mat_dist.evaluate.model_source import parse
+    from mat_dist.evaluate.suite import load_suite
+
+    args = _evaluate()(folder)
+    out = folder / "out"
+    out.mkdir()
+    fingerprint = {**parse(folder / "model.safetensors").fingerprint(), "dataset": "digits", "examples": 16,
+                   "suite": load_suite("quick").to_dict()}
+    (out / "eval.json").write_text(json.dumps(fingerprint))
+    return args
 
 
 def _file(folder: Path) -> Path:
@@ -307,17 +378,25 @@ def _run_all(prepared: dict[str, tuple[Path, list[str]]], logs: Path) -> dict[st
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """Every row's inputs built, then all rows run, four processes at a time."""
-    prepared = {}
+    prepared, before = {}, {}
     for case in CASES:
         folder = tmp_path_factory.mktemp("bad-input")
         prepared[case.name] = (folder, case.setup(folder))
+        before[case.name] = _listing(folder)
     ran = _run_all(prepared, tmp_path_factory.mktemp("bad-input-logs"))
-    results = {name: (prepared[name][0], ran[name]) for name in prepared}
+    results = {name: (prepared[name][0], ran[name], before[name]) for name in prepared}
     if os.environ.get("MATD_RELIABILITY_DUMP"):  # the observed lines, for RELIABILITY.md's table
         Path(os.environ["MATD_RELIABILITY_DUMP"]).write_text(json.dumps(
-            {name: {"exit": proc.returncode, "stderr": proc.stderr.strip()} for name, (_, proc) in results.items()},
+            {name: {"exit": proc.returncode, "stderr": proc.stderr.strip(), "args": proc.args[1:],
+                    "left_on_disk": sorted(_listing(folder) - listed)}
+             for name, (folder, proc, listed) in results.items()},
             indent=1))
     return results
+
+
+def _listing(folder: Path) -> set[str]:
+    """Every file and folder under ``folder``, relative to it."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
 _LEFTOVERS = ("model.safetensors", "report.md", "results.parquet", "summary.json")
@@ -334,6 +413,12 @@ def _half_written(folder: Path) -> list[str]:
     return found
 
 
+# The rows that fail only once the work has begun: a checkpoint's M is known when it is loaded, after the
+# first line. Every other row is refused before anything is printed or written.
+_PRINTS_FIRST = {"train resume with a checkpoint of another M"}
+_WRITES_FIRST: set[str] = set()
+
+
 def test_the_table_is_wide_enough():
     commands = {c.setup.__qualname__.split(".")[0] for c in CASES}
     assert len(CASES) >= 25 and len({c.name for c in CASES}) == len(CASES)
@@ -342,8 +427,8 @@ def test_the_table_is_wide_enough():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_gets_one_line_and_leaves_nothing_half_written(outcomes, case: Case):
-    folder, proc = outcomes[case.name]
-    assert proc.returncode != 0, proc.stdout + proc.stderr
+    folder, proc, listed = outcomes[case.name]
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # one exit code for every mistake
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -354,6 +439,9 @@ def test_bad_input_gets_one_line_and_leaves_nothing_half_written(outcomes, case:
     assert "s3cr3t" not in proc.stderr + proc.stdout
     out = folder / "out"
     assert not out.exists() or not _half_written(out), _half_written(out)
+    # Checks before side effects: nothing printed before the error, nothing made on disk.
+    assert proc.stdout == "" or case.name in _PRINTS_FIRST, proc.stdout
+    assert _listing(folder) == listed or case.name in _WRITES_FIRST, sorted(_listing(folder) - listed)
     if case.name.startswith("train") and case.name != "train resume with a checkpoint of another M":
         # A refused run leaves no run behind: the corrected command works without --resume or a new folder.
         assert not (out / "config.yaml").exists() and not (out / "checkpoints").exists()

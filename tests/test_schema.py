@@ -175,13 +175,13 @@ def test_matd_tune_with_an_empty_space_is_one_line(monkeypatch, capsys, tmp_path
 
 
 @pytest.mark.parametrize("kind", [None, *FileKind], ids=lambda k: k.value if k else "detected")
-def test_matd_validate_refuses_an_empty_file_and_exits_1(monkeypatch, capsys, tmp_path: Path, kind) -> None:
+def test_matd_validate_refuses_an_empty_file_and_exits_2(monkeypatch, capsys, tmp_path: Path, kind) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text(EMPTY["comments"])
     args = ["validate", path] + (["--kind", kind.value] if kind else [])
     code, out, err = matd(monkeypatch, capsys, *args)
     lines = err.strip().splitlines()
-    assert code == 1 and not out and len(lines) == 1 and lines[0].startswith("matd: error: "), err
+    assert code == 2 and not out and len(lines) == 1 and lines[0].startswith("matd: error: "), err
     assert f"{path} is empty" in lines[0]
 
 
@@ -221,11 +221,11 @@ def test_validate_asks_for_the_kind_when_it_cannot_tell(tmp_path: Path, text: st
     assert fragment in one_line(str(err.value)) and str(path) in str(err.value)
 
 
-def test_matd_validate_prints_the_error_line_and_exits_1(monkeypatch, capsys, tmp_path: Path) -> None:
+def test_matd_validate_prints_the_error_line_and_exits_2_as_every_mistake(monkeypatch, capsys, tmp_path: Path) -> None:
     path = tmp_path / "cfg.yaml"
     path.write_text("data: {name: digits, batch_size: 0}\n")
     code, out, err = matd(monkeypatch, capsys, "validate", path)
-    assert code == 1 and not out
+    assert code == 2 and not out
     assert err.strip() == f"matd: error: {path}: data.batch_size=0 must be at least 1"
 
 

@@ -205,8 +205,9 @@ def resolve_cluster_path(name: str | os.PathLike) -> Path:
     """A cluster file path, or the name of a shipped one (``local``, ``multi-gpu``)."""
     path = find_yaml(name, SHIPPED_CLUSTERS)
     if path is None:
-        raise UserError(f"cluster file {name} does not exist; give a YAML path or a shipped name "
-                        f"({shipped_names(SHIPPED_CLUSTERS)}), or '{IN_PROCESS}' to train in-process without Ray")
+        raise UserError(f"cluster file {name} does not exist; give a YAML path, a shipped name "
+                        f"({shipped_names(SHIPPED_CLUSTERS)}), a running cluster's HOST:PORT or ray://HOST:PORT, "
+                        f"or '{IN_PROCESS}' to run in this process without Ray")
     return path
 
 
@@ -238,7 +239,8 @@ def _mat_dist_section(docs: list[Any], file: Path) -> Any:
 def load_cluster(path: str | os.PathLike | None = None) -> ClusterConfig:
     """Read and validate a cluster file; ``None`` gives the embedded default (``clusters/local.yaml``).
 
-    ``path`` is a YAML file or the name of a shipped one. The settings are the
+    ``path`` is a YAML file, the name of a shipped one, or the address of a running cluster (``HOST:PORT``,
+    ``ray://HOST:PORT``, ``auto``: one worker of one CPU there). The settings are the
     whole file, or its ``mat_dist:`` section (Ray launcher files, KubeRay
     manifests: see ``_mat_dist_section``).
 
@@ -247,6 +249,9 @@ def load_cluster(path: str | os.PathLike | None = None) -> ClusterConfig:
     """
     if path is None:
         return ClusterConfig()
+    if find_yaml(path, SHIPPED_CLUSTERS) is None and _is_address(str(path)):
+        # A bare address: that cluster, one worker of one CPU (a cluster file says more).
+        return ClusterConfig(address=str(path), workers=WorkersConfig(cpus=1.0), source=f"address {path}")
     file = resolve_cluster_path(path)
     try:
         raw = _mat_dist_section(list(yaml.safe_load_all(file.read_text())), file)

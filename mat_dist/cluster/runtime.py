@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import socket
-import tempfile
 import threading
 import uuid
 import warnings
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mat_dist.atomic import probe_writable
 from mat_dist.console import plural, route_worker_lines
 from mat_dist.cluster.files import ClusterConfig, is_uri
 from mat_dist.errors import UserError
@@ -79,7 +79,13 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     except OSError as err:
         reason = err.strerror or type(err).__name__
     raise UserError(f"Ray cluster at {address} is unreachable ({reason}); start it (ray start --head) or fix "
-                    f"address in the cluster file, or use address: null for a local runtime")
+                    f"the address, or use a local runtime (no --cluster, or address: null in a cluster file)")
+
+
+def check_reachable(cluster: ClusterConfig) -> None:
+    """UserError in seconds when the cluster file's address does not answer (a local runtime always does)."""
+    if not cluster.is_local and cluster.address != "auto":
+        probe_address(cluster.address)
 
 
 def ray_init_args(cluster: ClusterConfig, *, tasks_only: bool = False) -> dict[str, Any]:
@@ -128,8 +134,7 @@ def connect(cluster: ClusterConfig, *, check: bool = True, tasks_only: bool = Fa
         yield runtime
         return
     quiet_ray_env()
-    if not cluster.is_local and cluster.address != "auto":
-        probe_address(cluster.address)
+    check_reachable(cluster)
     try:
         ray.init(**ray_init_args(cluster, tasks_only=tasks_only), logging_level=logging.WARNING,
                  log_to_driver=not tasks_only)
@@ -187,11 +192,8 @@ def check_resources(cluster: ClusterConfig, runtime: Runtime) -> None:
 def check_storage(uri: str, *, timeout: float = STORAGE_PROBE_TIMEOUT_S) -> None:
     """Write and delete a small file under ``uri`` (local path, NFS path or s3://...); UserError if that fails."""
     if not is_uri(uri):
-        folder = Path(uri)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".mat-dist-write-test-"):
-                pass
+            probe_writable(Path(uri))  # creates nothing: a run refused later leaves no empty ray/ folder
         except OSError as err:
             raise UserError(f"storage path {uri} is not writable ({err.strerror}); fix storage.path in the "
                             f"cluster file (a shared folder or s3:// URI)") from None

@@ -1,4 +1,4 @@
-"""Datasets (embedded MNIST-5k, MNIST IDX, CIFAR-10 batches, sklearn digits) and MIMO batches."""
+"""Datasets (embedded MNIST-5k, MNIST IDX, CIFAR-10 batches, sklearn digits, your own .npz) and MIMO batches."""
 
 from mat_dist.data.datasets import (
     DATASET_SHAPES,
@@ -6,6 +6,7 @@ from mat_dist.data.datasets import (
     DatasetName,
     DataSplits,
     ImageDataset,
+    check_data,
     load_splits,
 )
 from mat_dist.data.mimo_batches import MimoBatches
@@ -17,5 +18,6 @@ __all__ = [
     "DatasetName",
     "ImageDataset",
     "MimoBatches",
+    "check_data",
     "load_splits",
 ]

@@ -28,6 +28,10 @@ Sources and splits
     The pickles are read with a restricted unpickler that only rebuilds dicts,
     lists, strings, bytes, ints and numpy arrays: a pickle can run arbitrary
     code, and a data folder is not a place to trust.
+``arrays``
+    your own images and labels, from the ``.npz`` file ``root``
+    (``mat_dist.data.arrays``): a given train/test split or one made there,
+    K classes, normalisation constants given or measured on the train images.
 ``digits``
     scikit-learn's ``load_digits`` (1,797 images of 8x8 pixels, 16 grey levels
     0..16, divided by 16), for tiny tests. Fixed stratified split (random state
@@ -65,11 +69,12 @@ class DatasetName(str, enum.Enum):
     MNIST = "mnist"  # IDX files read from a folder
     CIFAR10 = "cifar10"  # python pickle batches read from a folder
     DIGITS = "digits"  # sklearn's 8x8 digits, for tiny tests
+    ARRAYS = "arrays"  # your own images and labels: one .npz file (mat_dist.data.arrays)
 
 
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # of every shipped data set; an arrays file has its own K
 
-# (C, H, W) of one image of each dataset.
+# (C, H, W) of one image of each dataset with a fixed shape (an arrays file has its own).
 DATASET_SHAPES: dict[DatasetName, tuple[int, int, int]] = {
     DatasetName.MNIST5K: (1, 28, 28),
     DatasetName.MNIST: (1, 28, 28),
@@ -144,6 +149,7 @@ class _RawSplits:
     test: ImageDataset
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    num_classes: int = NUM_CLASSES
 
 
 def load_splits(
@@ -169,10 +175,30 @@ def load_splits(
         train=train,
         val=val,
         test=raw.test,
-        num_classes=NUM_CLASSES,
+        num_classes=raw.num_classes,
         mean=raw.mean,
         std=raw.std,
     )
+
+
+def check_data(name: DatasetName | str, root: str | os.PathLike | None) -> None:
+    """What ``load_splits`` would refuse first, found cheaply (no image is read): an unknown name, a missing
+    ``root``, a folder without the data set's files, an arrays file that is not a .npz of a known layout.
+
+    Commands call it before their first line of progress and before making any folder.
+    """
+    dataset = _parse_name(name)
+    path = _root_or_none(root)
+    if dataset is DatasetName.MNIST:
+        folder = _require_folder(path, "MNIST", "the four MNIST IDX files (gzipped or not)")
+        for file in MNIST_FILES:
+            _find_mnist_file(folder, file)
+    elif dataset is DatasetName.CIFAR10:
+        _find_cifar_directory(_require_folder(path, "CIFAR-10", f"the python batches (extract {_CIFAR10_URL})"))
+    elif dataset is DatasetName.ARRAYS:
+        from mat_dist.data.arrays import check_file
+
+        check_file(path)
 
 
 def _parse_name(name: DatasetName | str) -> DatasetName:
@@ -296,7 +322,8 @@ def _load_mnist(root: Path | None) -> _RawSplits:
 
 def _require_folder(root: Path | None, what: str, contents: str) -> Path:
     if root is None:
-        raise UserError(f"dataset {what} needs a data folder; pass root= (the folder holding {contents})")
+        raise UserError(f"dataset {what} needs a data folder: set data.root (or --data-root), the folder holding "
+                        f"{contents}")
     if not root.is_dir():
         raise UserError(f"{what} folder {root} does not exist; create it and put {contents} there")
     return root
@@ -508,9 +535,22 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
+# --- arrays: your own .npz file --------------------------------------------------------------
+
+
+def _load_arrays(root: Path | None) -> _RawSplits:
+    """Images and labels of a .npz file (``mat_dist.data.arrays``)."""
+    from mat_dist.data.arrays import load_arrays
+
+    a = load_arrays(root)
+    return _RawSplits(train=ImageDataset(a.x_train, a.y_train), test=ImageDataset(a.x_test, a.y_test),
+                      mean=a.mean, std=a.std, num_classes=a.num_classes)
+
+
 _LOADERS: dict[DatasetName, Callable[[Path | None], _RawSplits]] = {
     DatasetName.MNIST5K: _load_mnist5k,
     DatasetName.MNIST: _load_mnist,
     DatasetName.CIFAR10: _load_cifar10,
     DatasetName.DIGITS: _load_digits,
+    DatasetName.ARRAYS: _load_arrays,
 }

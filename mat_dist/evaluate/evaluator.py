@@ -19,11 +19,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from mat_dist.atomic import append_jsonl, read_jsonl, write_atomic
+from mat_dist.atomic import append_jsonl, probe_writable, read_jsonl, write_atomic
 from mat_dist.data import load_splits
 from mat_dist.errors import UserError
 from mat_dist.evaluate import curves as curves_mod
@@ -60,17 +60,58 @@ class TrackingOptions:
     extra_tags: dict[str, str] = field(default_factory=dict)
 
 
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every leaf where two fingerprints differ."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def _shown(value: Any) -> str:
+    """A fingerprint value for one line: digests cut to 12 characters, None as 'unset'."""
+    if value is None:
+        return "unset"
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return f"{text[:12]}..." if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def fingerprint_mismatch(output: Path, previous: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    """The one line for an output folder that holds another evaluation: each difference, old and new value."""
+    diffs = _differences(previous, fingerprint)
+    told = "; ".join(f"{key} {_shown(a)} there, {_shown(b)} now" for key, a, b in diffs[:3])
+    more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    hint = ""
+    if [key for key, _, _ in diffs] == ["examples"]:
+        hint = f"rerun with -n {previous['examples']} to resume it, or "
+    return (f"{output} holds another evaluation ({told}{more}); {hint}choose another --output "
+            f"(finished shards would not match)")
+
+
 def _check_fingerprint(output: Path, fingerprint: dict[str, Any]) -> None:
     """A folder holds one evaluation: resuming with another model, suite or example count is refused."""
     path = output / FINGERPRINT
     if path.is_file():
         previous = json.loads(path.read_text())
         if previous != fingerprint:
-            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-            raise UserError(f"{output} holds an evaluation with another {', '.join(changed)}; "
-                            f"choose another --output (finished shards would not match)")
+            raise UserError(fingerprint_mismatch(output, previous, fingerprint))
         return
     write_atomic(path, json.dumps(fingerprint, indent=1, sort_keys=True))
+
+
+def check_cluster(cluster: str | os.PathLike | None) -> None:
+    """A cluster file that cannot be read, or an address nobody answers at: one line now, before the output
+    folder exists (``None``: a private local runtime, nothing to check)."""
+    if cluster is None:
+        return
+    from mat_dist.cluster import load_cluster
+    from mat_dist.cluster.runtime import check_reachable
+
+    check_reachable(load_cluster(cluster))
 
 
 def _finished_shards(output: Path) -> int:
@@ -103,6 +144,12 @@ def trained_as(weights: Path) -> str | None:
 def load_test_images(dataset: str, root: str | None, examples: int, spec=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``examples`` test images of ``dataset``, checked against a mat-dist model's input shape
     (``spec``; a foreign model's shape is checked by its contract instead)."""
+    images, labels, _ = _test_images(dataset, root, examples, spec)
+    return images, labels
+
+
+def _test_images(dataset: str, root: str | None, examples: int, spec) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``load_test_images`` and the data set's number of classes."""
     splits = load_splits(dataset, root=root, val_size=0)
     test = splits.test
     if examples > len(test):
@@ -113,17 +160,20 @@ def load_test_images(dataset: str, root: str | None, examples: int, spec=None) -
     if shape != expected:
         raise UserError(f"the model takes {'x'.join(map(str, expected))} images but {dataset} has "
                         f"{'x'.join(map(str, shape))}; pass the dataset the model was trained on (--data)")
-    return test.images[:examples].contiguous(), test.labels[:examples].contiguous()
+    return test.images[:examples].contiguous(), test.labels[:examples].contiguous(), splits.num_classes
 
 
 def evaluate(*, model_path: str | os.PathLike | None = None, model: ModelSource | None = None, suite: Suite,
              output: Path, dataset: str, data_root: str | None = None, examples: int | None = None,
              workers: int = 2, cluster: str | os.PathLike | None = None, on_progress: ProgressFn | None = None,
              tracking: TrackingOptions | None = None, chaos: Chaos | None = None,
-             data: tuple[torch.Tensor, torch.Tensor] | None = None) -> EvalResult:
+             data: tuple[torch.Tensor, torch.Tensor] | None = None,
+             on_start: Callable[[int], None] | None = None) -> EvalResult:
     """Evaluate one model: a mat-dist checkpoint (``model_path``) or any ``ModelSource`` (``model``).
 
     ``data`` (images in [0, 1], labels) replaces the data set's test images; ``dataset`` then only names them.
+    Every input (model, data, cluster, tracking store, output folder) is checked before the output folder is
+    made; ``on_start(examples)`` is called after those checks, before the first shard runs.
     """
     start = time.perf_counter()
     if (model_path is None) == (model is None):
@@ -132,31 +182,35 @@ def evaluate(*, model_path: str | os.PathLike | None = None, model: ModelSource 
         model = parse_model(Path(model_path))
     net = model.load()  # validates the file here, before any worker sees it
     spec = getattr(net, "spec", None) if model.is_checkpoint else None
-    n = examples or suite.examples
+    n = examples if examples is not None else suite.examples  # 0 is a mistake, not 'the default'
     if n < 1:
         raise UserError(f"--examples {n} must be at least 1")
-    images, labels = _images(data, dataset, data_root, n, spec)
+    if workers < 0:
+        raise UserError(f"--workers {workers} must be 0 (in this process) or more")
+    images, labels, num_classes = _images(data, dataset, data_root, n, spec)
     dropped: tuple[str, ...] = ()
     if not model.differentiable:
         suite, dropped = without_gradients(suite)
     if not model.is_checkpoint:
-        check_contract(net, images, labels, num_classes=_num_classes(labels), label=model.label,
+        check_contract(net, images, labels, num_classes=num_classes, label=model.label,
                        needs_gradients=model.differentiable)
-    if workers < 0:
-        raise UserError(f"--workers {workers} must be 0 (in this process) or more")
-    if tracking is not None and tracking.enabled:
+    check_cluster(cluster)
+    fingerprint = {**model.fingerprint(), **data_id_of(data, dataset, images), "examples": n,
+                   "suite": suite.to_dict()}
+    if (output / FINGERPRINT).is_file():
+        _check_fingerprint(output, fingerprint)  # another evaluation's folder: refused before anything is written
+    try:
+        probe_writable(output)
+    except OSError as err:
+        raise UserError(f"output folder {output} is not writable ({err.strerror}); choose another --output") from None
+    if tracking is not None and tracking.enabled:  # last of the checks: it creates the store's experiment
         from mat_dist.tracking import check_store
 
         check_store(tracking.uri, tracking.experiment)  # an unreachable server fails now, not after the attacks
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"output folder {output} is not writable ({err.strerror}); choose another --output") from None
-    data_id = {"dataset": dataset} if data is None else {"dataset": dataset, "data_sha256": _tensor_digest(images)}
-    _check_fingerprint(output, {**model.fingerprint(), **data_id, "examples": n, "suite": suite.to_dict()})
+    output.mkdir(parents=True, exist_ok=True)
+    _check_fingerprint(output, fingerprint)
+    if on_start is not None:
+        on_start(n)
     jobs = plan_jobs(suite, num_members=spec.num_members if spec is not None else 0, examples=n)
     shards = plan_shards(jobs, suite.shard_size)
     done_before = _finished_shards(output)
@@ -171,14 +225,16 @@ def evaluate(*, model_path: str | os.PathLike | None = None, model: ModelSource 
     calls = _calls(output)  # seconds spent running this folder's shards, over every call
     wall = sum(call["wall_s"] for call in calls) or time.perf_counter() - start
     return _write_outputs(table, suite=suite, output=output, model=net, source=model, dataset=dataset,
-                          images=images, labels=labels, workers=workers, wall=wall, calls=max(1, len(calls)),
+                          images=images, labels=labels, num_classes=num_classes, workers=workers, wall=wall,
+                          calls=max(1, len(calls)),
                           shards_run=shards_run, shards_total=len(shards), dropped=dropped,
                           tracking=tracking or TrackingOptions(enabled=False))
 
 
-def _images(data, dataset: str, root: str | None, n: int, spec) -> tuple[torch.Tensor, torch.Tensor]:
+def _images(data, dataset: str, root: str | None, n: int, spec) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(images, labels, classes): a data set's first ``n`` test images, or the first ``n`` of ``data``."""
     if data is None:
-        return load_test_images(dataset, root, n, spec)
+        return _test_images(dataset, root, n, spec)
     images, labels = data
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or labels.shape != images.shape[:1]:
         raise UserError("data must be (images (N, C, H, W), labels (N,)) tensors")
@@ -186,11 +242,16 @@ def _images(data, dataset: str, root: str | None, n: int, spec) -> tuple[torch.T
         raise UserError(f"--examples {n} is more than the {len(images)} images given; use at most {len(images)}")
     if images.min() < 0 or images.max() > 1:
         raise UserError("data images must lie in [0, 1]; the model source normalises (input_mean/input_std)")
-    return images[:n].float().contiguous(), labels[:n].long().contiguous()
+    return images[:n].float().contiguous(), labels[:n].long().contiguous(), _num_classes(labels)
+
+
+def data_id_of(data, dataset: str, images: torch.Tensor) -> dict[str, str]:
+    """What names the evaluated images in eval.json: the data set, and a digest of tensors given directly."""
+    return {"dataset": dataset} if data is None else {"dataset": dataset, "data_sha256": _tensor_digest(images)}
 
 
 def _num_classes(labels: torch.Tensor) -> int:
-    """The logits a model must return: the data sets' 10 classes (more if the labels say so)."""
+    """The logits a model must return for images given as tensors: 10, more if the labels say so."""
     from mat_dist.data.datasets import NUM_CLASSES
 
     return max(NUM_CLASSES, int(labels.max()) + 1)
@@ -203,7 +264,7 @@ def _tensor_digest(images: torch.Tensor) -> str:
 
 
 def _write_outputs(table, *, suite: Suite, output: Path, model, source: ModelSource, dataset: str, images, labels,
-                   workers: int, wall: float, calls: int, shards_run: int, shards_total: int,
+                   num_classes: int, workers: int, wall: float, calls: int, shards_run: int, shards_total: int,
                    dropped: tuple[str, ...], tracking: TrackingOptions) -> EvalResult:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -227,8 +288,11 @@ def _write_outputs(table, *, suite: Suite, output: Path, model, source: ModelSou
         pq.write_table(curve_rows, output / "curves.parquet")
         points = metrics.curve_points(curve_rows)
         curves_mod.write_curves_csv(points, output / "curves.csv")
-        figure = curves_mod.plot_curves(points, output / "curves.png", title=f"{source.label}: {suite.name}")
-    found = sanity.gradient_warnings(model, images, labels, seed=suite.seed) if source.differentiable else []
+        radii = {a.name: a.eps for a in suite.attacks}
+        figure = curves_mod.plot_curves(points, output / "curves.png", radii=radii, title=source.label,
+                                        subtitle=f"{dataset}, suite {suite.name}; bands: 95% Wilson intervals")
+    found = sanity.chance_warnings(summary, num_classes=num_classes)
+    found += sanity.gradient_warnings(model, images, labels, seed=suite.seed) if source.differentiable else []
     found += sanity.black_box_warnings(summary, attack_info, suite.sanity.black_box_margin)
     found += sanity.curve_warnings(points, max_final_accuracy=suite.sanity.max_final_accuracy,
                                    tolerance=suite.sanity.curve_tolerance)
@@ -242,7 +306,8 @@ def _write_outputs(table, *, suite: Suite, output: Path, model, source: ModelSou
     full = {**summary, "attack_info": attack_info, "transfer": transfer, "curves": points, "warnings": found,
             "meta": meta}
     write_atomic(output / "summary.json", json.dumps(full, indent=1))
-    write_atomic(output / "report.md", report.render(summary=summary, attack_info=attack_info, meta=meta,
+    shown = {**meta, "model": report.relative_to(source.location, output)}  # no absolute path of this machine
+    write_atomic(output / "report.md", report.render(summary=summary, attack_info=attack_info, meta=shown,
                                                      transfer=transfer, curves=points, warnings=found))
     run_id = _log_to_mlflow(output, summary, suite, meta, figure, tracking)
     if figure is not None:

@@ -116,11 +116,14 @@ def parse(spec: str | nn.Module, *, weights: str | Path | None = None, input_mea
                                 f"weights; drop --weights and --input-mean/--input-std")
             from mat_dist.checkpoint import find_weights
 
+            _check_run_has_model(path)
             found = find_weights(path).resolve()
             return ModelSource(kind="checkpoint", location=str(found), label=label or _checkpoint_label(found))
         if weights is not None:
             raise UserError(f"--weights applies to a factory (package.module:function); {text} is a "
                             f"{kind} file that holds its own weights")
+        if kind in ("torchscript", "export"):
+            _check_archive(path, kind)
         return ModelSource(kind=kind, location=str(path.resolve()), label=label or path.stem,
                            input_mean=mean, input_std=std)
     match = _FACTORY.match(text)
@@ -140,6 +143,32 @@ def parse(spec: str | nn.Module, *, weights: str | Path | None = None, input_mea
                          weights=_weights(weights), input_mean=mean, input_std=std, search_path=search_path)
     _build_factory(source)  # fail now, in one line, rather than in every worker
     return source
+
+
+def _check_run_has_model(path: Path) -> None:
+    """A training run folder with neither a final model nor a checkpoint: training has not finished an epoch."""
+    from mat_dist.checkpoint import CHECKPOINTS_DIR, WEIGHTS, latest_checkpoint
+
+    if path.is_dir() and (path / "config.yaml").is_file() and not (path / WEIGHTS).is_file() \
+            and latest_checkpoint(path / CHECKPOINTS_DIR) is None:
+        raise UserError(f"{path}: this run has no model yet (training unfinished? no {WEIGHTS} and no checkpoint); "
+                        f"finish it with matd train --output {path} --resume")
+
+
+def _check_archive(path: Path, kind: str) -> None:
+    """TorchScript and torch.export files are zip archives: anything else is refused before it is loaded."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return
+    head = path.read_bytes()[:200]
+    try:
+        what = f"a text file starting {head.decode('utf-8').splitlines()[0][:30]!r}" if head.strip() else \
+            "an empty file"
+    except UnicodeDecodeError:
+        what = "bytes of no model format (not a zip archive)"
+    raise UserError(f"--model {path} is not a TorchScript file (torch.jit.save) nor a .pt2 export, .onnx file or "
+                    f"mat-dist checkpoint: it is {what}; save the model with torch.jit.save or torch.export.save")
 
 
 def _file_kind(path: Path) -> str:
@@ -261,16 +290,22 @@ def _load_torchscript(path: Path) -> nn.Module:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # noqa: BLE001 - anything that is not a TorchScript archive
         raise UserError(f"--model {path} is not a TorchScript file (torch.jit.save) nor a .pt2 export, "
-                        f".onnx file or mat-dist checkpoint ({type(err).__name__})") from None
+                        f".onnx file or mat-dist checkpoint: torch.jit.load says {_first_line(err)}") from None
 
 
 def _load_export(path: Path) -> nn.Module:
     try:
         program = torch.export.load(str(path))
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"--model {path} is not a torch.export program (torch.export.save) "
-                        f"({type(err).__name__})") from None
+        raise UserError(f"--model {path} is not a torch.export program (torch.export.save): torch.export.load "
+                        f"says {_first_line(err)}") from None
     return program.module()
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception as a short phrase: its first line (no C++ stack), else its type."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{lines[0][:120]!r}" if lines else type(err).__name__
 
 
 # ------------------------------------------------------------------ wrappers

@@ -1,5 +1,7 @@
 """Signs of gradient masking, reported as warnings (auto-attack's checks.py, Athalye et al. 2018).
 
+- a model near chance on clean images: its robust figures mean nothing, and
+  the checks below cannot tell masking from a model that never learnt;
 - gradients that are zero, or that change between two identical calls (a
   randomised model) or under a tiny input change (shattered gradients);
 - a black-box attack beating every white-box attack of its norm;
@@ -16,6 +18,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from mat_dist.evaluate.registry import ATTACKS
+
+
+CHANCE_FACTOR = 2.0  # clean accuracy below this many times chance (20% for 10 classes): the model has not learnt
+
+
+def chance_warnings(summary: dict[str, Any], *, num_classes: int) -> list[str]:
+    """A model whose clean accuracy is near chance (below ``CHANCE_FACTOR`` / K): nothing else can be judged."""
+    chance = 1.0 / num_classes
+    if summary["clean"] >= CHANCE_FACTOR * chance:
+        return []
+    return [f"clean accuracy {100 * summary['clean']:.1f}% is near chance ({100 * chance:.0f}% for {num_classes} "
+            f"classes): the model has not learnt the task, so its robust accuracy means nothing and gradient "
+            f"masking cannot be judged; train it longer or check its data and normalisation"]
 
 
 def gradient_warnings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0) -> list[str]:

@@ -283,12 +283,12 @@ def plan_jobs(suite: Suite, *, num_members: int, examples: int) -> list[Job]:
             for a in suite.attacks]
     models = [ENSEMBLE, *member_names(num_members)]
     transfer = suite.transfer.attacks if num_members > 0 else ()  # a foreign model has no sub-models
-    n_transfer = min(examples, suite.transfer.examples or examples)
+    n_transfer = min(examples, examples if suite.transfer.examples is None else suite.transfer.examples)
     for a in transfer:
         for source in models:
             jobs.append(Job(name=f"transfer_{a}_from_{source}", group="transfer", spec=suite.attack(a),
                             source=source, targets=tuple(models), examples=n_transfer))
-    n_curve = min(examples, suite.curves.examples or examples)
+    n_curve = min(examples, examples if suite.curves.examples is None else suite.curves.examples)
     for a in suite.curves.attacks:
         spec = suite.attack(a)
         for k in suite.curves.steps:

@@ -315,7 +315,7 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
         for spec, seed in runs}
     suite = preset_suite(preset)
     folder_seeds = _check_preset_file(output, preset, overrides, seeds, partial=bool(only))
-    examples = preset.examples or suite.examples
+    examples = preset.examples if preset.examples is not None else suite.examples
     n_workers = preset.workers if workers is None else workers
     if n_workers < 0:
         raise UserError(f"--workers {n_workers} must be 0 (in this process) or more")

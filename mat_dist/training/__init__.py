@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from mat_dist.cluster.files import ClusterConfig
     from mat_dist.config import RunConfig
+    from mat_dist.data import DataSplits
     from mat_dist.training.run_folder import RunResult
 
 __all__ = ["train"]
@@ -29,18 +30,19 @@ __all__ = ["train"]
 
 def train(cfg: RunConfig, output: Path, cluster: ClusterConfig | None = None, *, resume: bool = False,
           tracking_uri: str | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-          on_batch: Callable[[int, int], None] | None = None) -> RunResult:
+          on_batch: Callable[[int, int], None] | None = None, splits: DataSplits | None = None) -> RunResult:
     """Train ``cfg`` into the run folder ``output``: in this process when ``cluster`` is None, else as a Ray
     Train job of ``cluster``'s workers. Either way ``output`` ends up with the same layout (``run_folder``).
 
     ``on_epoch(metrics)`` and ``on_batch(i, n)`` are called in this process, so only on the in-process path;
-    on Ray, rank 0 prints a line per epoch to the driver's console instead.
+    on Ray, rank 0 prints a line per epoch to the driver's console instead. ``splits``: the data of an
+    in-process run when the caller has read it already (``matd train`` reads it before its first line).
     """
     if cluster is None:
         from mat_dist.training.in_process import train_in_process
 
         return train_in_process(cfg, output, resume=resume, tracking_uri=tracking_uri, on_epoch=on_epoch,
-                                on_batch=on_batch)
+                                on_batch=on_batch, splits=splits)
     from mat_dist.training.ray_job import train_ray
 
     return train_ray(cfg, output, cluster, resume=resume, tracking_uri=tracking_uri)

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 from mat_dist.atomic import read_jsonl, write_atomic
 from mat_dist.checkpoint import copy_checkpoint, save_final_model
 from mat_dist.cluster.files import ClusterConfig, is_uri
-from mat_dist.cluster.runtime import check_storage, connect
+from mat_dist.cluster.runtime import check_reachable, check_storage, connect
 from mat_dist.config import RunConfig
 from mat_dist.console import plural
 from mat_dist.data import MimoBatches, load_splits
@@ -194,6 +194,7 @@ def train_ray(cfg: RunConfig, output: Path, cluster: ClusterConfig, *, resume: b
     check_job(cfg, cluster)  # on a local runtime also the data (check_data), before config.yaml is written
     if cfg.tracking.enabled:  # an unreachable store fails here, before Ray starts or config.yaml is written
         check_store(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment)
+    check_reachable(cluster)  # an unreachable address: one line before the storage folder is probed
     storage = cluster.storage_uri(output)
     check_storage(storage)
     with connect(cluster) as runtime:

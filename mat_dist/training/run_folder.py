@@ -21,12 +21,11 @@ ends the file's readable part.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mat_dist.atomic import jsonl_text, read_jsonl, write_atomic
+from mat_dist.atomic import jsonl_text, probe_writable, read_jsonl, write_atomic
 from mat_dist.checkpoint import CHECKPOINTS_DIR, WEIGHTS
 from mat_dist.config import RunConfig, config_from_dict, config_to_dict, config_to_yaml, read_yaml
 from mat_dist.errors import UserError
@@ -131,10 +130,9 @@ class RunFolder:
 
 
 def check_writable(folder: Path) -> None:
+    """UserError unless the run folder can be written; creates nothing (the folder appears with config.yaml)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True)
-        probe.close()
+        probe_writable(folder)
     except OSError as err:
         raise UserError(f"output folder {folder} is not writable ({err.strerror}); choose another --output") from None
 

@@ -201,7 +201,7 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
         base_raw = saved["base"]
         cluster_cfg = (load_cluster(cluster) if isinstance(cluster, str) else cluster) if cluster is not None \
             else cluster_from_dict(saved["cluster"], source=saved["cluster_source"])
-        num_samples = trials or saved["trials"]
+        num_samples = trials if trials is not None else saved["trials"]
         _check_pbt_trials(space, cluster_cfg)
     else:
         if space is None:
@@ -214,7 +214,7 @@ def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig 
         base_cfg = base_config(space, base)
         base_raw = _absolute_data_root(space.base_raw(base_cfg, list(overrides)))
         space.check_against(base_raw)
-        num_samples = trials or space.trials
+        num_samples = trials if trials is not None else space.trials
         if num_samples < 1:
             raise UserError(f"--trials {num_samples}: give at least 1")
         _check_pbt_trials(space, cluster_cfg)

@@ -58,3 +58,19 @@ def test_only_names_the_preset_methods(tmp_path):
     with pytest.raises(UserError, match="preset tiny-study has no method 'mat_x'"):
         reproduce(PRESET, output=tmp_path / "s", tracking=False, workers=0, only=["mat_x"])
     assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_a_study_folder_takes_methods_the_preset_gained_but_not_changed_ones(tmp_path):
+    from dataclasses import replace
+
+    out = tmp_path / "study"
+    reproduce(PRESET, output=out, tracking=False, workers=0, only=["at_linf"])
+    extra = replace(PRESET.method("e_at"), name="e_at_2", overrides=(*PRESET.method("e_at").overrides, "seed=2"))
+    grown = replace(PRESET, methods=(*PRESET.methods, extra), description="the same study and one more row")
+    again = reproduce(grown, output=out, tracking=False, workers=0, only=["at_linf"])
+    assert [(o.training, o.evaluation) for o in again.methods] == [("skipped", "skipped")]
+    assert json.loads((out / "preset.json").read_text())["preset"]["methods"][-1]["name"] == "e_at_2"
+    changed = replace(grown, methods=tuple(replace(m, overrides=(*m.overrides, "optim.lr=0.01"))
+                                           if m.name == "at_linf" else m for m in grown.methods))
+    with pytest.raises(UserError, match="with other settings"):
+        reproduce(changed, output=out, tracking=False, workers=0, only=["at_linf"])

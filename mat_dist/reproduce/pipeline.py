@@ -99,33 +99,47 @@ def preset_suite(preset: Preset):
     return load_suite(preset.suite, list(preset.suite_overrides))
 
 
+# Text that may change without changing what runs (a preset that gained a method describes itself anew).
+_DESCRIPTIVE = ("description", "budget", "data_note")
+
+
+def _core(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A folder's fingerprint without its seed count, method list and descriptive text."""
+    preset = {k: v for k, v in fingerprint.get("preset", {}).items() if k not in (*_DESCRIPTIVE, "methods")}
+    return {**{k: v for k, v in fingerprint.items() if k != "seeds"}, "preset": preset}
+
+
 def _check_preset_file(output: Path, preset: Preset, overrides: list[str], seeds: int = 1,
                        partial: bool = False) -> int:
-    """Check (or write) the folder's fingerprint; return the folder's seed count. ``partial`` (``--only``): fewer
-    seeds than the folder has are fine, since the call runs some methods only (a study gives its best methods
-    more seeds than the rest)."""
+    """Check (or write) the folder's fingerprint; return the folder's seed count.
+
+    A folder may grow: more seeds (seeds 0..before-1 are the same runs, skipped as finished) and methods the
+    preset gained (every method the folder has must be in the preset, unchanged). ``partial`` (``--only``):
+    fewer seeds than the folder has are fine, since the call runs some methods only (a study gives its best
+    methods more seeds than the rest).
+    """
     wanted = {"preset": preset.to_dict(), "overrides": list(overrides)}
-    if seeds > 1:  # a one-seed folder keeps the layout it had before seeds existed
-        wanted["seeds"] = seeds
     path = output / PRESET_FILE
+    before = 1
     if path.is_file():
         previous = json.loads(path.read_text())
         before = int(previous.get("seeds", 1))
-        same_but_seeds = {**previous, "seeds": 0} == {**wanted, "seeds": 0}
-        # More seeds extend a reproduction: seeds 0..before-1 are the same runs, and are skipped as finished.
-        extends = same_but_seeds and seeds > before
-        if partial and same_but_seeds and seeds <= before:
-            return before
-        if previous != wanted and not extends:
+        old, new = previous.get("preset", {}).get("methods", []), wanted["preset"]["methods"]
+        if _core(previous) != _core(wanted) or any(m not in new for m in old):
             name = previous.get("preset", {}).get("name", "?")
-            fewer = (f" (it has {before} seeds; --seeds {seeds} would report only some of them)"
-                     if same_but_seeds and seeds < before else "")
-            raise UserError(f"{output} holds a reproduction of preset {name} with other settings{fewer}; "
+            raise UserError(f"{output} holds a reproduction of preset {name} with other settings; "
                             f"choose another --output (or delete {output} to start over)")
-        if not extends:
+        if seeds < before and not partial:
+            raise UserError(f"{output} holds a reproduction of preset {preset.name} with other settings (it has "
+                            f"{before} seeds; --seeds {seeds} would report only some of them); choose another "
+                            f"--output (or delete {output} to start over)")
+        if seeds <= before and old == new and previous.get("preset") == wanted["preset"]:
             return before
+    total = max(seeds, before)
+    if total > 1:  # a one-seed folder keeps the layout it had before seeds existed
+        wanted["seeds"] = total
     write_atomic(path, json.dumps(wanted, indent=1, sort_keys=True))
-    return seeds
+    return total
 
 
 def _record_invocation(output: Path, outcomes: list[MethodOutcome], wall_s: float) -> list[dict[str, Any]]:

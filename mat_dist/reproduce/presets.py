@@ -306,6 +306,7 @@ STUDY_ALPHA_K10 = {Norm.LINF: 0.075, Norm.L2: 0.5, Norm.L1: 2.5}  # 2.5 eps / K 
 # E-AT's fine-tuning (Croce and Hein 2022): 3 epochs from an l_inf-robust model at the full radii, the rate held
 # for a third then /10 and /100; Adam's peak halved, as E-AT halves SGD's (0.05 against 0.1 from scratch).
 FINE_TUNE = ("train.epochs=3", "attack.warmup=0.0", "optim.schedule=e_at", "optim.lr=0.0005")
+REPEAT_HALF = ("data.input_repetition=0.5", "attack.tie_repeated=true")  # half the rows: one image, one delta
 
 
 def study_methods(*, eps: Mapping[Norm, float], alpha: Mapping[Norm, float]) -> tuple[MethodSpec, ...]:
@@ -329,6 +330,16 @@ def study_methods(*, eps: Mapping[Norm, float], alpha: Mapping[Norm, float]) -> 
                    overrides=("method.name=mat", *multi, *threat, "attack.rotate_norms=true", *FINE_TUNE)),
         MethodSpec(name="ft_mat_eat", method="mat", init_from="at_linf",
                    overrides=("method.name=mat", *multi, *threat, "attack.eat_sampling=true", *FINE_TUNE)),
+        # The rows above start every slot from one network and feed them three different images: each head
+        # then sees the blend of three digits, and at the full radii both collapse to chance within an epoch
+        # (loss ln 10). Half the rows with one image in every slot, sharing one perturbation as the deployed
+        # ensemble does (MIMO's input repetition, attack.tie_repeated), keep the source's regime in the batch.
+        MethodSpec(name="ft_mat_rotate_rep", method="mat", init_from="at_linf",
+                   overrides=("method.name=mat", *multi, *threat, "attack.rotate_norms=true", *FINE_TUNE,
+                              *REPEAT_HALF)),
+        MethodSpec(name="ft_mat_eat_rep", method="mat", init_from="at_linf",
+                   overrides=("method.name=mat", *multi, *threat, "attack.eat_sampling=true", *FINE_TUNE,
+                              *REPEAT_HALF)),
     )
     return (paper["at_linf"], *fine_tuned, paper["mat_rotate"], field("e_at"), field("sat"), mat_eat,
             paper["at_l2"], paper["at_l1"], paper["standard"], paper["mat"], paper["ensemble_at"],

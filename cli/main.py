@@ -140,10 +140,13 @@ def tune(
 def bench(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),
     parts: str = typer.Option("methods,switches", "--parts", help="Comma-separated: methods (every training "
-                              "method and the floor), switches (the fast path's train.* switches), evaluator "
+                              "method and the floor), switches (the fast path's train.* switches), projection (the l_1 "
+                              "projection, sort against fixed point, and the l_1 step), evaluator "
                               "(examples/s per attack, 2 vs 1 workers), ray_train (Ray Train vs in-process, 2 vs "
                               "1 workers); or all."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (methods and switches)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods of the methods part "
+                                          "(default: all; at brings AT in l_2 and l_1 along)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (methods, switches, projection)."),
     backbone: str = typer.Option("mnist_cnn", "--backbone", help="Backbone of every method's model."),
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per batch (each row carries M images)."),
     members: int = typer.Option(3, "--members", "-m", help="M, the sub-models of the MIMO methods."),
@@ -167,7 +170,7 @@ def bench(
     run_bench(output=output, parts=parts, device=device, backbone=backbone, batch_size=batch_size,
               members=members, steps=steps, repeats=repeats, image_size=image_size, channels=channels, model=model,
               suite=suite, eval_examples=eval_examples, train_config=train_config,
-              train_overrides=list(train_overrides))
+              train_overrides=list(train_overrides), methods=methods)
 
 
 @app.command(context_settings={"allow_extra_args": False})

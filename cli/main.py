@@ -255,11 +255,31 @@ def _from_ctrl_c(exc: BaseException) -> bool:
     return False
 
 
+# Packages a machine may lack (a GPU machine without Ray or MLflow, say): what to do instead, in one line.
+OPTIONAL_PACKAGES = {
+    "ray": "Ray is not installed: train in this process with --cluster none, evaluate with --workers 0",
+    "mlflow": "MLflow is not installed: turn tracking off (tracking.enabled=false for train and tune, "
+              "--no-tracking for evaluate)",
+}
+
+
+def missing_package_line(err: ModuleNotFoundError) -> str | None:
+    """One line for a missing optional package (None for any other missing module: a bug, with traceback)."""
+    root = (err.name or "").split(".")[0]
+    return OPTIONAL_PACKAGES.get(root)
+
+
 def main() -> None:
     try:
         app()
     except UserError as err:
         typer.echo(f"matd: error: {err}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as err:
+        line = missing_package_line(err)
+        if line is None:
+            raise
+        typer.echo(f"matd: error: {line}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED, err=True)

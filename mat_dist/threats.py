@@ -299,7 +299,7 @@ class L1Threat(ThreatModel):
         # So take the top k_max and keep the first k of them (topk sorts them, largest first).
         k = torch.randint(self.k_min, self.k_max + 1, (1,), generator=generator,
                           device=generator.device if generator is not None else g.device).clamp_max(g.shape[1])
-        # (Element-wise & and | on bools: a where() on bools measured 3x slower on the CPU.)
+        # & and | on bools rather than one where(g > 0, ...): that where() measured 3x slower on the CPU.
         blocked = ((x <= 0.0) & (g < 0)) | ((x >= 1.0) & (g > 0))  # (B, D) cannot move along g
         score = g.abs().masked_fill_(blocked, -1.0)
         top_score, top = score.topk(min(self.k_max, g.shape[1]), dim=1)  # (B, k_max), largest first

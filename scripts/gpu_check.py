@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_S = 440  # the whole check, install to evaluation: under 8 minutes with room for start-up
 # Each step's own limit (seconds); a step also stops at the overall deadline.
-LIMITS = {"install": 90, "gpu_tests": 150, "bench_cnn": 90, "bench_resnet": 120, "train": 150, "evaluate": 150}
+LIMITS = {"install": 60, "gpu_tests": 90, "bench_cnn": 60, "bench_resnet": 90, "train": 90, "evaluate": 120}
 TRAIN_EPOCHS = 3          # the recipe's radii ramp over the first half of training, so epochs 2-3 are at full radii
 EVAL_EXAMPLES = 100
 BENCH_METHODS = "mat,at,msd"

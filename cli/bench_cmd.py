@@ -10,7 +10,7 @@ import typer
 
 from mat_dist.console import plural
 
-PARTS = ("methods", "switches", "evaluator", "ray_train")
+PARTS = ("methods", "switches", "projection", "evaluator", "ray_train")
 
 
 def parse_parts(text: str) -> list[str]:
@@ -26,14 +26,31 @@ def parse_parts(text: str) -> list[str]:
     return names
 
 
+def parse_methods(text: str | None) -> tuple[str, ...]:
+    """--methods: a comma-separated subset of the methods part's methods (None: all of them)."""
+    from mat_dist.bench.methods import BENCH_METHODS
+    from mat_dist.errors import UserError
+
+    if text is None:
+        return BENCH_METHODS
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in BENCH_METHODS]
+    if unknown or not names:
+        raise UserError(f"--methods: unknown method {', '.join(unknown) or '(none given)'}; "
+                        f"use some of {', '.join(BENCH_METHODS)}")
+    return names
+
+
 def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, batch_size: int, members: int,
               steps: int, repeats: int, image_size: int, channels: int, model: Path, suite: str,
-              eval_examples: int, train_config: str, train_overrides: list[str]) -> None:
+              eval_examples: int, train_config: str, train_overrides: list[str],
+              methods: str | None = None) -> None:
     from mat_dist.bench.methods import BenchSettings, bench_methods, machine_info
     from mat_dist.atomic import write_atomic
     from mat_dist.train import resolve_device, set_threads
 
     chosen = parse_parts(parts)
+    method_names = parse_methods(methods)
     set_threads(None)
     settings = BenchSettings(backbone=backbone, image_shape=(channels, image_size, image_size),
                              batch_size=batch_size, num_members=members, steps=steps, repeats=repeats,
@@ -45,9 +62,9 @@ def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, ba
 
     result: dict[str, Any] = {"parts": chosen, "machine": machine_info(settings.device), "ratios": {}}
     if "methods" in chosen:
-        methods = bench_methods(settings)
-        result.update(methods)
-        _echo_methods(methods)
+        timed = bench_methods(settings, method_names)
+        result.update(timed)
+        _echo_methods(timed)
     if "switches" in chosen:
         from mat_dist.bench.methods import bench_switches
 
@@ -58,6 +75,13 @@ def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, ba
             else:
                 typer.echo(f"switch {name:14s} {1000 * row['median_s']:9.1f} ms/batch  "
                            f"x{row['ratio_to_baseline']:.3f} of baseline")
+    if "projection" in chosen:
+        from mat_dist.bench.projection import bench_l1_projection
+
+        result["projection"] = bench_l1_projection(settings)
+        for name, row in result["projection"]["cases"].items():
+            typer.echo(f"l1 {name:22s} {1e6 * row['median_s']:9.1f} us/call (spread {100 * row['spread']:.0f}%)")
+        result["ratios"].update(result["projection"]["ratios"])
     if "evaluator" in chosen:
         from mat_dist.bench.parallel import bench_evaluator
 

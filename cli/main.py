@@ -183,10 +183,13 @@ def tune(
 def bench(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),
     parts: str = typer.Option("methods,switches", "--parts", help="Comma-separated: methods (every training "
-                              "method and the floor), switches (the fast path's train.* switches), evaluator "
+                              "method and the floor), switches (the fast path's train.* switches), projection (the l_1 "
+                              "projection, sort against fixed point, and the l_1 step), evaluator "
                               "(examples/s per attack, 2 vs 1 workers), ray_train (Ray Train vs in-process, 2 vs "
                               "1 workers); or all."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (methods and switches)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods of the methods part "
+                                          "(default: all; at brings AT in l_2 and l_1 along)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (methods, switches, projection)."),
     backbone: str = typer.Option("mnist_cnn", "--backbone", help="Backbone of every method's model."),
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per batch (each row carries M images)."),
     members: int = typer.Option(3, "--members", help="M, the sub-models of the MIMO methods."),
@@ -210,7 +213,7 @@ def bench(
     run_bench(output=output, parts=parts, device=device, backbone=backbone, batch_size=batch_size,
               members=members, steps=steps, repeats=repeats, image_size=image_size, channels=channels, model=model,
               suite=suite, eval_examples=eval_examples, train_config=train_config,
-              train_overrides=list(train_overrides))
+              train_overrides=list(train_overrides), methods=methods)
 
 
 @app.command(cls=_Command, context_settings={"allow_extra_args": False})
@@ -303,6 +306,20 @@ def _usage_line(err) -> str:
     return f"{message[0].lower()}{message[1:]}; see `{where} -h`"
 
 
+# Packages a machine may lack (a GPU machine without Ray or MLflow, say): what to do instead, in one line.
+OPTIONAL_PACKAGES = {
+    "ray": "Ray is not installed: train in this process with --cluster none, evaluate with --workers 0",
+    "mlflow": "MLflow is not installed: turn tracking off (tracking.enabled=false for train and tune, "
+              "--no-tracking for evaluate)",
+}
+
+
+def missing_package_line(err: ModuleNotFoundError) -> str | None:
+    """One line for a missing optional package (None for any other missing module: a bug, with traceback)."""
+    root = (err.name or "").split(".")[0]
+    return OPTIONAL_PACKAGES.get(root)
+
+
 def main() -> None:
     """``matd``: every user mistake is one line on stderr and exit code 2; Ctrl-C is exit 130."""
     try:  # typer >= 0.25 carries its own copy of click
@@ -319,6 +336,12 @@ def main() -> None:
         sys.exit(2)
     except UserError as err:
         typer.echo(f"matd: error: {err}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as err:
+        line = missing_package_line(err)
+        if line is None:
+            raise
+        typer.echo(f"matd: error: {line}", err=True)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo(INTERRUPTED, err=True)

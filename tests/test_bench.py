@@ -26,3 +26,30 @@ def test_bench_smoke_pass_counts_equal_table_6():
     assert ratios["mat_over_at_l1"] == med["mat"] / med["at_l1"]
     assert ratios["mat_over_at_norm_mean"] == pytest.approx(med["mat"] / ((med["at"] + med["at_l2"] + med["at_l1"]) / 3))
     json.dumps(result)  # the CLI writes it as JSON
+
+
+def test_projection_bench_times_both_projections_and_both_steps_on_the_same_points():
+    from mat_dist.bench.projection import bench_l1_projection
+
+    s = BenchSettings(batch_size=4, num_members=3, repeats=1, warmup=0)
+    result = bench_l1_projection(s)
+    assert set(result["cases"]) == {"projection_sort", "projection_fixed_point", "step_dense", "step_sparse"}
+    assert all(row["median_s"] > 0 and row["n"] == 15 for row in result["cases"].values())
+    assert result["settings"]["rows"] == 12 and result["settings"]["coordinates"] == 784
+    assert result["max_abs_difference"] < 1e-5  # both exact: they differ by float rounding only
+    assert 0 < result["rows_outside_share"] <= 1  # the points are the ones PGD projects, not all inside
+    med = {name: row["median_s"] for name, row in result["cases"].items()}
+    assert result["ratios"] == {"l1_projection_fixed_point_over_sort": med["projection_fixed_point"] / med["projection_sort"],
+                                "l1_step_sparse_over_dense": med["step_sparse"] / med["step_dense"]}
+    json.dumps(result)
+
+
+def test_bench_methods_option_takes_a_subset_and_refuses_unknown_names():
+    from mat_dist.cli.bench_cmd import parse_methods
+    from mat_dist.errors import UserError
+
+    assert parse_methods(None) == BENCH_METHODS
+    assert parse_methods("mat, at,msd") == ("mat", "at", "msd")
+    for bad in ("mat,sgd", " , "):
+        with pytest.raises(UserError, match="--methods: unknown method"):
+            parse_methods(bad)

@@ -7,7 +7,8 @@ import torch
 from mat_dist.attacks import SlotAttack, perturb
 from mat_dist.errors import UserError
 from mat_dist.threats import (
-    L1Threat, L2Threat, LinfThreat, Norm, make_threat, project_l1_ball, project_l2_ball, project_linf_ball,
+    L1Threat, L2Threat, LinfThreat, Norm, ThreatModel, make_threat, project_l1_ball, project_l1_ball_fixed_point,
+    project_l1_ball_sort, project_l2_ball, project_linf_ball,
 )
 
 TOL = 1e-5
@@ -42,10 +43,105 @@ def test_l1_projection_equals_bisection_reference(eps):
         np.testing.assert_allclose(out.numpy().ravel(), expected, atol=1e-9)
 
 
-def test_l1_projection_keeps_rows_inside_the_ball_unchanged():
+L1_WAYS = {"sort": project_l1_ball_sort, "fixed_point": project_l1_ball_fixed_point}
+
+
+def _hard_l1_rows() -> torch.Tensor:
+    """Rows (float64, D=200) that stress a threshold search: ties, one spike, a geometric spread (Michelot's
+    fixed point drops few coordinates per round there), zeros, a row inside and one exactly on the sphere."""
+    d = 200
+    rows = [
+        torch.full((d,), 0.05),                                  # all tied, ||.||_1 = 10
+        torch.cat([torch.tensor([9.0]), torch.full((d - 1,), 1e-3)]),
+        0.9 ** torch.arange(d, dtype=torch.float64) * 3,         # geometric
+        torch.cat([torch.randn(20, dtype=torch.float64), torch.zeros(d - 20)]),
+        torch.full((d,), 0.001),                                 # inside (0.2)
+        torch.full((d,), 0.0025) * torch.tensor([1.0, -1.0]).repeat(d // 2),  # on the sphere eps = 0.5
+    ]
+    return torch.stack([r.to(torch.float64) for r in rows])
+
+
+@pytest.mark.parametrize("way", L1_WAYS)
+@pytest.mark.parametrize("eps", [0.5, 3.0])
+def test_both_l1_projections_equal_the_bisection_reference_on_hard_rows(way, eps):
+    delta = _hard_l1_rows()
+    projected = L1_WAYS[way](delta, eps)
+    for row, out in zip(delta, projected):
+        expected = l1_projection_by_bisection(row.numpy(), eps)
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("way", L1_WAYS)
+def test_both_l1_projections_equal_the_reference_on_pgd_points(way):
+    """The points PGD projects: a ball point (MNIST-sized, 784 coordinates) plus a top-k step of mass alpha,
+    some rows still inside; float32 as training runs, against the float64 reference."""
+    threat = L1Threat(eps=10.0, alpha=2.0)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(24, 1, 28, 28, generator=gen)
+    delta = threat.random_start(x, gen)
+    delta[:6] *= 0.5  # well inside: the step's mass does not take them out
+    moved = delta + threat.alpha * threat.direction(torch.randn(x.shape, generator=gen), x + delta, gen)
+    outside = moved.flatten(1).abs().sum(1) > threat.eps
+    assert 0 < outside.sum() < len(moved)  # both kinds of row are in the batch
+    projected = L1_WAYS[way](moved, threat.eps)
+    assert torch.equal(projected[~outside], moved[~outside])
+    for row, out in zip(moved.double(), projected):
+        expected = l1_projection_by_bisection(row.numpy().ravel(), threat.eps)
+        np.testing.assert_allclose(out.numpy().ravel(), expected, atol=2e-6)
+
+
+def test_the_l1_projection_does_not_write_into_its_input():
+    delta = torch.randn(4, 3, 50)
+    slot = delta[:, 1]  # a non-contiguous slot, as the attack loop passes
+    before = delta.clone()
+    for way in L1_WAYS.values():
+        way(slot, 1.0)
+        way(slot * 0, 1.0)[0, 0] = 5.0  # every row inside: the result is a copy, not the input
+    assert torch.equal(delta, before)
+
+
+def test_the_l1_step_equals_the_dense_step_it_replaces():
+    """L1Threat.step adds the sparse top-k move to delta; the generic step builds the dense direction, scales
+    it by alpha and adds it. Same generator state, same floats."""
+    threat = L1Threat(eps=5.0, alpha=1.0)
+    x = torch.rand(16, 3, 1, 28, 28)
+    x[:, :, :, :5] = 0.0
+    x[:, :, :, -5:] = 1.0  # some pixels on the box boundary: the step must skip those it would push out
+    delta = torch.stack([threat.random_start(x[:, m], torch.Generator().manual_seed(m)) for m in range(3)], dim=1)
+    grad = torch.randn(x.shape)
+    grad[:, :, :, 10] = 0.0
+    before = delta.clone()
+    for m in range(3):  # slots of a (B, M, ...) tensor, as the attack loop hands them over
+        sparse = threat.step(delta[:, m], grad[:, m], x[:, m], torch.Generator().manual_seed(7))
+        dense = ThreatModel.step(threat, delta[:, m], grad[:, m], x[:, m], torch.Generator().manual_seed(7))
+        assert torch.equal(sparse, dense)
+        assert not torch.equal(sparse, delta[:, m])
+    assert torch.equal(delta, before)  # the step returns a new delta
+
+
+def test_l1_direction_picks_the_top_k_movable_coordinates_of_a_reference():
+    """A direct reading of MSD's rule on random data with many pixels on the box boundary and zero gradients."""
+    gen = torch.Generator().manual_seed(5)
+    g = torch.randn(32, 100, generator=gen, dtype=torch.float64)
+    g[g.abs() < 0.3] = 0.0
+    x_adv = torch.rand(32, 100, generator=gen, dtype=torch.float64)
+    x_adv[x_adv < 0.2] = 0.0
+    x_adv[x_adv > 0.8] = 1.0
+    threat = L1Threat(eps=100.0, alpha=1.0, k_min=7, k_max=7)
+    v = threat.direction(g, x_adv).numpy()
+    for gi, xi, vi in zip(g.numpy(), x_adv.numpy(), v):
+        movable = (gi != 0) & ~(((xi <= 0) & (gi < 0)) | ((xi >= 1) & (gi > 0)))
+        order = [i for i in np.argsort(-np.abs(gi)) if movable[i]][:7]
+        expected = np.zeros_like(gi)
+        expected[order] = np.sign(gi[order]) / 7
+        np.testing.assert_allclose(vi, expected, atol=0)
+
+
+@pytest.mark.parametrize("way", [project_l1_ball, *L1_WAYS.values()])
+def test_l1_projection_keeps_rows_inside_the_ball_unchanged(way):
     delta = torch.randn(8, 50)
     delta[:4] *= 0.5 / delta[:4].abs().sum(dim=1, keepdim=True)  # rows 0-3 have ||.||_1 = 0.5
-    projected = project_l1_ball(delta, 1.0)
+    projected = way(delta, 1.0)
     assert torch.equal(projected[:4], delta[:4])
     assert not torch.allclose(projected[4:], delta[4:])
 

@@ -87,8 +87,10 @@ def run_shards(shards: list[Shard], *, model: ModelSource, images: torch.Tensor,
     threads = max(1, int(resources.num_cpus))
     args = dict(model=model, out_dir=str(out_dir.resolve()), base_seed=base_seed)
     if workers == 0 and cluster is None:
+        # The suite's resources.num_gpus > 0 asks for the GPU here as it does of a Ray task (_shard_task).
+        device = "cuda" if resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         for shard in todo:
-            run_shard(shard, images=images, labels=labels, threads=threads, **args)
+            run_shard(shard, images=images, labels=labels, threads=threads, device=device, **args)
             done += 1
             if on_progress is not None:
                 on_progress(done, len(shards), shard.name)

@@ -50,6 +50,7 @@ def test_a_study_runs_in_pieces_and_continues_from_committed_results(tmp_path):
     assert any(r["pareto"] for r in study["rows"])
     text = (out / "study.md").read_text()
     assert "| ft_mat_rotate (from at_linf) |" in text and "MAT (rotated) against E-AT" in text
+    assert "## Fine-tuning against its source" in text and "| ft_mat_rotate | at_linf |" in text
     assert (out / "study_cost.png").is_file() and (out / "study_cost_norms.png").is_file()
     assert (out / "report.md").is_file()  # every method finished: the paper-shaped report too
 

@@ -254,6 +254,21 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
                          " | ".join(_pct(r.accuracy(n)) for n in NORMS) +
                          f" | {r.passes:,.0f} | {r.seconds:,.0f} | {'yes' if r.front else ''} | {paired} |")
         lines += ["", f"Test images per method: {rows[0].images}.", ""]
+    tuned = [r for r in rows if r.source in by_name]
+    if tuned:
+        lines += ["## Fine-tuning against its source", "",
+                  "Each fine-tuned model beside the model it started from, paired on the same test images; the "
+                  "extra cost is the fine-tuning's alone.", "",
+                  "| method | source | union | source's union | paired difference [95%] | verdict | extra passes | "
+                  "extra seconds | share of the source's passes |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
+        for r in tuned:
+            src = by_name[r.source]
+            d = paired_difference(r.per_image["all"], src.per_image["all"])
+            lines.append(f"| {r.name} | {src.name} | {_pct(r.accuracy())} {_ci(r.interval())} | "
+                         f"{_pct(src.accuracy())} {_ci(src.interval())} | {d.text()} | {verdict(d)} | "
+                         f"{r.own_passes:,.0f} | {r.seconds - src.seconds:,.0f} | "
+                         f"{100 * r.own_passes / src.passes:.0f}% |")
+        lines.append("")
     lines += ["## The claims, one by one", "",
               "| claim | methods | paired difference [95%] | verdict | holds? |", "|---|---|---:|---|---|"]
     claim_data = []

@@ -304,5 +304,11 @@ def _machine() -> str:
 
     import torch
 
-    return (f"{platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}), "
-            f"torch {torch.__version__}, {'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # Linux: the CPU's name, which platform.processor() leaves empty there
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    gpu = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPUs ({model}), torch {torch.__version__}, {gpu}"

@@ -127,3 +127,15 @@ def test_the_in_process_evaluator_takes_the_gpu_when_the_suite_asks_for_one(monk
         runner.run_shards(["s"], model=None, images=None, labels=None, out_dir=Path("."), base_seed=0,
                           resources=Resources(num_cpus=1, num_gpus=gpus), workers=0)
     assert seen == ["cpu", "cuda"]
+
+
+def test_a_study_runs_in_process_without_ray_and_mlflow(no_ray, tmp_path: Path) -> None:
+    """The study's path on a machine without Ray or MLflow (the GPU machine): in-process training, the evaluator in
+    this process, a fine-tuned row and the study report."""
+    run, log = no_ray
+    done = run("reproduce", "--preset", "tiny-study", "--output", "study", "--workers", "0", "--no-tracking",
+               "--only", "ft_mat_rotate")
+    assert done.returncode == 0, done.stderr
+    rows = {r["name"] for r in json.loads((tmp_path / "study" / "study.json").read_text())["rows"]}
+    assert rows == {"at_linf", "ft_mat_rotate"}
+    assert not log.exists() or log.read_text() == ""

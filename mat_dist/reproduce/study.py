@@ -156,6 +156,10 @@ def claims() -> list[Claim]:
         Claim("E-AT fine-tuning of l_inf-AT reaches E-AT from scratch", "ft_e_at", "e_at", expect="tie"),
         Claim("MAT fine-tuned from l_inf-AT reaches MAT (rotated) from scratch", "ft_mat_rotate", REFERENCE,
               expect="tie"),
+        Claim("MAT fine-tuned from l_inf-AT, half the rows repeated, reaches MAT (rotated) from scratch",
+              "ft_mat_rotate_rep", REFERENCE, expect="tie"),
+        Claim("fine-tuning l_inf-AT: MAT (half the rows repeated) against E-AT, at the same passes",
+              "ft_mat_rotate_rep", "ft_e_at"),
     ]
 
 

@@ -87,6 +87,9 @@ class ModelConfig:
     backbone: Annotated[Str, one_of(BACKBONES)] = "mnist_cnn"
     num_members: Count = 3            # M
     ensemble_output: EnsembleOutput = EnsembleOutput.SOFTMAX_MEAN
+    # false: the network takes [0, 1] pixels as they are, with no normalisation by the data's mean and std
+    # (weights from elsewhere, e.g. RobustBench's, expect that; train.init_from cannot tell from a state dict)
+    normalize: Bool = True
 
 
 @dataclass(frozen=True, kw_only=True, config=FORBID)

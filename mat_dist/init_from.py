@@ -8,8 +8,11 @@ Sources, read from where the user says (nothing is downloaded):
 * a plain state dict of a backbone mat-dist ships: safetensors without our
   metadata, or a ``.pt``/``.pth`` file read with ``torch.load(weights_only=True)``
   (a bare state dict, or one under ``state_dict``/``model``/``model_state_dict``;
-  a DataParallel ``module.`` prefix is dropped), including RobustBench's layout
-  of PreAct ResNet-18 (``layer1.0.bn1``, ``shortcut.0``, ``bn``, ``linear``).
+  a DataParallel ``module.`` prefix is dropped), including the common ResNet
+  layout (``layer1.0``) and RobustBench's layout of PreAct ResNet-18
+  (``shortcut.0``, ``bn``, ``linear``). A state dict does not say how its
+  network wants its inputs: RobustBench's take [0, 1] pixels, so such a run sets
+  ``model.normalize=false`` (this run's normalisation is used otherwise).
 
 **One network into M sub-models.** A MIMO model's stem reads the M slots
 stacked on the channel axis, and its head writes M blocks of logits. The
@@ -71,14 +74,18 @@ def check_init_source(source: str | None, spec: ModelSpec) -> None:
 
 def _read(path: Path) -> tuple[ModelSpec | None, StateDict]:
     """(our ModelSpec or None, the tensors) of a safetensors file or a weights-only torch file."""
-    if _is_safetensors(path):
+    try:
+        safetensors = _is_safetensors(path)
+    except OSError as err:
+        raise UserError(f"{KEY}: {path} cannot be read ({err.strerror})") from None
+    if safetensors:
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
             tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise UserError(f"{KEY}: {path} is damaged ({str(err).splitlines()[0]})") from None
-        spec = ModelSpec.from_json(metadata[SPEC_KEY]) if SPEC_KEY in metadata else None
+            spec = ModelSpec.from_json(metadata[SPEC_KEY]) if SPEC_KEY in metadata else None
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{KEY}: {path} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
         return spec, tensors
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -130,17 +137,17 @@ def _from_our_model(path: Path, source: ModelSpec, state: StateDict, spec: Model
 
 # ---------------------------------------------------------------- plain backbones
 
-def _robustbench_keys(state: StateDict) -> StateDict:
-    """RobustBench's (and fast-adversarial's) PreAct ResNet names in ours: layerN.j -> stages.N-1.j,
-    shortcut.0 -> shortcut, the final bn -> final_bn."""
+def _resnet_keys(state: StateDict, preact: bool) -> StateDict:
+    """The common (kuangliu / RobustBench) ResNet names in ours: layerN.j -> stages.N-1.j; for PreAct ResNets
+    (RobustBench's and fast-adversarial's layout) also shortcut.0 -> shortcut and the final bn -> final_bn."""
     renamed = {}
     for key, value in state.items():
         parts = key.split(".")
         if parts[0].startswith("layer") and parts[0][5:].isdigit():
             parts[0] = f"stages.{int(parts[0][5:]) - 1}"
-        if len(parts) >= 2 and parts[-2] == "0" and len(parts) >= 3 and parts[-3] == "shortcut":
+        if preact and len(parts) >= 3 and parts[-2] == "0" and parts[-3] == "shortcut":
             del parts[-2]
-        if parts[0] == "bn":
+        if preact and parts[0] == "bn":
             parts[0] = "final_bn"
         renamed[".".join(parts)] = value
     return renamed
@@ -149,7 +156,7 @@ def _robustbench_keys(state: StateDict) -> StateDict:
 def _as_backbone(path: Path, state: StateDict, spec: ModelSpec) -> StateDict:
     """A plain state dict as the keys of one ``spec.backbone`` network, checked key by key and shape by shape."""
     if any(k.startswith("layer1.") for k in state):
-        state = _robustbench_keys(state)
+        state = _resnet_keys(state, preact=spec.backbone == "preact_resnet18")
     if all(k.startswith("backbone.") or k.startswith("normalize.") for k in state):
         state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("normalize.")}
     check_backbone(path, state, spec)
@@ -164,6 +171,8 @@ def one_network(spec: ModelSpec) -> torch.nn.Module:
 def check_backbone(path: Path, state: StateDict, spec: ModelSpec) -> None:
     expected = one_network(spec).state_dict()
     for key, tensor in expected.items():
+        if key not in state and key.endswith("num_batches_tracked"):  # older checkpoints have none: kept at 0
+            continue
         if key not in state:
             raise UserError(f"{KEY}: {path} is not a {spec.backbone} for {spec.in_channels}-channel images and "
                             f"{spec.num_classes} classes: it has no {key}")

@@ -153,6 +153,7 @@ class StepResult:
     member_losses: torch.Tensor   # (M,) batch-mean CE per sub-model, detached
     member_correct: torch.Tensor  # (M,) correct predictions per sub-model on its (adversarial) inputs
     x_adv: torch.Tensor           # (B, M, C, H, W) the inputs the outer step saw, detached
+    row_correct: torch.Tensor     # (B, M) bool: row b's prediction in slot m was correct (member_correct's rows)
 
 
 def adversarial_loss(method: Method, net: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -178,9 +179,9 @@ def adversarial_loss(method: Method, net: nn.Module, x: torch.Tensor, y: torch.T
         x = x + delta
     logits = net(x)  # (B, M, K)
     member_losses = per_member_ce(logits, y).mean(dim=0)  # (M,)
-    correct = (logits.argmax(dim=-1) == y).sum(dim=0)
-    return StepResult(outer_objective(member_losses, outer, weights), member_losses.detach(), correct.detach(),
-                      x.detach())
+    row_correct = (logits.argmax(dim=-1) == y).detach()  # (B, M)
+    return StepResult(outer_objective(member_losses, outer, weights), member_losses.detach(), row_correct.sum(dim=0),
+                      x.detach(), row_correct)
 
 
 def _every_norm_loss(combine: EveryNorm, net: nn.Module, attack_net: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -207,9 +208,9 @@ def _every_norm_loss(combine: EveryNorm, net: nn.Module, attack_net: nn.Module, 
         member_losses = per_norm.gather(0, worst.unsqueeze(0)).squeeze(0).mean(dim=0)  # (1,)
     else:
         member_losses = per_norm.mean(dim=0).mean(dim=0)
-    robust = torch.stack(correct).all(dim=0).sum(dim=0)  # (1,)
+    robust_rows = torch.stack(correct).all(dim=0).detach()  # (B, 1): correct under every threat model
     stacked = torch.stack(adversarial)  # (N, B, 1, C, H, W)
     index = worst.view(1, *worst.shape, *[1] * (stacked.dim() - 3)).expand(1, *stacked.shape[1:])
     x_worst = stacked.gather(0, index).squeeze(0)
-    return StepResult(outer_objective(member_losses, outer, weights), member_losses.detach(), robust.detach(),
-                      x_worst)
+    return StepResult(outer_objective(member_losses, outer, weights), member_losses.detach(), robust_rows.sum(dim=0),
+                      x_worst, robust_rows)

@@ -73,13 +73,10 @@ class NormSampler:
         draws = torch.multinomial(self.probabilities(), self.num_slots, replacement=True, generator=self.generator)
         return [int(i) for i in draws]
 
-    def record(self, assigned: list[int], correct: torch.Tensor, rows: torch.Tensor | int) -> None:
-        """Count a batch: slot m, attacked under threat model ``assigned[m]``, kept ``correct[m]`` of ``rows``
-        examples correct (summed over ranks)."""
-        rows = float(rows)
-        for m, index in enumerate(assigned):
-            self.correct[index] += float(correct[m])
-            self.seen[index] += rows
+    def add(self, correct: torch.Tensor, seen: torch.Tensor) -> None:
+        """Count a batch given per threat model: ``correct[n]`` of ``seen[n]`` attacked examples kept correct."""
+        self.correct += correct.to(torch.float64)
+        self.seen += seen.to(torch.float64)
 
     def state_dict(self) -> dict[str, Any]:
         return {"correct": self.correct.clone(), "seen": self.seen.clone(), "generator": self.generator.get_state()}

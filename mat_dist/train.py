@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -40,8 +41,10 @@ class TrainingDiverged(UserError):
 
 def model_spec(cfg: RunConfig, splits: DataSplits) -> ModelSpec:
     c, h, w = splits.train.images.shape[1:]
+    # model.normalize=false: [0, 1] pixels go in as they are (mean 0, std 1), as RobustBench's models take them
+    mean, std = (splits.mean, splits.std) if cfg.model.normalize else ((0.0,) * c, (1.0,) * c)
     return ModelSpec(backbone=cfg.model.backbone, num_members=cfg.model.num_members, in_channels=c,
-                     image_size=(h, w), num_classes=splits.num_classes, mean=splits.mean, std=splits.std,
+                     image_size=(h, w), num_classes=splits.num_classes, mean=mean, std=std,
                      kind=METHODS[cfg.method.name].model_kind, ensemble_output=cfg.model.ensemble_output)
 
 
@@ -68,6 +71,24 @@ def norm_rule(method: Method, cfg: RunConfig) -> NormRule | None:
     if cfg.attack.eat_sampling:
         return NormRule.E_AT
     return NormRule.ROTATE if cfg.attack.rotate_norms else NormRule.FIXED
+
+
+def norm_counts(assigned: list[int], row_correct: torch.Tensor, tied: TiedRows | None,
+                num_norms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, attacked) examples per threat model in one batch, for E-AT's running accuracies: slot m's rows
+    count under ``assigned[m]``; tied rows (attack.tie_repeated) were attacked in every slot under the tied
+    slot's threat model, so all their slots count under that one."""
+    row_correct = row_correct.detach().float().cpu()  # (B, M)
+    untied = torch.ones(row_correct.shape[0], dtype=torch.bool) if tied is None else ~tied.rows.cpu()
+    correct, seen = torch.zeros(num_norms), torch.zeros(num_norms)
+    for m, index in enumerate(assigned):
+        correct[index] += row_correct[untied, m].sum()
+        seen[index] += untied.sum()
+    if tied is not None:
+        index = assigned[tied.threat_slot]
+        correct[index] += row_correct[~untied].sum()
+        seen[index] += (~untied).sum() * row_correct.shape[1]
+    return correct, seen
 
 
 def piecewise_linear(points: list[list[float]], progress: float) -> float:
@@ -202,6 +223,9 @@ class Trainer:
         self.lineage = json.loads(state.get("lineage", "{}"))
         if self.norm_sampler is not None and "norm_sampler" in state:
             self.norm_sampler.load_state_dict(state["norm_sampler"])
+        elif self.norm_sampler is not None and self.norm_sampler.adaptive:
+            warnings.warn("the checkpoint holds no E-AT statistics (written before they were kept): the norm draws "
+                          "start again from equal probabilities", stacklevel=2)
         best = state.get("best")
         self.best = None if best is None else BestModel(epoch=int(best["epoch"]), score=float(best["score"]),
                                                         weights=dict(best["weights"]))
@@ -258,10 +282,11 @@ class Trainer:
                 group["lr"] = cfg.optim.lr * piecewise_linear(cfg.optim.schedule, self.progress.step / self.total_steps)
             assigned = self.norm_sampler.assign(self.progress.step) if self.norm_sampler is not None else None
             threats = self._current_threats(assigned)
+            tied = self._tied_rows(x)
             result = adversarial_loss(
                 self.method, self.train_net, x, y, threats=threats, steps=cfg.attack.steps,
                 random_start=cfg.attack.random_start, outer=cfg.method.outer_loss, weights=self.loss_weights,
-                generator=self.attack_rng, attack_net=self.fast_net, tied=self._tied_rows(x))
+                generator=self.attack_rng, attack_net=self.fast_net, tied=tied)
             if i == 0 and cfg.train.diagnostics and self.method.per_slot:
                 diagnostics = self._diagnostics(result.x_adv, y, threats)
             self.optimizer.zero_grad(set_to_none=True)
@@ -270,10 +295,9 @@ class Trainer:
             if assigned is not None:
                 drawn.index_add_(0, torch.tensor(assigned), torch.ones(len(assigned)))  # a norm may repeat
                 if self.norm_sampler.adaptive:  # E-AT: robust accuracy of the attacked batch, over all ranks
-                    counted = _sum_across_ranks(torch.cat([result.member_correct.float(),
-                                                           torch.tensor([x.shape[0]], device=self.device,
-                                                                        dtype=torch.float)]))
-                    self.norm_sampler.record(assigned, counted[:-1].cpu(), counted[-1].item())
+                    hits, attacked = norm_counts(assigned, result.row_correct, tied, len(cfg.attack.norms))
+                    counted = _sum_across_ranks(torch.cat([hits, attacked]).to(self.device)).cpu()
+                    self.norm_sampler.add(counted[:len(hits)], counted[len(hits):])
             self.progress.step += 1
             loss_sum += result.member_losses
             outer_sum += result.loss.detach()

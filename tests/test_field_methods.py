@@ -10,7 +10,8 @@ import torch
 from mat_dist.config import config_from_dict, load_config
 from mat_dist.errors import UserError
 from mat_dist.norm_sampling import NormRule, NormSampler
-from mat_dist.train import Trainer, piecewise_linear
+from mat_dist.attacks import TiedRows
+from mat_dist.train import Trainer, norm_counts, piecewise_linear
 from mat_dist.training.in_process import train_in_process
 
 
@@ -21,10 +22,8 @@ def _bound(p: float, n: int) -> float:
 
 def test_e_at_draws_each_norm_in_proportion_to_one_minus_its_running_robust_accuracy():
     sampler = NormSampler(NormRule.E_AT, num_norms=3, num_slots=1, seed=0)
-    sampler.record([0], torch.tensor([20.0]), 100)   # l_1: 20% robust -> weight 0.8
-    sampler.record([1], torch.tensor([60.0]), 100)   # l_2: 60% -> 0.4
-    sampler.record([2], torch.tensor([45.0]), 50)
-    sampler.record([2], torch.tensor([45.0]), 50)    # l_inf: 90 of 100 over two batches -> 0.1
+    sampler.add(torch.tensor([20.0, 60.0, 45.0]), torch.tensor([100.0, 100.0, 50.0]))  # l_1 20%, l_2 60% robust
+    sampler.add(torch.tensor([0.0, 0.0, 45.0]), torch.tensor([0.0, 0.0, 50.0]))  # l_inf: 90 of 100 over two batches
     expected = torch.tensor([0.8, 0.4, 0.1], dtype=torch.float64) / 1.3
     torch.testing.assert_close(sampler.probabilities(), expected)
     n = 20_000
@@ -35,7 +34,7 @@ def test_e_at_draws_each_norm_in_proportion_to_one_minus_its_running_robust_accu
 
 def test_e_at_draws_every_norm_equally_until_each_has_a_figure():
     sampler = NormSampler(NormRule.E_AT, num_norms=2, num_slots=4, seed=1)
-    sampler.record([0, 0, 0, 0], torch.tensor([0.0, 0.0, 0.0, 0.0]), 10)  # l_1 at 0%, l_inf never attacked
+    sampler.add(torch.tensor([0.0, 0.0]), torch.tensor([40.0, 0.0]))  # l_1 at 0%, l_inf never attacked
     assert sampler.probabilities().tolist() == [0.5, 0.5]
     n = 5_000
     draws = torch.tensor([sampler.assign(b) for b in range(n)]).flatten()  # 4 slots per batch, drawn apart
@@ -45,11 +44,12 @@ def test_e_at_draws_every_norm_equally_until_each_has_a_figure():
 
 def test_uniform_draws_ignore_accuracies_and_a_restored_sampler_draws_the_same_norms():
     sampler = NormSampler(NormRule.UNIFORM, num_norms=3, num_slots=1, seed=4)
-    sampler.record([0], torch.tensor([99.0]), 100)
+    sampler.add(torch.tensor([99.0, 0.0, 0.0]), torch.tensor([100.0, 0.0, 0.0]))
     assert sampler.probabilities().tolist() == [1 / 3] * 3
     e_at = NormSampler(NormRule.E_AT, num_norms=3, num_slots=2, seed=2)
     for b in range(7):
-        e_at.record(e_at.assign(b), torch.tensor([3.0, 5.0]), 8)
+        correct, seen = norm_counts(e_at.assign(b), torch.rand(8, 2) > 0.4, None, 3)
+        e_at.add(correct, seen)
     state = e_at.state_dict()
     ahead = [e_at.assign(b) for b in range(7, 40)]
     restored = NormSampler(NormRule.E_AT, num_norms=3, num_slots=2, seed=2)
@@ -92,8 +92,22 @@ def test_mat_with_e_at_sampling_draws_per_slot_and_records_the_attacked_norms(ti
     assert trainer.norm_sampler.rule is NormRule.E_AT
     line = trainer.train_epoch(0)
     seen = trainer.norm_sampler.seen
-    assert float(seen.sum()) == 320 * 2  # every row of every slot counted once, under the norm it was attacked in
-    assert line["norms/share_l2"] + line["norms/share_linf"] == pytest.approx(1.0)
+    # every row of every slot counted once, under the norm its slot drew: 32 rows per slot-batch drawn
+    drawn = torch.tensor([line["norms/share_l2"], line["norms/share_linf"]]) * 10 * 2
+    assert seen.tolist() == pytest.approx((drawn * 32).tolist())
+    assert float(seen.sum()) == 320 * 2
+
+
+def test_e_at_counts_tied_rows_under_the_norm_they_were_attacked_in():
+    """Tied rows (attack.tie_repeated) carry one perturbation in every slot, under the tied slot's norm: all their
+    slots count there, the other rows under their own slot's norm."""
+    row_correct = torch.tensor([[1, 0, 1], [1, 1, 1], [0, 0, 1], [1, 1, 0]], dtype=torch.bool)  # (B=4, M=3)
+    tied = TiedRows(rows=torch.tensor([False, True, False, True]), threat_slot=2)
+    correct, seen = norm_counts([0, 1, 1], row_correct, tied, num_norms=3)  # slot 2 drew norm 1 too
+    # untied rows 0 and 2: slot 0 -> norm 0 (1 of 2), slots 1 and 2 -> norm 1 (0 + 2 of 4);
+    # tied rows 1 and 3: every slot under slot 2's norm 1 (3 + 2 of 6)
+    assert correct.tolist() == [1.0, 7.0, 0.0] and seen.tolist() == [2.0, 10.0, 0.0]
+    assert norm_counts([2, 0, 1], row_correct, None, 3)[1].tolist() == [4.0, 4.0, 4.0]
 
 
 def test_field_methods_refuse_what_they_cannot_train(tiny_raw):

@@ -49,6 +49,28 @@ def test_one_network_starts_m_sub_models_that_predict_what_it_did(tmp_path, memb
         torch.testing.assert_close(DeployedEnsemble(net)(x).exp(), expected.softmax(-1), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_every_shipped_resnet_expands_exactly_in_double_precision(tmp_path, backbone):
+    """The expansion is exact, not close: in float64 the heads equal the source's logits to 1e-10 (float32's
+    summation order alone leaves ~1e-5), including ResNet-18's BatchNorm right after the stem."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        source = trained_source(backbone)
+        state = {f"backbone.{k}": v for k, v in source.backbone.state_dict().items()}
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "plain.safetensors"))
+        net = build_model(spec(3, backbone))
+        net.load_state_dict(initial_state(str(tmp_path / "plain.safetensors"), spec(3, backbone)))
+        net.eval()
+        x = torch.rand(4, 1, 8, 8)
+        with torch.no_grad():
+            expected = source(x.unsqueeze(1))[:, 0]
+            heads = net(x.unsqueeze(1).expand(-1, 3, -1, -1, -1))
+        for m in range(3):
+            torch.testing.assert_close(heads[:, m], expected, atol=1e-10, rtol=0)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def test_our_model_of_the_same_shape_loads_exactly_and_an_ensemble_gets_the_source_in_every_member(tmp_path):
     target = spec(3)
     trained = build_model(target)
@@ -86,6 +108,23 @@ def test_plain_state_dicts_load_from_safetensors_pt_and_robustbench_layout(tmp_p
     torch.save(robustbench, tmp_path / "robustbench.pt")
     state = initial_state(str(tmp_path / "robustbench.pt"), spec(1, "preact_resnet18", channels=3))
     assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in ours.items())
+    # a RobustBench network takes [0, 1] pixels: with model.normalize=false (mean 0, std 1) it predicts as it did
+    raw = ModelSpec(backbone="preact_resnet18", num_members=3, in_channels=3, image_size=(8, 8), num_classes=10,
+                    mean=(0.0,) * 3, std=(1.0,) * 3)
+    net = build_model(raw)
+    net.load_state_dict(initial_state(str(tmp_path / "robustbench.pt"), raw))
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        expected = rn.backbone(x)  # the plain network on raw pixels
+        torch.testing.assert_close(net.eval()(x.unsqueeze(1).expand(-1, 3, -1, -1, -1))[:, 1], expected,
+                                   atol=1e-5, rtol=0)
+    # the common ResNet layout (layerN, shortcut.0 of conv + BN) for the non-PreAct ResNet-18
+    rn18 = build_model(spec(1, "resnet18")).backbone.state_dict()
+    common = {(f"layer{int(k.split('.')[1]) + 1}." + k.split(".", 2)[2]) if k.startswith("stages.") else k: v
+              for k, v in rn18.items()}
+    torch.save(common, tmp_path / "resnet18.pt")
+    state = initial_state(str(tmp_path / "resnet18.pt"), spec(1, "resnet18"))
+    assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in rn18.items())
 
 
 class NotWeights:

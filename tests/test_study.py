@@ -32,6 +32,8 @@ def test_a_study_runs_in_pieces_and_continues_from_committed_results(tmp_path):
     assert set(rows) == {"at_linf", "ft_mat_rotate"}
     # a fine-tuned model costs its source's training too
     assert rows["ft_mat_rotate"]["passes"] == rows["ft_mat_rotate"]["own_passes"] + rows["at_linf"]["passes"]
+    assert rows["ft_mat_rotate"]["seconds"] == pytest.approx(rows["ft_mat_rotate"]["own_seconds"]
+                                                            + rows["at_linf"]["seconds"])
     assert rows["at_linf"]["passes"] == 2 * 10 * (3 + 3)  # 2 epochs x 10 batches x ((K+1) fwd + (K+1) bwd), K=2
     assert "mat_rotate" in study["missing"]
     # A fresh clone holds the committed files only: no weights, no checkpoints, no evaluation shards.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -215,13 +215,21 @@ def _recorded(cfg: RunConfig, run_dir: Path, eval_dir: Path, fingerprint: dict[s
             and (eval_dir / FINGERPRINT).is_file()):
         return False
     try:
-        same_config = config_from_dict(read_yaml(run.config)) == cfg
+        same_config = _comparable(config_from_dict(read_yaml(run.config))) == _comparable(cfg)
     except UserError:
         return False
     epochs = [int(r.get("epoch", 0)) for r in read_jsonl(run.metrics)]
     previous = json.loads((eval_dir / FINGERPRINT).read_text())
     return same_config and max(epochs, default=0) >= cfg.train.epochs \
         and all(previous.get(k) == v for k, v in fingerprint.items())
+
+
+def _comparable(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its fine-tuning source as an absolute path: the same study continued with --output spelt
+    another way (absolute, or from another folder) names the same source."""
+    if not cfg.train.init_from:
+        return cfg
+    return replace(cfg, train=replace(cfg.train, init_from=str(Path(cfg.train.init_from).resolve())))
 
 
 def _train(cfg: RunConfig, run_dir: Path, *, cluster: str | None, tracking_uri: str | None, log: Log) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mat_dist.atomic import read_jsonl, write_atomic
+from mat_dist.errors import UserError
 from mat_dist.evaluate.metrics import wilson_interval
 from mat_dist.evaluate.paired import PairedDifference, paired_difference
 from mat_dist.reproduce.presets import Preset
@@ -46,6 +47,7 @@ class Row:
     passes: float        # mean over seeds, the source's included for a fine-tuned method
     own_passes: float    # this run's alone
     seconds: float       # training wall seconds (sum of epoch times), the source's included
+    own_seconds: float   # this run's alone
     images: int
     source: str | None = None
     front: bool = False
@@ -97,7 +99,7 @@ def collect(preset: Preset, output: Path, seeds: int) -> list[Row]:
     ids: np.ndarray | None = None
     for spec in preset.methods:
         per_image: dict[str, list[np.ndarray]] = {k: [] for k in ("all", *NORMS)}
-        done, clean, passes, own, seconds = [], [], [], [], []
+        done, clean, passes, own, seconds, own_seconds = [], [], [], [], [], []
         for seed in range(seeds):
             label = run_label(spec.name, seed)
             eval_dir, cost = output / EVALS / label, _training(output / RUNS / label)
@@ -105,13 +107,16 @@ def collect(preset: Preset, output: Path, seeds: int) -> list[Row]:
                 continue
             total_passes, total_seconds = cost
             for source in preset.sources(spec.name):  # fine-tuning costs its source's training too
-                source_cost = _training(output / RUNS / run_label(source, seed)) or (0.0, 0.0)
+                source_cost = _training(output / RUNS / run_label(source, seed))
+                if source_cost is None:
+                    raise UserError(f"{output / RUNS / label} was fine-tuned from {source}, whose run folder "
+                                    f"{output / RUNS / run_label(source, seed)} has no metrics: its cost is unknown")
                 total_passes, total_seconds = total_passes + source_cost[0], total_seconds + source_cost[1]
             examples, robust = _per_image(eval_dir)
             if ids is None:
                 ids = examples
             elif not np.array_equal(ids, examples):
-                raise ValueError(f"{eval_dir} was evaluated on other test images than the study's first method")
+                raise UserError(f"{eval_dir} was evaluated on other test images than the study's first method")
             for key, values in robust.items():
                 per_image[key].append(values)
             summary = json.loads((eval_dir / "summary.json").read_text())
@@ -120,10 +125,12 @@ def collect(preset: Preset, output: Path, seeds: int) -> list[Row]:
             passes.append(total_passes)
             own.append(cost[0])
             seconds.append(total_seconds)
+            own_seconds.append(cost[1])
         if done:
             rows.append(Row(name=spec.name, method=spec.method, seeds=done, per_image=per_image, clean=clean,
                             passes=float(np.mean(passes)), own_passes=float(np.mean(own)),
-                            seconds=float(np.mean(seconds)), images=len(per_image["all"][0]),
+                            seconds=float(np.mean(seconds)), own_seconds=float(np.mean(own_seconds)),
+                            images=len(per_image["all"][0]),
                             source=spec.init_from))
     return rows
 
@@ -270,8 +277,8 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
             d = paired_difference(r.per_image["all"], src.per_image["all"])
             lines.append(f"| {r.name} | {src.name} | {_pct(r.accuracy())} {_ci(r.interval())} | "
                          f"{_pct(src.accuracy())} {_ci(src.interval())} | {d.text()} | {verdict(d)} | "
-                         f"{r.own_passes:,.0f} | {r.seconds - src.seconds:,.0f} | "
-                         f"{100 * r.own_passes / src.passes:.0f}% |")
+                         f"{r.own_passes:,.0f} | {r.own_seconds:,.0f} | "
+                         f"{100 * r.own_passes / max(src.passes, 1.0):.0f}% |")
         lines.append("")
     lines += ["## The claims, one by one", "",
               "| claim | methods | paired difference [95%] | verdict | holds? |", "|---|---|---:|---|---|"]
@@ -294,7 +301,7 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
         "name": r.name, "method": r.method, "seeds": r.seeds, "images": r.images, "clean": float(np.mean(r.clean)),
         "union": r.accuracy(), "union_interval": r.interval(),
         **{f"all_{n}": r.accuracy(n) for n in NORMS}, "passes": r.passes, "own_passes": r.own_passes,
-        "seconds": r.seconds, "source": r.source, "pareto": r.front,
+        "seconds": r.seconds, "own_seconds": r.own_seconds, "source": r.source, "pareto": r.front,
         "paired_vs_reference": None if r.vs_reference is None else
         {"difference": r.vs_reference.difference, "interval": r.vs_reference.interval}} for r in rows],
         "claims": claim_data, "missing": missing}

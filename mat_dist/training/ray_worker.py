@@ -76,8 +76,9 @@ class WorkerArgs:
         import ray.util
 
         raw = config_to_dict(cfg)
-        if raw["data"].get("root"):
-            raw["data"]["root"] = str(Path(raw["data"]["root"]).expanduser().resolve())
+        for section, key in (("data", "root"), ("train", "init_from")):  # workers run in another folder
+            if raw[section].get(key):
+                raw[section][key] = str(Path(raw[section][key]).expanduser().resolve())
         return cls(config=raw, output=str(Path(output).resolve()), threads=cluster.threads_per_worker,
                    use_gpu=cluster.use_gpu, driver_ip=ray.util.get_node_ip_address(), tracking_uri=tracking_uri,
                    tracking_run_id=tracking_run_id, experiment=cfg.tracking.experiment, run_name=cfg.name)

@@ -148,7 +148,7 @@ class Claim:
     text: str                      # the paper's (or the field's) claim
     better: str                    # the method the claim says is more robust (or as robust)
     other: str
-    expect: str = "above"          # above: better > other; tie: comparable
+    expect: str = "above"          # above: better > other; tie: comparable; reach: better >= other
 
 
 def claims() -> list[Claim]:
@@ -160,11 +160,11 @@ def claims() -> list[Claim]:
         Claim("MAT (rotated) against E-AT, at the same passes per batch (K+1)", REFERENCE, "e_at", expect="tie"),
         Claim("rotating the norms over the slots beats the paper's fixed assignment", REFERENCE, "mat"),
         Claim("MAT with E-AT's sampling against MAT (rotated)", "mat_eat", REFERENCE, expect="tie"),
-        Claim("E-AT fine-tuning of l_inf-AT reaches E-AT from scratch", "ft_e_at", "e_at", expect="tie"),
+        Claim("E-AT fine-tuning of l_inf-AT reaches E-AT from scratch", "ft_e_at", "e_at", expect="reach"),
         Claim("MAT fine-tuned from l_inf-AT reaches MAT (rotated) from scratch", "ft_mat_rotate", REFERENCE,
-              expect="tie"),
+              expect="reach"),
         Claim("MAT fine-tuned from l_inf-AT, half the rows repeated, reaches MAT (rotated) from scratch",
-              "ft_mat_rotate_rep", REFERENCE, expect="tie"),
+              "ft_mat_rotate_rep", REFERENCE, expect="reach"),
         Claim("fine-tuning l_inf-AT: MAT (half the rows repeated) against E-AT, at the same passes",
               "ft_mat_rotate_rep", "ft_e_at"),
     ]
@@ -173,6 +173,8 @@ def claims() -> list[Claim]:
 def _holds(c: Claim, v: str) -> str:
     if c.expect == "above":
         return {"above": "yes", "below": "no: reversed", "tie": "not shown (a tie)"}[v]
+    if c.expect == "reach":
+        return {"above": "yes (above)", "tie": "yes (a tie)", "below": "no: below"}[v]
     return {"tie": "yes (a tie)", "above": f"no: {c.better} is above", "below": f"no: {c.better} is below"}[v]
 
 

@@ -212,7 +212,7 @@ def _recorded(cfg: RunConfig, run_dir: Path, eval_dir: Path, fingerprint: dict[s
 
     run = RunFolder(run_dir)
     if not (run.config.is_file() and run.metrics.is_file() and (eval_dir / "summary.json").is_file()
-            and (eval_dir / FINGERPRINT).is_file()):
+            and (eval_dir / "results.parquet").is_file() and (eval_dir / FINGERPRINT).is_file()):
         return False
     try:
         same_config = _comparable(config_from_dict(read_yaml(run.config))) == _comparable(cfg)

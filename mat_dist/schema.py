@@ -402,6 +402,19 @@ def load_yaml(path: Path, what: str, model: Any, shipped: str) -> Any:
 
 # ---------------------------------------------------------------- overrides
 
+def differing_leaves(old: Mapping[str, Any], new: Mapping[str, Any],
+                     prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every leaf where two nested mappings of plain data differ."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += differing_leaves(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
 def plain(value: Any) -> Any:
     """Python data YAML can hold: enums -> their values, tuples -> lists, numpy scalars (Ray samples them)
     -> Python numbers."""

@@ -35,6 +35,7 @@ from mat_dist.evaluate.model_source import parse as parse_model
 from mat_dist.evaluate.runner import Chaos, ProgressFn, run_shards
 from mat_dist.evaluate.shards import SHARDS_DIR, merge_shards, plan_shards
 from mat_dist.evaluate.suite import Suite, plan_jobs, without_gradients
+from mat_dist.schema import differing_leaves
 
 FINGERPRINT = "eval.json"
 CALLS = "calls.jsonl"
@@ -60,18 +61,6 @@ class TrackingOptions:
     extra_tags: dict[str, str] = field(default_factory=dict)
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) of every leaf where two fingerprints differ."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append((f"{prefix}{key}", a, b))
-    return out
-
-
 def _shown(value: Any) -> str:
     """A fingerprint value for one line: digests cut to 12 characters, None as 'unset'."""
     if value is None:
@@ -82,7 +71,7 @@ def _shown(value: Any) -> str:
 
 def fingerprint_mismatch(output: Path, previous: dict[str, Any], fingerprint: dict[str, Any]) -> str:
     """The one line for an output folder that holds another evaluation: each difference, old and new value."""
-    diffs = _differences(previous, fingerprint)
+    diffs = differing_leaves(previous, fingerprint)
     told = "; ".join(f"{key} {_shown(a)} there, {_shown(b)} now" for key, a, b in diffs[:3])
     more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
     hint = ""

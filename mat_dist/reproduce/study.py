@@ -85,7 +85,7 @@ def _per_image(eval_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 def _training(run_dir: Path) -> tuple[float, float] | None:
     """(training passes, training seconds) of a finished run folder, from its metrics."""
-    lines = [r for r in read_jsonl(run_dir / "metrics.jsonl")] if (run_dir / "metrics.jsonl").is_file() else []
+    lines = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     if not lines:
         return None
     return float(lines[-1].get("train/passes", 0.0)), float(sum(r.get("epoch_time_s", 0.0) for r in lines))

@@ -29,6 +29,7 @@ from mat_dist.atomic import jsonl_text, probe_writable, read_jsonl, write_atomic
 from mat_dist.checkpoint import CHECKPOINTS_DIR, WEIGHTS
 from mat_dist.config import RunConfig, config_from_dict, config_to_dict, config_to_yaml, read_yaml
 from mat_dist.errors import UserError
+from mat_dist.schema import differing_leaves
 from mat_dist.validation import describe_check
 
 CONFIG_FILE = "config.yaml"
@@ -116,7 +117,7 @@ class RunFolder:
                 raise UserError(f"--resume: {self.path} holds no run (no {CONFIG_FILE}); drop --resume to start one")
             previous = config_from_dict(read_yaml(self.config))
             if config_to_dict(previous) != config_to_dict(cfg):
-                changed = _changed_keys(config_to_dict(previous), config_to_dict(cfg))
+                changed = [key for key, _, _ in differing_leaves(config_to_dict(previous), config_to_dict(cfg))]
                 raise UserError(f"--resume: the config differs from the run's in {self.path} ({', '.join(changed)}); "
                                 f"resume with the same config, or start a new --output")
             return previous
@@ -135,17 +136,6 @@ def check_writable(folder: Path) -> None:
         probe_writable(folder)
     except OSError as err:
         raise UserError(f"output folder {folder} is not writable ({err.strerror}); choose another --output") from None
-
-
-def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys += _changed_keys(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            keys.append(f"{prefix}{k}")
-    return keys
 
 
 def epoch_report(cfg: RunConfig, rows: list[dict[str, Any]]) -> str:

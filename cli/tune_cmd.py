@@ -47,14 +47,15 @@ def run_tune(*, space: str | None, config: str | None, cluster: str | None, tria
 
         load_suite(confirm_suite)  # a bad suite name fails before the sweep, not after it
 
-    from mat_dist.tune.sweep import run_sweep
+    from mat_dist.tune.sweep import SweepSettings, run_sweep
 
     typer.echo(f"{'resuming' if resume else 'starting'} sweep {output}"
                + (f" over {', '.join(loaded.keys)} ({loaded.source})" if loaded else ""))
-    result = run_sweep(loaded, output=output, base=config, overrides=overrides, cluster=cluster, trials=trials,
-                       resume=resume, tracking_uri=tracking_uri, verbose=1, fidelity=fidelity, confirm=confirm,
-                       confirm_suite=confirm_suite, confirm_examples=confirm_examples, echo=typer.echo,
-                       time_budget_s=time_budget)
+    result = run_sweep(loaded, SweepSettings(output=output, base=config, overrides=overrides, cluster=cluster,
+                                             trials=trials, resume=resume, tracking_uri=tracking_uri, verbose=1,
+                                             fidelity=fidelity, confirm=confirm, confirm_suite=confirm_suite,
+                                             confirm_examples=confirm_examples, echo=typer.echo,
+                                             time_budget_s=time_budget))
     rows = result.rows
     typer.echo(f"{plural(len(rows), 'trial')} in {result.wall_s:.0f} s: {result.stopped_early} stopped early by ASHA, "
                f"{sum(r['status'] == 'ERROR' for r in rows)} failed; table {output / 'trials.csv'}")

@@ -95,7 +95,7 @@ def test_the_fidelity_step_re_trains_exactly_the_trials_it_names(tmp_path) -> No
     from mat_dist.cluster.files import load_cluster
     from mat_dist.atomic import write_atomic
     from mat_dist.tune.fidelity import run_fidelity
-    from mat_dist.tune.sweep import trial_shape
+    from mat_dist.tune.trials import trial_shape
     from tune_helpers import ray_session, tiny_base, wait_for_full_cpus
 
     ray_session()
@@ -151,7 +151,7 @@ CONFIRM_SUITE = {
 def fidelity_sweep(tmp_path_factory):  # about 3 minutes on 2 busy cores: the tests that use it are slow
     """4 trials (lr grid), 1 epoch on 160 images each; then the top 2 and 1 random re-trained for 2 epochs on
     320; then the best and the base config trained (1 seed, 2 epochs) and evaluated on 40 test images."""
-    from mat_dist.tune.sweep import run_sweep
+    from mat_dist.tune.sweep import SweepSettings, run_sweep
     from tune_helpers import ray_session, tiny_base
 
     ray_session()
@@ -165,7 +165,7 @@ def fidelity_sweep(tmp_path_factory):  # about 3 minutes on 2 busy cores: the te
         "fidelity": {"top": 2, "random": 1},
         "params": {"optim.lr": {"grid": [0.01, 1e-7, 0.005, 0.002]}},
     }, source=str(tmp / "fidelity-space.yaml"))
-    result = run_sweep(space, output=tmp / "out", base=base, confirm=1, confirm_suite=CONFIRM_SUITE)
+    result = run_sweep(space, SweepSettings(output=tmp / "out", base=base, confirm=1, confirm_suite=CONFIRM_SUITE))
     return result, base, space
 
 

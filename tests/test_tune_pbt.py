@@ -113,7 +113,7 @@ def test_a_pbt_space_searches_only_what_a_config_can_schedule(change, fragment) 
 def pbt_sweep(tmp_path_factory):
     """2 trials at once, 2 epochs on 160 images; after epoch 1 the worse one copies the better one."""
     from mat_dist.cluster.files import cluster_from_dict
-    from mat_dist.tune.sweep import run_sweep
+    from mat_dist.tune.sweep import SweepSettings, run_sweep
     from tune_helpers import ray_session, tiny_base
 
     ray_session()
@@ -130,7 +130,7 @@ def pbt_sweep(tmp_path_factory):
                    "method.loss_weights": {"choice": [[1, 1], [1, 2], [2, 1]]}},
     }, source=str(tmp / "pbt-space.yaml"))
     one_cpu = cluster_from_dict({"workers": {"num": 1, "cpus": 1}}, source="one-cpu.yaml")  # 2 trials at once
-    result = run_sweep(space, output=tmp / "out", base=base, cluster=one_cpu)
+    result = run_sweep(space, SweepSettings(output=tmp / "out", base=base, cluster=one_cpu))
     return result, base, tmp
 
 
@@ -198,15 +198,15 @@ def test_nothing_holds_resources_after_a_pbt_sweep(pbt_sweep) -> None:
 
 def test_pbt_needs_single_process_trials(tmp_path) -> None:
     from mat_dist.cluster.files import cluster_from_dict
-    from mat_dist.tune.sweep import run_sweep
+    from mat_dist.tune.sweep import SweepSettings, run_sweep
     from tune_helpers import tiny_base
 
     space = space_from_dict({"scheduler": {"name": "pbt"}, "params": {"attack.eps.0": {"uniform": [0.5, 1.5]}}},
                             source="pbt.yaml")
     cluster = cluster_from_dict({"workers": {"num": 2, "cpus": 1}}, source="two.yaml")
     with pytest.raises(UserError, match="scheduler pbt needs single-process trials"):
-        run_sweep(space, output=tmp_path / "out", base=config_from_dict(copy.deepcopy(tiny_base(tmp_path))),
-                  cluster=cluster)
+        run_sweep(space, SweepSettings(output=tmp_path / "out", cluster=cluster,
+                                       base=config_from_dict(copy.deepcopy(tiny_base(tmp_path)))))
 
 
 def test_the_fidelity_step_re_trains_a_pbt_trial_with_its_schedule(tmp_path) -> None:
@@ -216,7 +216,8 @@ def test_the_fidelity_step_re_trains_a_pbt_trial_with_its_schedule(tmp_path) -> 
     from mat_dist.config import config_to_yaml
     from mat_dist.tune.fidelity import FIDELITY_DIR, run_fidelity
     from mat_dist.tune.space import trial_config
-    from mat_dist.tune.sweep import ranked, trial_shape
+    from mat_dist.tune.sweep import ranked
+    from mat_dist.tune.trials import trial_shape
     from tune_helpers import ray_session, tiny_base
 
     ray_session()

@@ -10,7 +10,8 @@ import pytest
 from mat_dist.config import config_from_dict
 from mat_dist.cluster.files import ClusterConfig, LocalConfig, WorkersConfig
 from mat_dist.tune.space import space_from_dict
-from mat_dist.tune.sweep import run_sweep, trial_shape
+from mat_dist.tune.sweep import SweepSettings, run_sweep
+from mat_dist.tune.trials import trial_shape
 from tune_helpers import ray_session, tiny_base, wait_for_full_cpus
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def test_trials_as_ray_train_jobs_report_the_objective_and_release_resources(tmp
         "trials": 1, "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
         "params": {"optim.lr": {"grid": [0.003, 1e-7, 1e-7]}},
     }, source=str(tmp_path / "ddp-space.yaml"))
-    result = run_sweep(space, output=tmp_path / "out", base=base, cluster=cluster)
+    result = run_sweep(space, SweepSettings(output=tmp_path / "out", base=base, cluster=cluster))
     assert not result.interrupted and len(result.rows) == 3
     assert all(r["status"] == "TERMINATED" for r in result.rows), result.rows
     assert result.stopped_early >= 1 and result.best["param/optim.lr"] == 0.003

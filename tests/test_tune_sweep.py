@@ -20,7 +20,7 @@ from mat_dist.config import config_from_dict, load_config
 from mat_dist.atomic import read_jsonl
 from mat_dist.tune.objective import STARTS_FILE, trial_folder
 from mat_dist.tune.space import space_from_dict
-from mat_dist.tune.sweep import run_sweep
+from mat_dist.tune.sweep import SweepSettings, run_sweep
 from tune_helpers import SMALL_EVAL_EPS, ray_session, tiny_base, wait_for_full_cpus
 
 GOOD_LR, BAD_LR = 0.003, 1e-7  # a learning rate that learns in 1 epoch, and one that stays at chance
@@ -38,7 +38,7 @@ def sweep(tmp_path_factory):
         "params": {"optim.lr": {"grid": [GOOD_LR, BAD_LR, GOOD_LR, BAD_LR]},
                    "attack.eps.0": {"uniform": [0.5, 1.5]}},
     }, source=str(tmp / "tiny-space.yaml"))
-    result = run_sweep(space, output=tmp / "out", base=base)
+    result = run_sweep(space, SweepSettings(output=tmp / "out", base=base))
     return result, base, tmp
 
 
@@ -140,13 +140,13 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
         "params": {"optim.lr": {"grid": [GOOD_LR, 0.002, 0.001]}},
     }, source=str(tmp_path / "resume-space.yaml"))
     output = tmp_path / "out"
-    first = run_sweep(space, output=output, base=base, callbacks=[InterruptOnce(tmp_path / "fired")])
+    first = run_sweep(space, SweepSettings(output=output, base=base, callbacks=[InterruptOnce(tmp_path / "fired")]))
     assert first.interrupted and first.best_config is None
     done_before = {r["trial_id"]: read_jsonl(trial_folder(output, r["trial_id"]) / "metrics.jsonl")
                    for r in first.rows if r["status"] == "TERMINATED"}
     assert len(done_before) == 1  # trial 0 finished; trial 1 was cut in epoch 2 or 3; trial 2 had not started
 
-    second = run_sweep(None, output=output, resume=True)
+    second = run_sweep(None, SweepSettings(output=output, resume=True))
     assert not second.interrupted and second.best_config is not None
     assert len(second.rows) == 3 and all(r["status"] == "TERMINATED" for r in second.rows)
     starts = {}
@@ -175,13 +175,13 @@ def test_a_time_budget_ends_the_sweep_and_ranks_what_finished(tmp_path: Path) ->
     space = space_from_dict({"trials": 50, "seed": 0, "time_budget_s": 20, "scheduler": {"name": "fifo"},
                              "params": {"optim.lr": {"loguniform": [1e-3, 1e-2]}}},
                             source=str(tmp_path / "budget.yaml"))
-    result = run_sweep(space, output=tmp_path / "out", base=base)
+    result = run_sweep(space, SweepSettings(output=tmp_path / "out", base=base))
     assert not result.interrupted and result.best is not None and result.best_config.is_file()
     assert 1 <= len(result.rows) < 50
     assert result.best["status"] == "TERMINATED" and result.best["epochs"] == base.train.epochs
     assert not [r for r in result.rows if r["status"] == "ERROR"]
     # --resume of a sweep whose budget was spent (as for a later --fidelity): no new trial, not 'interrupted'
     starts = {r["trial_id"]: r["starts"] for r in result.rows}
-    again = run_sweep(None, output=tmp_path / "out", resume=True)
+    again = run_sweep(None, SweepSettings(output=tmp_path / "out", resume=True))
     assert not again.interrupted and again.best["trial_id"] == result.best["trial_id"]
     assert {r["trial_id"]: r["starts"] for r in again.rows} == starts

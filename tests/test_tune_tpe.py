@@ -100,7 +100,7 @@ def _study_trials(experiment: Path, name: str) -> list:
 # The cut trial re-reports the epoch its checkpoint holds; the restored study already has it and says so.
 @pytest.mark.filterwarnings("ignore:The reported value is ignored because this `step=")
 def test_resumed_tpe_sweep_does_not_repeat_finished_trials(tmp_path: Path) -> None:
-    from mat_dist.tune.sweep import run_sweep
+    from mat_dist.tune.sweep import SweepSettings, run_sweep
     from tune_helpers import ray_session, tiny_base
 
     ray_session()
@@ -113,7 +113,8 @@ def test_resumed_tpe_sweep_does_not_repeat_finished_trials(tmp_path: Path) -> No
         "params": {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
     }, source=str(tmp_path / "tpe-space.yaml"))
     output = tmp_path / "out"
-    first = run_sweep(space, output=output, base=config_from_dict(raw), callbacks=[InterruptAt(tmp_path / "fired")])
+    first = run_sweep(space, SweepSettings(output=output, base=config_from_dict(raw),
+                                          callbacks=[InterruptAt(tmp_path / "fired")]))
     assert first.interrupted
     done = {r["trial_id"]: read_jsonl(trial_folder(output, r["trial_id"]) / "metrics.jsonl")
             for r in first.rows if r["status"] == "TERMINATED"}
@@ -122,7 +123,7 @@ def test_resumed_tpe_sweep_does_not_repeat_finished_trials(tmp_path: Path) -> No
     experiment = output / "ray" / "sweep"
     saved_before = _searcher_states(experiment)
 
-    second = run_sweep(None, output=output, resume=True)
+    second = run_sweep(None, SweepSettings(output=output, resume=True))
     assert not second.interrupted and second.best_config is not None
     assert len(second.rows) == 3 and all(r["status"] == "TERMINATED" for r in second.rows)
     starts = {r["trial_id"]: [json.loads(x)["from_epoch"] for x in

@@ -26,17 +26,13 @@ def plot_curves(points: list[dict[str, Any]], path: Path, *, title: str = "", su
     eps), so l_1, l_2 and l_inf curves share one axis (1 = the suite's radius) instead of l_inf's 0.3 sitting
     at 0 beside l_1's 10. ``title`` names the model (the run), ``subtitle`` the data and suite.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from mat_dist.evaluate.metrics import wilson_interval
+    from mat_dist.evaluate.plots import accuracy_panels, save_figure, style_accuracy_axis
 
     radii = radii or {}
     curves = [c for c in ("steps", "radius") if any(p["curve"] == c for p in points)]
-    fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(5 * max(1, len(curves)), 3.8), squeeze=False)
-    for ax, curve in zip(axes[0], curves):
+    fig, axes = accuracy_panels(len(curves), width=5)
+    for ax, curve in zip(axes, curves):
         for attack in dict.fromkeys(p["attack"] for p in points if p["curve"] == curve):
             pts = [p for p in points if p["curve"] == curve and p["attack"] == attack]
             scale = radii.get(attack) if curve == "radius" else None
@@ -46,17 +42,8 @@ def plot_curves(points: list[dict[str, Any]], path: Path, *, title: str = "", su
             (line,) = ax.plot(xs, [100 * p["robust_accuracy"] for p in pts], marker="o", label=label)
             ax.fill_between(xs, [100 * lo for lo, _ in bands], [100 * hi for _, hi in bands],
                             color=line.get_color(), alpha=0.15, linewidth=0)
-        if curve == "steps":
-            ax.set_xlabel("attack steps")
-            ax.set_xscale("log")
-        else:
-            ax.set_xlabel("radius / the attack's radius in the suite" if radii else "radius eps (pixel units)")
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
+        style_accuracy_axis(ax, curve, radius_label="radius / the attack's radius in the suite" if radii
+                            else "radius eps (pixel units)")
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, title=(title + (f"\n{subtitle}" if subtitle else "")) if title else "")
     return fig

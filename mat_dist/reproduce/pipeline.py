@@ -1,11 +1,9 @@
 """``reproduce``: train every method of a preset, evaluate each with one suite, write the paper-shaped report.
 
-Output folder (``DIR``):
-    preset.json        the preset as data; a re-run must match it
-    parent_run.json    the MLflow parent run's id (a re-run logs into the same run)
-    runs/<method>/     one training run folder per method (mat_dist.training.run_folder's layout)
-    evals/<method>/    one evaluation folder per method (mat_dist.evaluate's layout)
-    report.md, *.png   the report (``--report-dir`` puts these elsewhere)
+The output folder's layout: ``mat_dist.reproduce.layout``.
+
+``reproduce`` is four named steps: ``plan_runs`` (every config and the suite built and validated before
+anything trains), ``train_all``, ``evaluate_all`` and ``write_reports``.
 
 Re-running is cheap: a method whose run folder holds ``model.safetensors`` is
 not trained again, one with checkpoints resumes from the newest, and an
@@ -30,14 +28,9 @@ from mat_dist.config import RunConfig, apply_overrides, config_from_dict, config
     resolve_config_path
 from mat_dist.console import plural
 from mat_dist.errors import UserError
+from mat_dist.reproduce.layout import EVALS, INVOCATIONS_FILE, PARENT_RUN_FILE, PRESET_FILE, RUNS, run_label
 from mat_dist.reproduce.presets import MethodSpec, Preset
 from mat_dist.training.run_folder import RunFolder, check_writable
-
-PRESET_FILE = "preset.json"
-PARENT_RUN_FILE = "parent_run.json"
-INVOCATIONS_FILE = "invocations.jsonl"  # one line per call that trained or evaluated: its wall time (s)
-RUNS = "runs"
-EVALS = "evals"
 
 Log = Callable[[str], None]
 
@@ -58,12 +51,6 @@ class MethodOutcome:
         return run_label(self.spec.name, self.seed)
 
 
-def run_label(method: str, seed: int) -> str:
-    """Folder name of one trained model: the method's name for seed 0 (as before seeds existed), else
-    ``<method>-seed<s>``."""
-    return method if seed == 0 else f"{method}-seed{seed}"
-
-
 @dataclass(frozen=True, kw_only=True)
 class ReproduceResult:
     output: Path
@@ -72,6 +59,25 @@ class ReproduceResult:
     wall_s: float
     parent_run_id: str | None = None
     figures: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReproducePlan:
+    """What ``plan_runs`` built and checked before anything trains; the steps after it read it."""
+
+    preset: Preset
+    output: Path
+    runs: list[tuple[MethodSpec, int]]  # (method, seed), in the order they train and evaluate
+    configs: dict[str, RunConfig]       # run label -> its run config
+    suite: Any                          # the evaluation suite, its radii the preset's
+    seeds: int                          # asked for in this call
+    folder_seeds: int                   # the folder's own count (it may hold more: a study's report reads them)
+    partial: bool                       # --only: some methods, no paper-shaped report
+    examples: int                       # test images of every evaluation
+    workers: int                        # evaluation workers (0: in this process)
+    recorded: set[str]                  # run labels whose results are on disk without weights: skipped
+    experiment: str                     # MLflow experiment and tracking URI of every run
+    uri: str | None
 
 
 # ---------------------------------------------------------------- configs and suite
@@ -307,6 +313,8 @@ def _selected(preset: Preset, only: list[str] | None) -> list[MethodSpec]:
     return [spec for spec in preset.methods if spec.name in wanted]
 
 
+# ---------------------------------------------------------------- the driver and its steps
+
 def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overrides: list[str] | None = None,
               tracking: bool = True, tracking_uri: str | None = None, workers: int | None = None,
               report_dir: Path | None = None, log: Log | None = None, seeds: int = 1,
@@ -318,94 +326,127 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
     ``only``: just these methods (and the ones they are fine-tuned from); the paper-shaped report, which
     needs every method, is then not written (a study's report is: it reports what is finished).
     """
-    from mat_dist.evaluate.evaluator import TrackingOptions
-    from mat_dist.evaluate.runner import ray_runtime
-    from mat_dist.reproduce import report as report_mod
-
     log = log or (lambda _: None)
     started = time.perf_counter()
-    overrides = list(overrides or [])
+    plan = plan_runs(preset, output, overrides=list(overrides or []), tracking=tracking, tracking_uri=tracking_uri,
+                     workers=workers, seeds=seeds, only=only)
+    parent = _parent_tracker(output, preset, uri=plan.uri, experiment=plan.experiment, enabled=tracking)
+    with parent:
+        trained = train_all(plan, parent_run_id=parent.run_id, cluster=cluster, log=log)
+        outcomes = evaluate_all(plan, trained, parent_run_id=parent.run_id, cluster=cluster, tracking=tracking,
+                                log=log)
+        wall = time.perf_counter() - started
+        report, figures = write_reports(plan, outcomes, target=report_dir or output, wall_s=wall, parent=parent)
+    log(f"report: {report}")
+    return ReproduceResult(output=output, report=report, methods=outcomes, wall_s=wall,
+                           parent_run_id=parent.run_id, figures=figures)
+
+
+def plan_runs(preset: Preset, output: Path, *, overrides: list[str], tracking: bool, tracking_uri: str | None,
+              workers: int | None, seeds: int, only: list[str] | None) -> ReproducePlan:
+    """Every run's config and the suite, built (and validated) before anything trains; the folder's
+    fingerprint checked (or written)."""
     check_writable(output)
     if seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
-    # Every config and the suite are built (and validated) before anything trains; keyed by run label.
     runs = [(spec, seed) for spec in _selected(preset, only) for seed in range(seeds)]
-    configs = {run_label(spec.name, seed): method_config(
-        preset, spec, overrides=[*overrides, *((f"seed={seed}", f"name={preset.name}-{run_label(spec.name, seed)}")
-                                               if seed else ()), *_source_override(preset, spec, seed, output)],
-        tracking=tracking)
-        for spec, seed in runs}
+    configs = {run_label(spec.name, seed): _seed_config(preset, spec, seed, output, overrides, tracking)
+               for spec, seed in runs}
     suite = preset_suite(preset)
     folder_seeds = _check_preset_file(output, preset, overrides, seeds, partial=bool(only))
     examples = preset.examples if preset.examples is not None else suite.examples
     n_workers = preset.workers if workers is None else workers
     if n_workers < 0:
         raise UserError(f"--workers {n_workers} must be 0 (in this process) or more")
-    fingerprint = {"dataset": next(iter(configs.values())).data.name.value, "examples": examples,
-                   "suite": suite.to_dict()}
+    first = next(iter(configs.values()))
+    fingerprint = {"dataset": first.data.name.value, "examples": examples, "suite": suite.to_dict()}
     recorded = {label for label in configs
                 if _recorded(configs[label], output / RUNS / label, output / EVALS / label, fingerprint)}
-    experiment = next(iter(configs.values())).tracking.experiment
-    uri = tracking_uri or next(iter(configs.values())).tracking.uri
-    parent = _parent_tracker(output, preset, uri=uri, experiment=experiment, enabled=tracking)
+    return ReproducePlan(preset=preset, output=output, runs=runs, configs=configs, suite=suite, seeds=seeds,
+                         folder_seeds=folder_seeds, partial=bool(only), examples=examples, workers=n_workers,
+                         recorded=recorded, experiment=first.tracking.experiment,
+                         uri=tracking_uri or first.tracking.uri)
+
+
+def _seed_config(preset: Preset, spec: MethodSpec, seed: int, output: Path, overrides: list[str],
+                 tracking: bool) -> RunConfig:
+    """One method's run config for one seed: seed 0 as before seeds existed, seed s named ``<method>-seed<s>``;
+    a fine-tuned method starts from its source's run of the same seed."""
+    seeded = (f"seed={seed}", f"name={preset.name}-{run_label(spec.name, seed)}") if seed else ()
+    return method_config(preset, spec, overrides=[*overrides, *seeded, *_source_override(preset, spec, seed, output)],
+                         tracking=tracking)
+
+
+def train_all(plan: ReproducePlan, *, parent_run_id: str | None, cluster: str | None,
+              log: Log) -> dict[str, tuple[str, float]]:
+    """Train every run (skip finished ones, resume interrupted ones); run label -> (status, seconds spent)."""
+    trained: dict[str, tuple[str, float]] = {}
+    for i, (spec, seed) in enumerate(plan.runs, 1):
+        label = run_label(spec.name, seed)
+        cfg, run_dir = plan.configs[label], plan.output / RUNS / label
+        _nest_training_run(cfg, run_dir, parent_run_id=parent_run_id, uri=plan.uri, preset=plan.preset, spec=spec)
+        t0 = time.perf_counter()
+        log(f"[{i}/{len(plan.runs)}] train {label} ({cfg.method.name}, M={cfg.model.num_members}, "
+            f"K={cfg.attack.steps}, {plural(cfg.train.epochs, 'epoch')}, seed {cfg.seed}) -> {run_dir}")
+        status = "skipped" if label in plan.recorded else \
+            _train(cfg, run_dir, cluster=cluster, tracking_uri=plan.uri, log=log)
+        trained[label] = (status, time.perf_counter() - t0)
+        if status == "skipped":
+            log(f"  {label}: already trained, skipped")
+    return trained
+
+
+def evaluate_all(plan: ReproducePlan, trained: Mapping[str, tuple[str, float]], *, parent_run_id: str | None,
+                 cluster: str | None, tracking: bool, log: Log) -> list[MethodOutcome]:
+    """Evaluate every trained model with the same suite (one Ray runtime for all, when Ray is used)."""
+    from mat_dist.evaluate.evaluator import TrackingOptions
+    from mat_dist.evaluate.runner import ray_runtime
+
     outcomes: list[MethodOutcome] = []
-    with parent:
-        # Phase 1: train every method (skip finished runs, resume interrupted ones).
-        trained: dict[str, tuple[str, float]] = {}
-        for i, (spec, seed) in enumerate(runs, 1):
+    needs_ray = cluster is not None or plan.workers > 0
+    with (ray_runtime(workers=plan.workers, cluster=cluster) if needs_ray else contextlib.nullcontext()):
+        for i, (spec, seed) in enumerate(plan.runs, 1):
             label = run_label(spec.name, seed)
-            cfg, run_dir = configs[label], output / RUNS / label
-            _nest_training_run(cfg, run_dir, parent_run_id=parent.run_id, uri=uri, preset=preset, spec=spec)
+            cfg, run_dir, eval_dir = plan.configs[label], plan.output / RUNS / label, plan.output / EVALS / label
+            options = TrackingOptions(enabled=tracking, uri=plan.uri, experiment=plan.experiment,
+                                      parent_run_id=parent_run_id,
+                                      extra_tags={"mat_dist.preset": plan.preset.name,
+                                                  "mat_dist.reproduce_method": spec.name})
             t0 = time.perf_counter()
-            log(f"[{i}/{len(runs)}] train {label} ({cfg.method.name}, M={cfg.model.num_members}, "
-                f"K={cfg.attack.steps}, {plural(cfg.train.epochs, 'epoch')}, seed {cfg.seed}) -> {run_dir}")
-            status = "skipped" if label in recorded else \
-                _train(cfg, run_dir, cluster=cluster, tracking_uri=uri, log=log)
-            trained[label] = (status, time.perf_counter() - t0)
+            log(f"[{i}/{len(plan.runs)}] evaluate {label} with suite {plan.suite.name} on {plan.examples} "
+                f"images -> {eval_dir}")
+            status = "skipped" if label in plan.recorded else \
+                _evaluate(run_dir, eval_dir, cfg, plan.suite, examples=plan.examples, workers=plan.workers,
+                          cluster=cluster, tracking=options, log=log)
             if status == "skipped":
-                log(f"  {label}: already trained, skipped")
-        # Phase 2: evaluate every model with the same suite (one Ray runtime for all, when Ray is used).
-        needs_ray = cluster is not None or n_workers > 0
-        with (ray_runtime(workers=n_workers, cluster=cluster) if needs_ray else contextlib.nullcontext()):
-            for i, (spec, seed) in enumerate(runs, 1):
-                label = run_label(spec.name, seed)
-                cfg, run_dir, eval_dir = configs[label], output / RUNS / label, output / EVALS / label
-                options = TrackingOptions(enabled=tracking, uri=uri, experiment=experiment,
-                                          parent_run_id=parent.run_id,
-                                          extra_tags={"mat_dist.preset": preset.name,
-                                                      "mat_dist.reproduce_method": spec.name})
-                t0 = time.perf_counter()
-                log(f"[{i}/{len(runs)}] evaluate {label} with suite {suite.name} on {examples} "
-                    f"images -> {eval_dir}")
-                status = "skipped" if label in recorded else \
-                    _evaluate(run_dir, eval_dir, cfg, suite, examples=examples, workers=n_workers,
-                              cluster=cluster, tracking=options, log=log)
-                if status == "skipped":
-                    log(f"  {label}: already evaluated, skipped")
-                outcomes.append(MethodOutcome(spec=spec, run_dir=run_dir, eval_dir=eval_dir,
-                                              training=trained[label][0], evaluation=status,
-                                              train_wall_s=trained[label][1],
-                                              eval_wall_s=time.perf_counter() - t0, seed=seed))
-        # Phase 3: the report.
-        wall = time.perf_counter() - started
-        invocations = _record_invocation(output, outcomes, wall)
-        target = report_dir or output
-        report, figures = None, []
-        if not only:
-            written = report_mod.write_report(preset, outcomes, configs=configs, suite=suite, output=target,
-                                              wall_s=wall, invocations=invocations, seeds=seeds)
-            parent.log_metrics(report_mod.flat_metrics(written.data), step=0)
-            report, figures = written.report, list(written.figures)
-        if preset.study:
-            from mat_dist.reproduce.study import write_study
+                log(f"  {label}: already evaluated, skipped")
+            outcomes.append(MethodOutcome(spec=spec, run_dir=run_dir, eval_dir=eval_dir,
+                                          training=trained[label][0], evaluation=status,
+                                          train_wall_s=trained[label][1],
+                                          eval_wall_s=time.perf_counter() - t0, seed=seed))
+    return outcomes
 
-            study = write_study(preset, output, target, seeds=folder_seeds)
-            report, figures = report or study.report, figures + list(study.figures)
-            if not only:
-                figures.append(study.report)
-        for path in [report, *figures]:
-            parent.log_artifact(path, "figures" if path != report else None)
-    log(f"report: {report}")
-    return ReproduceResult(output=output, report=report, methods=outcomes, wall_s=wall,
-                           parent_run_id=parent.run_id, figures=figures)
 
+def write_reports(plan: ReproducePlan, outcomes: list[MethodOutcome], *, target: Path, wall_s: float,
+                  parent: Any) -> tuple[Path, list[Path]]:
+    """This call's wall time recorded; the paper-shaped report (not with --only: it needs every method) and a
+    study preset's study, into ``target``, logged to the parent run; returns (report, figures)."""
+    from mat_dist.reproduce.report import flat_metrics, write_report
+
+    invocations = _record_invocation(plan.output, outcomes, wall_s)
+    report, figures = None, []
+    if not plan.partial:
+        written = write_report(plan.preset, outcomes, configs=plan.configs, suite=plan.suite, output=target,
+                               wall_s=wall_s, invocations=invocations, seeds=plan.seeds)
+        parent.log_metrics(flat_metrics(written.data), step=0)
+        report, figures = written.report, list(written.figures)
+    if plan.preset.study:
+        from mat_dist.reproduce.study import write_study
+
+        study = write_study(plan.preset, plan.output, target, seeds=plan.folder_seeds)
+        report, figures = report or study.report, figures + list(study.figures)
+        if not plan.partial:
+            figures.append(study.report)
+    for path in [report, *figures]:
+        parent.log_artifact(path, "figures" if path != report else None)
+    return report, figures

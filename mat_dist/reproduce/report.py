@@ -447,11 +447,9 @@ def commentary(preset: Preset, data: list[MethodData], paper: dict) -> tuple[lis
 def _plot_series(series: dict[str, list[tuple[int, float]]], path: Path, *, ylabel: str, title: str) -> Path | None:
     if not series:
         return None
-    import matplotlib
+    from mat_dist.evaluate.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     styles = ["-", "--", ":", "-."]
     methods = list(dict.fromkeys(k.split("/")[0] for k in series))
@@ -463,8 +461,7 @@ def _plot_series(series: dict[str, list[tuple[int, float]]], path: Path, *, ylab
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -474,13 +471,10 @@ def _plot_curves(data: list[MethodData], curve: str, path: Path, title: str) -> 
                                  if p["curve"] == curve))
     if not attacks:
         return None
-    import matplotlib
+    from mat_dist.evaluate.plots import accuracy_panels, pyplot, save_figure, style_accuracy_axis
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 3.8), squeeze=False)
-    for ax, attack in zip(axes[0], attacks):
+    fig, axes = accuracy_panels(len(attacks), width=4.5)
+    for ax, attack in zip(axes, attacks):
         for i, d in enumerate(data):
             pts = sorted((p["x"], p["robust_accuracy"]) for p in d.summary.get("curves") or []
                          if p["curve"] == curve and p["attack"] == attack)
@@ -488,18 +482,25 @@ def _plot_curves(data: list[MethodData], curve: str, path: Path, title: str) -> 
                 ax.plot([x for x, _ in pts], [100 * v for _, v in pts], ["-", "--", ":"][i // 10 % 3],
                         color=f"C{i % 10}", marker="o", label=d.name)
         ax.set_title(attack, fontsize=10)
-        ax.set_xlabel("attack steps" if curve == "steps" else "radius eps (pixel units)")
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_ylim(-2, 102)
-        if curve == "steps":
-            ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        style_accuracy_axis(ax, curve, radius_label="radius eps (pixel units)")
+    axes[0].legend(fontsize=7)
+    save_figure(fig, path, title=title)
+    pyplot().close(fig)
     return path
+
+
+def _plot_figures(data: list[MethodData], series: Mapping[str, dict[str, list[tuple[int, float]]]],
+                  output: Path) -> list[Path]:
+    """Paper Figures 1-4 as PNGs in ``output``: those with something to draw."""
+    return [p for p in (
+        _plot_series(series["figure1"], output / "fig1_cross_gradient.png",
+                     ylabel="||cross gradient|| / ||true gradient||",
+                     title="Cross-gradient norm over the true gradient's norm (paper Figure 1)"),
+        _plot_curves(data, "steps", output / "fig2_steps.png", "Robust accuracy against attack steps (paper Figure 2)"),
+        _plot_curves(data, "radius", output / "fig3_radius.png", "Robust accuracy against radius (paper Figure 3)"),
+        _plot_series(series["figure4"], output / "fig4_disagreement.png", ylabel="disagreement E_p",
+                     title="Disagreement of the approximate and true steps (paper Figure 4)"),
+    ) if p is not None]
 
 
 # ---------------------------------------------------------------- the page
@@ -530,6 +531,34 @@ def _machine() -> str:
     return text
 
 
+DIAGNOSTICS = (("figure1", "Figure 1: cross-gradient ratio", "cross_ratio", "fig1_cross_gradient.png"),
+               ("figure4", "Figure 4: disagreement E_p", "disagreement", "fig4_disagreement.png"))
+CURVE_FIGURES = (("figure2", "fig2_steps.png"), ("figure3", "fig3_radius.png"))
+
+
+@dataclass(frozen=True)
+class ReportTables:
+    """Every table of the report, built from the data before a line is written."""
+
+    main: Table                         # paper Tables 4/5
+    same_norm: Table | None             # Table 8
+    submodel: list[Table]               # Table 3, one per method with sub-models
+    transfer: list[Table]               # Tables 1, 2, 9-12
+    curves: dict[str, Table]            # figure2, figure3
+    diagnostics: dict[str, Table | None]  # figure1, figure4 (None: nothing logged)
+    cost: Table                         # Tables 6-7
+
+    def by_key(self) -> dict[str, Table]:
+        """report.json's tables: keyed and ordered as they have always been."""
+        out = {"table4_5": self.main, **({"table8": self.same_norm} if self.same_norm is not None else {})}
+        out.update({key: t for key, t in self.diagnostics.items() if t is not None})
+        out["table6_7"] = self.cost
+        out.update({f"table3/{data_name(t)}": t for t in self.submodel})
+        out.update({f"transfer/{t.title.split(',')[0]}/{t.title.split('attack ')[1].split(':')[0]}": t
+                    for t in self.transfer})
+        return {**out, **self.curves}
+
+
 def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[str, Any], suite: Any,
                  output: Path, wall_s: float, invocations: Sequence[Mapping[str, Any]] = (),
                  seeds: int = 1) -> Written:
@@ -537,28 +566,38 @@ def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[st
     output.mkdir(parents=True, exist_ok=True)
     paper = paper_numbers()
     data = collect(preset, outcomes, configs)
-    first = configs[data[0].name]
-    tables: dict[str, Any] = {"table4_5": main_table(preset, data, paper)}
-    if (t8 := same_norm_table(data)) is not None:
-        tables["table8"] = t8
-    sub = submodel_tables(preset, data, paper)
-    transfer = transfer_tables(data)
-    curves = curve_tables(data)
-    fig1 = diag_series(data, "cross_ratio")
-    fig4 = diag_series(data, "disagreement")
-    cost = cost_table(preset, data, paper)
+    series = {key: diag_series(data, name) for key, _, name, _ in DIAGNOSTICS}
+    tables = report_tables(preset, data, paper, series)
     violations = {d.name: union_violations(d.summary) for d in data}
     remarks, facts = commentary(preset, data, paper)
+    figures = _plot_figures(data, series, output)
+    lines = _setup_lines(preset, data, outcomes, first=configs[data[0].name], suite=suite, wall_s=wall_s,
+                         invocations=invocations, seeds=seeds)
+    lines += _accuracy_lines(preset, tables, violations) + _submodel_lines(tables) + _figure_lines(tables)
+    lines += ["## Cost (paper Tables 6 and 7)", ""] + tables.cost.markdown()
+    lines += ["", "## Where we agree and differ with the paper", ""] + remarks + [""]
+    report = {"preset": preset.name, "tables": {k: v.to_dict() for k, v in tables.by_key().items()},
+              "invariants": violations, "facts": facts, "wall_s": wall_s, "invocations": list(invocations),
+              "summaries": {d.name: {k: d.summary[k] for k in ("clean", "attacks", *UNION_ROWS) if k in d.summary}
+                            for d in data},
+              "figures": [p.name for p in figures]}
+    write_atomic(output / "report.json", json.dumps(report, indent=1))
+    write_atomic(output / "report.md", "\n".join(lines) + "\n")
+    return Written(report=output / "report.md", figures=figures, data=report)
 
-    figures = [p for p in (
-        _plot_series(fig1, output / "fig1_cross_gradient.png", ylabel="||cross gradient|| / ||true gradient||",
-                     title="Cross-gradient norm over the true gradient's norm (paper Figure 1)"),
-        _plot_curves(data, "steps", output / "fig2_steps.png", "Robust accuracy against attack steps (paper Figure 2)"),
-        _plot_curves(data, "radius", output / "fig3_radius.png", "Robust accuracy against radius (paper Figure 3)"),
-        _plot_series(fig4, output / "fig4_disagreement.png", ylabel="disagreement E_p",
-                     title="Disagreement of the approximate and true steps (paper Figure 4)"),
-    ) if p is not None]
 
+def report_tables(preset: Preset, data: list[MethodData], paper: dict,
+                  series: Mapping[str, dict[str, list[tuple[int, float]]]]) -> ReportTables:
+    return ReportTables(main=main_table(preset, data, paper), same_norm=same_norm_table(data),
+                        submodel=submodel_tables(preset, data, paper), transfer=transfer_tables(data),
+                        curves=curve_tables(data),
+                        diagnostics={key: diag_table(series[key], title) for key, title, _, _ in DIAGNOSTICS},
+                        cost=cost_table(preset, data, paper))
+
+
+def _setup_lines(preset: Preset, data: list[MethodData], outcomes: Sequence[Any], *, first: Any, suite: Any,
+                 wall_s: float, invocations: Sequence[Mapping[str, Any]], seeds: int) -> list[str]:
+    """The title and what ran: command and seeds, data and model, radii against the paper's, machine, time."""
     paper_radii = preset.paper_radii()
     radii = ", ".join(f"{NORM_LABEL[n]} {preset.radii[n]:g}" for n in NORMS if n in preset.radii)
     pradii = ", ".join(f"{NORM_LABEL[n]} {paper_radii[n]:g}" for n in NORMS)
@@ -566,7 +605,7 @@ def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[st
     evaluated = sum(o.evaluation != "skipped" for o in outcomes)
     train_min = sum(float(r["epoch_time_s"]) for d in data for r in d.metrics if "epoch_time_s" in r) / 60
     eval_s = sum((d.summary.get("meta") or {}).get("wall_time_s", 0.0) for d in data)
-    lines = [
+    return [
         f"# Reproduction of the MAT paper: preset `{preset.name}`",
         "",
         f"{preset.description}.",
@@ -590,34 +629,52 @@ def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[st
         f"over {max(1, len(invocations))} invocation(s); this one {wall_s:.0f} s ({trained} trainings and "
         f"{evaluated} evaluations run, the rest reused).",
         "",
-        "## Robust accuracy (paper Tables 4 and 5)",
-        "",
-        "Per-example unions: *all_<norm>* counts an image robust only if every attack of that norm failed on it, "
-        "*all_attacks* only if every attack failed. The *(paper)* columns are the published numbers "
-        f"({MAIN_TABLE[preset.paper_dataset]}, {preset.paper_dataset}); '-' where the paper has no such row.",
-        "",
     ]
-    lines += tables["table4_5"].markdown()
+
+
+def _accuracy_lines(preset: Preset, tables: ReportTables, violations: Mapping[str, list[str]]) -> list[str]:
+    """Paper Tables 4/5 beside the published numbers, the union invariants, and Table 8 when it applies."""
+    lines = ["## Robust accuracy (paper Tables 4 and 5)", "",
+             "Per-example unions: *all_<norm>* counts an image robust only if every attack of that norm failed on "
+             "it, *all_attacks* only if every attack failed. The *(paper)* columns are the published numbers "
+             f"({MAIN_TABLE[preset.paper_dataset]}, {preset.paper_dataset}); '-' where the paper has no such row.",
+             ""]
+    lines += tables.main.markdown()
     bad = {n: v for n, v in violations.items() if v}
     lines += ["", "Union invariants (all_<norm> <= every attack of that norm, all_attacks <= every all_<norm>, "
               "every attack <= clean): " + ("hold for every method." if not bad else
                                             "VIOLATED: " + "; ".join(f"{n}: {', '.join(v)}" for n, v in bad.items()))]
-    if "table8" in tables:
-        lines += ["", "## One norm for every sub-model (paper Table 8)", ""] + tables["table8"].markdown()
-    lines += ["", "## Sub-model robustness (paper Table 3)", ""]
-    for t in sub:
-        lines += [f"**{t.title}**", ""] + t.markdown() + [""]
-    if not sub:
+    if tables.same_norm is not None:
+        lines += ["", "## One norm for every sub-model (paper Table 8)", ""] + tables.same_norm.markdown()
+    return lines
+
+
+def _titled(table: Table) -> list[str]:
+    return [f"**{table.title}**", ""] + table.markdown() + [""]
+
+
+def _submodel_lines(tables: ReportTables) -> list[str]:
+    """Paper Table 3 (each sub-model against its own attack) and the transfer tables (1, 2, 9-12)."""
+    lines = ["", "## Sub-model robustness (paper Table 3)", ""]
+    for t in tables.submodel:
+        lines += _titled(t)
+    if not tables.submodel:
         lines += ["No method with several sub-models, or the suite has no transfer attacks.", ""]
     lines += ["## Transferability between sub-models (paper Tables 1, 2 and 9-12)", "",
               "n_ij: examples that both models classify correctly, whose attack made on model i succeeds and also "
               "fools model j; r_ij = n_ij / n_ii. Low off-diagonal ratios mean the sub-models are diverse.", ""]
-    for t in transfer:
-        lines += [f"**{t.title}**", ""] + t.markdown() + [""]
-    lines += ["## Robust accuracy against attack steps and radius (paper Figures 2 and 3)", ""]
-    for key, png in (("figure2", "fig2_steps.png"), ("figure3", "fig3_radius.png")):
-        if key in curves:
-            lines += [f"![{curves[key].title}]({png})", ""] + curves[key].markdown() + [""]
+    for t in tables.transfer:
+        lines += _titled(t)
+    return lines
+
+
+def _figure_lines(tables: ReportTables) -> list[str]:
+    """Figures 2-3 (accuracy against steps and radius) and 1, 4 (diagnostics over training), each with its
+    numbers."""
+    lines = ["## Robust accuracy against attack steps and radius (paper Figures 2 and 3)", ""]
+    for key, png in CURVE_FIGURES:
+        if key in tables.curves:
+            lines += [f"![{tables.curves[key].title}]({png})", ""] + tables.curves[key].markdown() + [""]
     lines += ["## Cross gradient and step disagreement over training (paper Figures 1 and 4)", "",
               "Measured once per epoch on the first batch, at that batch's adversarial inputs, for the methods "
               "trained with `train.diagnostics=true` (MAT and its variants; MSD-based methods have no "
@@ -625,30 +682,13 @@ def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[st
               "Figure 4: E_p, the share of coordinates whose sign differs (l_inf), one minus the overlap of the "
               "top-k sets (l_1), or one minus the cosine (l_2) between the ensemble-gradient step and the "
               "sub-model's own step.", ""]
-    for title, series, png in (("Figure 1: cross-gradient ratio", fig1, "fig1_cross_gradient.png"),
-                               ("Figure 4: disagreement E_p", fig4, "fig4_disagreement.png")):
-        t = diag_table(series, title)
+    for key, title, _, png in DIAGNOSTICS:
+        t = tables.diagnostics[key]
         if t is None:
             lines += [f"{title}: no diagnostics were logged.", ""]
         else:
-            tables[f"{'figure1' if 'Figure 1' in title else 'figure4'}"] = t
             lines += [f"![{title}]({png})", ""] + t.markdown() + [""]
-    lines += ["## Cost (paper Tables 6 and 7)", ""] + cost.markdown()
-    lines += ["", "## Where we agree and differ with the paper", ""] + remarks + [""]
-    tables["table6_7"] = cost
-    for t in sub:
-        tables[f"table3/{data_name(t)}"] = t
-    for t in transfer:
-        tables[f"transfer/{t.title.split(',')[0]}/{t.title.split('attack ')[1].split(':')[0]}"] = t
-    tables.update(curves)
-    report = {"preset": preset.name, "tables": {k: v.to_dict() for k, v in tables.items()},
-              "invariants": violations, "facts": facts, "wall_s": wall_s, "invocations": list(invocations),
-              "summaries": {d.name: {k: d.summary[k] for k in ("clean", "attacks", *UNION_ROWS) if k in d.summary}
-                            for d in data},
-              "figures": [p.name for p in figures]}
-    write_atomic(output / "report.json", json.dumps(report, indent=1))
-    write_atomic(output / "report.md", "\n".join(lines) + "\n")
-    return Written(report=output / "report.md", figures=figures, data=report)
+    return lines
 
 
 def data_name(table: Table) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -29,6 +28,7 @@ from mat_dist.atomic import read_jsonl, write_atomic
 from mat_dist.errors import UserError
 from mat_dist.evaluate.metrics import wilson_interval
 from mat_dist.evaluate.paired import PairedDifference, paired_difference
+from mat_dist.reproduce.layout import EVALS, RUNS, run_label
 from mat_dist.reproduce.presets import Preset
 
 REFERENCE = "mat_rotate"  # every row's paired difference is against MAT with rotated norms
@@ -93,8 +93,6 @@ def _training(run_dir: Path) -> tuple[float, float] | None:
 
 def collect(preset: Preset, output: Path, seeds: int) -> list[Row]:
     """Every method with at least one seed trained and evaluated, in the preset's order."""
-    from mat_dist.reproduce.pipeline import EVALS, RUNS, run_label
-
     rows: list[Row] = []
     ids: np.ndarray | None = None
     for spec in preset.methods:

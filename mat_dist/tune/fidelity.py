@@ -136,7 +136,7 @@ def run_fidelity(*, output: Path, space: Any, ranked: Sequence[dict[str, Any]], 
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from mat_dist.tune.sweep import run_config, trainable, trial_statuses
+    from mat_dist.tune.trials import ray_run_config, trainable, trial_statuses, unfinished
 
     best, drawn = pick_trials(ranked, top=top, extra=extra, seed=space.seed)
     picked = best + drawn
@@ -161,10 +161,11 @@ def run_fidelity(*, output: Path, space: Any, ranked: Sequence[dict[str, Any]], 
             fn, param_space={SOURCE: tune.grid_search(picked)},
             tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", scheduler=FIFOScheduler(), num_samples=1,
                                         search_alg=BasicVariantGenerator(max_concurrent=concurrency)),
-            run_config=run_config(EXPERIMENT, folder / "ray", cluster, shape, callbacks=callbacks, verbose=verbose))
+            run_config=ray_run_config(EXPERIMENT, folder / "ray", cluster, shape, callbacks=callbacks,
+                                      verbose=verbose))
     tuner.fit()
     statuses = trial_statuses(path)
-    interrupted = len(statuses) < len(picked) or any(s not in ("TERMINATED", "ERROR") for s in statuses.values())
+    interrupted = unfinished(statuses, len(picked))
     by_id = {r["trial_id"]: r for r in ranked}
     epochs = int(full_raw["train"]["epochs"])
     rows = fidelity_rows([by_id[t] for t in picked], {t: _last(folder, t) for t in picked}, top=set(best),

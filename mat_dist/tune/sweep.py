@@ -1,23 +1,26 @@
 """The driver of ``matd tune``: a Ray Tune sweep over a search space, with ASHA, MLflow and the best config.
 
-    run_sweep(load_space("mnist5k-cpu"), output=Path("runs/tune-mnist5k-cpu"))
-    run_sweep(None, output=Path("runs/tune-mnist5k-cpu"), resume=True, fidelity=3, confirm=2)
+    run_sweep(load_space("mnist5k-cpu"), SweepSettings(output=Path("runs/tune-mnist5k-cpu")))
+    run_sweep(None, SweepSettings(output=Path("runs/tune-mnist5k-cpu"), resume=True, fidelity=3, confirm=2))
 
-Order, each step failing fast with one line before the next, slower one:
-space x base config (every candidate value validated) -> cluster file ->
-the sweep folder (``sweep.json``; ``--resume`` reads it back) -> connect to
-Ray, size the trials and their concurrency from the cluster's resources ->
-the MLflow parent run, created here before any trial starts -> ``Tuner.fit()``
-(or ``Tuner.restore(..., resume_errored=True).fit()``; the searcher, random or
-TPE, is restored with it) -> the table of all trials, the plot of the
-objective against each searched value, the Pareto front of robustness against
-training cost, and the best trial's config (the best eligible: complete, within
-``objective.max_cost``), written to the sweep folder and logged to the parent
-run -> with ``fidelity``, the top trials and a few random ones re-trained at
-the full budget and the proxy's rank correlation (``mat_dist.tune.fidelity``)
--> with ``confirm``, the best config and the base config trained with N seeds
-at the full budget and evaluated with a suite on the test images
-(``mat_dist.tune.confirm``) -> ``report.md``.
+``run_sweep`` is six named steps, each failing fast with one line before the next, slower one:
+
+- ``prepare``: space x base config (every candidate value validated) -> cluster file -> the sweep folder
+  (``sweep.json``; ``--resume`` reads it back); then Ray is connected, the trials sized and their concurrency
+  set from the cluster's resources, and the MLflow parent run created before any trial starts;
+- ``fit``: ``Tuner.fit()`` (or ``Tuner.restore(..., resume_errored=True).fit()``; the searcher, random or
+  TPE, is restored with it);
+- ``tabulate``: the table of all trials, the plot of the objective against each searched value, the Pareto
+  front of robustness against training cost, and the best trial's config (the best eligible: complete,
+  within ``objective.max_cost``), written to the sweep folder and logged to the parent run;
+- ``measure_fidelity``: with ``fidelity``, the top trials and a few random ones re-trained at the full budget
+  and the proxy's rank correlation (``mat_dist.tune.fidelity``);
+- ``confirm_best``: with ``confirm``, the best config and the base config trained with N seeds at the full
+  budget and evaluated with a suite on the test images (``mat_dist.tune.confirm``);
+- ``write_report``: ``report.md`` (``mat_dist.tune.report``).
+
+The trial plumbing (a trial's shape, the trial function, Ray's run settings, the saved statuses) is
+``mat_dist.tune.trials``, which the fidelity step shares.
 
 Sweep folder:
     sweep.json              the space, the base config (with the space's overrides), the cluster,
@@ -56,6 +59,8 @@ from mat_dist.tune.objective import (CLEAN, COST_PASSES, COST_SECONDS, FEASIBLE,
                                      trial_folder)
 from mat_dist.tune.pareto import PARETO_PLOT, PARETO_TABLE, within_cost, write_pareto
 from mat_dist.tune.space import Dist, Scheduler, SearchSpace, space_from_dict, space_to_dict, trial_config
+from mat_dist.tune.trials import (TrialShape, max_concurrent, ray_run_config, trainable, trial_shape,
+                                  trial_statuses, unfinished)
 
 SWEEP_FILE = "sweep.json"
 EXPERIMENT = "sweep"            # Ray Tune experiment name: fixed, so --resume finds it
@@ -65,6 +70,69 @@ BEST_FILE = "best_config.yaml"
 SUMMARY_FILE = "summary.json"
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSettings:
+    """What one call of ``run_sweep`` asks for, besides the space.
+
+    ``cluster``: a ClusterConfig, a cluster file or shipped name, or None (the embedded default: a local
+    runtime, one 1-CPU worker per trial). ``trials`` replaces the space's count. ``callbacks``: extra Ray
+    Tune callbacks. ``fidelity``: re-train the top ``fidelity`` trials (and the space's ``fidelity.random``
+    more) at the full budget; None: the space's ``fidelity.top`` (0: no fidelity step). ``confirm``: train
+    the best config and the base config with that many seeds at the full budget and evaluate them with
+    ``confirm_suite`` (a suite name, file or plain data) on ``confirm_examples`` test images (None: the
+    suite's count). ``echo``: progress lines of those two steps. ``time_budget_s`` replaces the space's
+    wall-clock budget for the trials (a new sweep only).
+    """
+
+    output: Path
+    base: str | RunConfig | None = None     # None: the space's base:
+    overrides: Sequence[str] = ()           # key=value overrides of the base config
+    cluster: Any = None
+    trials: int | None = None
+    resume: bool = False                    # continue the sweep in ``output``
+    tracking_uri: str | None = None
+    callbacks: Sequence[Any] = ()
+    verbose: int = 0                        # Ray Tune's verbosity
+    fidelity: int | None = None
+    confirm: int = 0
+    confirm_suite: str | Mapping[str, Any] = "field"
+    confirm_examples: int | None = None
+    echo: Callable[[str], None] | None = None
+    time_budget_s: float | None = None      # seconds of wall clock for the trials
+
+    def say(self, line: str) -> None:
+        if self.echo is not None:
+            self.echo(line)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What ``prepare`` settled before Ray starts; the steps after it read it."""
+
+    output: Path                    # absolute
+    space: SearchSpace              # on --resume, the space the sweep started with
+    saved: dict[str, Any]           # sweep.json as data; the steps add parent_run_id and budget_spent to it
+    base_raw: dict                  # the proxy base every trial trains: the base config with the space's overrides
+    base_cfg: RunConfig             # the same, typed (its tracking settings are the parent run's)
+    cluster: Any                    # the ClusterConfig the trials run on
+    shape: TrialShape
+    trials: int                     # Tune's num_samples
+    top: int                        # trials the fidelity step re-trains (0: no fidelity step)
+    full_raw: dict | None           # the full-budget base of the fidelity step and --confirm
+
+
+@dataclass(frozen=True)
+class Tabulated:
+    """What ``tabulate`` read back and wrote: the trials' rows, their ranking, the best and the front."""
+
+    rows: list[dict[str, Any]]      # one per trial, as in trials.csv
+    ranked: list[dict[str, Any]]    # the trials with an objective, best first
+    best: dict[str, Any] | None
+    best_config: Path | None        # written only when no trial is left unfinished
+    front: list[dict[str, Any]]
+    interrupted: bool               # trials left unfinished (a spent wall-clock budget is not an interruption)
 
 
 @dataclass(frozen=True)
@@ -84,6 +152,112 @@ class SweepResult:
     @property
     def stopped_early(self) -> int:
         return sum(1 for r in self.rows if r["stopped_early"])
+
+
+# ---------------------------------------------------------------- the driver
+
+def run_sweep(space: SearchSpace | None, settings: SweepSettings) -> SweepResult:
+    """Run (or with ``settings.resume`` continue) the sweep of ``space`` into ``settings.output``."""
+    from mat_dist.cluster.runtime import connect
+
+    started = time.perf_counter()
+    # Tune warns whenever trials checkpoint every epoch (each epoch is a checkpoint here, on purpose).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    plan = prepare(space, settings)
+    with connect(plan.cluster) as runtime:
+        concurrency = max_concurrent(plan.shape, runtime.resources, plan.space.max_concurrent,
+                                     source=plan.cluster.source)
+        parent = _open_parent(plan, settings.tracking_uri)
+        spent = fit(plan, settings, concurrency=concurrency, parent=parent)
+        table = tabulate(plan, spent=spent, started=started)
+        fid = measure_fidelity(plan, settings, table, concurrency=concurrency, parent=parent)
+        interrupted = fid.interrupted if fid is not None else table.interrupted
+        _log_tabulated(parent, plan.output, table, fid)
+    conf = confirm_best(plan, settings, table.best, parent=parent) if not interrupted else None
+    report = write_report(plan, table, interrupted=interrupted, wall_s=time.perf_counter() - started)
+    _close_parent(parent, plan.output, report, interrupted=interrupted)
+    return SweepResult(output=plan.output, rows=table.rows, best=table.best, best_config=table.best_config,
+                       interrupted=interrupted, wall_s=time.perf_counter() - started,
+                       parent_run_id=plan.saved.get("parent_run_id"), front=table.front, fidelity=fid,
+                       confirm=conf, report=report)
+
+
+# ---------------------------------------------------------------- prepare
+
+def prepare(space: SearchSpace | None, settings: SweepSettings) -> SweepPlan:
+    """Check the settings and start the sweep folder, or read it back on --resume; nothing runs yet."""
+    output = Path(settings.output).expanduser().resolve()
+    saved = _load_saved(output) if settings.resume else None
+    if settings.time_budget_s is not None:
+        if settings.time_budget_s <= 0:
+            raise UserError(f"--time-budget {settings.time_budget_s:g}: give a positive number of seconds")
+        if space is not None:
+            space = dataclasses.replace(space, time_budget_s=float(settings.time_budget_s))
+    if settings.confirm < 0 or (settings.fidelity is not None and settings.fidelity < 0):
+        raise UserError(f"--confirm {settings.confirm} / --fidelity {settings.fidelity}: give 0 or more")
+    if saved is not None:
+        space, cluster, trials = _resumed(space, settings, saved, output)
+    else:
+        space, cluster, trials, saved = _started(space, settings, output)
+    fidelity = settings.fidelity
+    if fidelity is None and settings.resume:
+        from mat_dist.tune.fidelity import planned_top
+
+        fidelity = planned_top(output)  # a plain --resume finishes a begun fidelity step
+    top = space.fidelity.top if fidelity is None else fidelity
+    return SweepPlan(output=output, space=space, saved=saved, base_raw=saved["base"],
+                     base_cfg=trial_config(saved["base"], {}), cluster=cluster, shape=trial_shape(cluster),
+                     trials=trials, top=top,
+                     full_raw=full_budget(space, saved) if top or settings.confirm else None)
+
+
+def _resumed(space: SearchSpace | None, settings: SweepSettings, saved: dict[str, Any],
+             output: Path) -> tuple[SearchSpace, Any, int]:
+    """--resume: the space, cluster and trial count the sweep in ``output`` started with (a cluster or a
+    trial count given now replaces the saved one)."""
+    from mat_dist.cluster.files import cluster_from_dict, load_cluster
+
+    saved_space = space_from_dict(saved["space"], source=saved["space_source"])
+    if space is not None and space_to_dict(space) != saved["space"]:
+        raise UserError(f"--resume: {space.source} differs from the space the sweep in {output} started with; "
+                        f"resume without --space, or start a new sweep in another --output")
+    cluster = settings.cluster
+    if cluster is None:
+        cluster = cluster_from_dict(saved["cluster"], source=saved["cluster_source"])
+    elif isinstance(cluster, str):
+        cluster = load_cluster(cluster)
+    trials = settings.trials if settings.trials is not None else saved["trials"]
+    _check_pbt_trials(saved_space, cluster)
+    return saved_space, cluster, trials
+
+
+def _started(space: SearchSpace | None, settings: SweepSettings,
+             output: Path) -> tuple[SearchSpace, Any, int, dict[str, Any]]:
+    """A new sweep: space x base config checked, the cluster loaded, then ``output/sweep.json`` written."""
+    from mat_dist.cluster.files import IN_PROCESS, ClusterConfig, cluster_to_dict, load_cluster
+
+    if space is None:
+        raise UserError("give --space FILE (a search space; see tune_spaces/)")
+    if (output / SWEEP_FILE).is_file():
+        raise UserError(f"{output} already holds a sweep; pass --resume to continue it or choose another --output")
+    if settings.cluster == IN_PROCESS:
+        raise UserError("matd tune runs its trials on Ray; --cluster none is for matd train only")
+    cluster = settings.cluster if isinstance(settings.cluster, ClusterConfig) else load_cluster(settings.cluster)
+    base_cfg = base_config(space, settings.base)
+    base_raw = _absolute_data_root(space.base_raw(base_cfg, list(settings.overrides)))
+    space.check_against(base_raw)
+    trials = settings.trials if settings.trials is not None else space.trials
+    if trials < 1:
+        raise UserError(f"--trials {trials}: give at least 1")
+    _check_pbt_trials(space, cluster)
+    output.mkdir(parents=True, exist_ok=True)
+    saved = {"space": space_to_dict(space), "space_source": space.source, "base": base_raw,
+             # the base before the space's overrides: the full budget of the fidelity step and --confirm
+             "budget_base": _absolute_data_root(apply_overrides(config_to_dict(base_cfg), list(settings.overrides))),
+             "cluster": cluster_to_dict(cluster), "cluster_source": cluster.source,
+             "trials": trials, "parent_run_id": None}
+    _save(output, saved)
+    return space, cluster, trials, saved
 
 
 # ---------------------------------------------------------------- sweep folder
@@ -124,206 +298,6 @@ def _max_epochs(space: SearchSpace, base_raw: dict) -> int:
     return int(base_raw["train"]["epochs"])
 
 
-# ---------------------------------------------------------------- resources
-
-@dataclass(frozen=True)
-class TrialShape:
-    kind: str                       # "process": the core loop in the trial; "ray_train": a DDP job per trial
-    resources: dict[str, float]     # what Tune reserves for the trial function itself
-    per_trial: dict[str, float]     # CPUs/GPUs one whole trial holds (its Train workers included)
-    threads: int
-
-
-def trial_shape(cluster: Any) -> TrialShape:
-    """One worker: the trial is the core loop in its own process, holding that worker's CPUs/GPUs.
-    More: the trial is a Ray Train job; its function only drives (0.01 CPU, as Ray documents)."""
-    w = cluster.workers
-    gpu = {"GPU": w.gpus} if w.gpus else {}
-    if w.num == 1 and not cluster.elastic:
-        res = {"CPU": w.cpus, **gpu}
-        return TrialShape("process", res, res, cluster.threads_per_worker)
-    per = {"CPU": w.num * w.cpus + 0.01, **({"GPU": w.num * w.gpus} if w.gpus else {})}
-    return TrialShape("ray_train", {"CPU": 0.01}, per, cluster.threads_per_worker)
-
-
-def max_concurrent(shape: TrialShape, total: dict[str, float], cap: int | None, *, source: str) -> int:
-    """How many trials fit at once in the cluster's resources (and under the space's cap)."""
-    fits = min(int(math.floor(total.get(k, 0.0) / v + 1e-9)) for k, v in shape.per_trial.items() if v > 0)
-    if fits < 1:
-        need = ", ".join(f"{v:g} {k}" for k, v in shape.per_trial.items())
-        have = ", ".join(f"{total.get(k, 0.0):g} {k}" for k in shape.per_trial)
-        raise UserError(f"one trial needs {need} but the cluster has {have} ({source}); "
-                        f"lower workers.num / workers.cpus / workers.gpus")
-    return min(fits, cap) if cap else fits
-
-
-# ---------------------------------------------------------------- the sweep
-
-def run_sweep(space: SearchSpace | None, *, output: Path, base: str | RunConfig | None = None,
-              overrides: Sequence[str] = (), cluster: Any = None, trials: int | None = None, resume: bool = False,
-              tracking_uri: str | None = None, callbacks: Sequence[Any] = (), verbose: int = 0,
-              fidelity: int | None = None, confirm: int = 0, confirm_suite: str | Mapping[str, Any] = "field",
-              confirm_examples: int | None = None, echo: Callable[[str], None] | None = None,
-              time_budget_s: float | None = None) -> SweepResult:
-    """Run (or with ``resume`` continue) the sweep of ``space`` into ``output``.
-
-    ``cluster``: a ClusterConfig, a cluster file or shipped name, or None (the
-    embedded default: a local runtime, one 1-CPU worker per trial). ``trials``
-    replaces the space's count. ``callbacks``: extra Ray Tune callbacks.
-    ``fidelity``: re-train the top ``fidelity`` trials (and the space's
-    ``fidelity.random`` more) at the full budget; None: the space's
-    ``fidelity.top`` (0: no fidelity step). ``confirm``: train the best config
-    and the base config with that many seeds at the full budget and evaluate
-    them with ``confirm_suite`` (a suite name, file or plain data) on
-    ``confirm_examples`` test images (None: the suite's count). ``echo``: progress lines of those two steps.
-    ``time_budget_s`` replaces the space's wall-clock budget for the trials (a new sweep only).
-    """
-    from mat_dist.cluster.files import IN_PROCESS, ClusterConfig, cluster_from_dict, cluster_to_dict, load_cluster
-
-    started = time.perf_counter()
-    # Tune warns whenever trials checkpoint every epoch (each epoch is a checkpoint here, on purpose).
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    output = Path(output).expanduser().resolve()
-    saved = _load_saved(output) if resume else None
-    if time_budget_s is not None:
-        if time_budget_s <= 0:
-            raise UserError(f"--time-budget {time_budget_s:g}: give a positive number of seconds")
-        if space is not None:
-            space = dataclasses.replace(space, time_budget_s=float(time_budget_s))
-    if confirm < 0 or (fidelity is not None and fidelity < 0):
-        raise UserError(f"--confirm {confirm} / --fidelity {fidelity}: give 0 or more")
-    if saved is not None:
-        saved_space = space_from_dict(saved["space"], source=saved["space_source"])
-        if space is not None and space_to_dict(space) != saved["space"]:
-            raise UserError(f"--resume: {space.source} differs from the space the sweep in {output} started with; "
-                            f"resume without --space, or start a new sweep in another --output")
-        space = saved_space
-        base_raw = saved["base"]
-        cluster_cfg = (load_cluster(cluster) if isinstance(cluster, str) else cluster) if cluster is not None \
-            else cluster_from_dict(saved["cluster"], source=saved["cluster_source"])
-        num_samples = trials if trials is not None else saved["trials"]
-        _check_pbt_trials(space, cluster_cfg)
-    else:
-        if space is None:
-            raise UserError("give --space FILE (a search space; see tune_spaces/)")
-        if (output / SWEEP_FILE).is_file():
-            raise UserError(f"{output} already holds a sweep; pass --resume to continue it or choose another --output")
-        if cluster == IN_PROCESS:
-            raise UserError("matd tune runs its trials on Ray; --cluster none is for matd train only")
-        cluster_cfg = cluster if isinstance(cluster, ClusterConfig) else load_cluster(cluster)
-        base_cfg = base_config(space, base)
-        base_raw = _absolute_data_root(space.base_raw(base_cfg, list(overrides)))
-        space.check_against(base_raw)
-        num_samples = trials if trials is not None else space.trials
-        if num_samples < 1:
-            raise UserError(f"--trials {num_samples}: give at least 1")
-        _check_pbt_trials(space, cluster_cfg)
-        output.mkdir(parents=True, exist_ok=True)
-        saved = {"space": space_to_dict(space), "space_source": space.source, "base": base_raw,
-                 # the base before the space's overrides: the full budget of the fidelity step and --confirm
-                 "budget_base": _absolute_data_root(apply_overrides(config_to_dict(base_cfg), list(overrides))),
-                 "cluster": cluster_to_dict(cluster_cfg), "cluster_source": cluster_cfg.source,
-                 "trials": num_samples, "parent_run_id": None}
-        _save(output, saved)
-    assert space is not None
-    if fidelity is None:
-        from mat_dist.tune.fidelity import planned_top
-
-        fidelity = planned_top(output) if resume else None  # a plain --resume finishes a begun fidelity step
-    top = space.fidelity.top if fidelity is None else fidelity
-    full_raw = full_budget(space, saved) if top or confirm else None
-    shape = trial_shape(cluster_cfg)
-    base_cfg = trial_config(base_raw, {})
-    say = echo or (lambda _: None)
-
-    from mat_dist.cluster.runtime import connect
-
-    fid = None
-    with connect(cluster_cfg) as runtime:
-        concurrency = max_concurrent(shape, runtime.resources, space.max_concurrent, source=cluster_cfg.source)
-        parent = _parent_run(base_cfg, space, saved, output, tracking_uri)
-        if parent is not None and saved["parent_run_id"] is None:
-            saved["parent_run_id"] = parent.run_id
-            _save(output, saved)
-        # At space.time_budget_s Tune stops: the trials it cut or never started are the budget's, not a crash's.
-        # A spent budget is recorded, so that a later --resume (say, for --fidelity) runs no more trials.
-        spent = bool(saved.get("budget_spent"))
-        if not spent:
-            tuner = _tuner(space, base_raw, cluster_cfg, shape, output, concurrency=concurrency,
-                           num_samples=num_samples, parent=parent, callbacks=list(callbacks), verbose=verbose,
-                           resume=resume)
-            log.info("sweep %s: %d trial(s) at once, %s", output, concurrency, shape)
-            fit_started = time.perf_counter()
-            tuner.fit()
-            spent = space.time_budget_s is not None and \
-                time.perf_counter() - fit_started >= 0.98 * space.time_budget_s
-            if spent:
-                saved["budget_spent"] = True
-                _save(output, saved)
-        statuses = trial_statuses(output / "ray" / EXPERIMENT)
-        total = num_samples * math.prod(len(p.values) for p in space.params if p.dist is Dist.GRID)
-        interrupted = not spent and (len(statuses) < total
-                                     or any(s not in ("TERMINATED", "ERROR") for s in statuses.values()))
-        rows = trial_rows(output, space, statuses, max_epochs=_max_epochs(space, base_raw))
-        order = ranked(rows, space.objective.max_cost)
-        best = best_row(rows, space.objective.max_cost)
-        best_path = None
-        if best is not None and not interrupted:
-            best_path = export_best(output, base_raw, best, space)
-        front = _write_outputs(output, space, rows, best, wall_s=time.perf_counter() - started,
-                               interrupted=interrupted)
-        if top and not interrupted:
-            from mat_dist.tune.fidelity import run_fidelity
-
-            say(f"fidelity: re-training the top {top} trial(s) and {space.fidelity.random} random one(s) at the "
-                f"full budget")
-            fid = run_fidelity(output=output, space=space, ranked=order, full_raw=full_raw, top=top,
-                               extra=space.fidelity.random, cluster=cluster_cfg, shape=shape, concurrency=concurrency,
-                               parent=parent, verbose=verbose)
-            interrupted = fid.interrupted
-        if parent is not None:
-            for name in (TABLE_FILE, PLOT_FILE, BEST_FILE, SUMMARY_FILE, SWEEP_FILE, PARETO_TABLE, PARETO_PLOT):
-                if (output / name).is_file():
-                    parent.log_artifact(output / name)
-            if best is not None:
-                parent.log_metrics({"best/objective": best[OBJECTIVE], "best/clean_acc": best[CLEAN],
-                                    "best/cost_passes": best[COST_PASSES],
-                                    "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows)},
-                                   step=0)
-            if fid is not None:
-                from mat_dist.tune.fidelity import FIDELITY_PLOT, FIDELITY_SUMMARY, FIDELITY_TABLE
-
-                for name in (FIDELITY_TABLE, FIDELITY_SUMMARY, FIDELITY_PLOT):
-                    parent.log_artifact(output / name)
-                if not math.isnan(fid.spearman):
-                    parent.log_metrics({"fidelity/spearman": fid.spearman}, step=0)
-    conf = None
-    if confirm and not interrupted and best is not None:
-        from mat_dist.tune.confirm import run_confirm
-
-        conf = run_confirm(output=output, space=space, best=best, full_raw=full_raw, seeds=confirm,
-                           suite=confirm_suite, examples=confirm_examples,
-                           cluster=cluster if isinstance(cluster, str) else None,
-                           tracking_uri=tracking_uri or (parent.tracking_uri if parent is not None else None),
-                           log=say)
-    from mat_dist.tune.report import write_sweep_report
-
-    report = write_sweep_report(output, space=space, base_raw=base_raw, rows=rows, best=best, front=front,
-                                max_cost=space.objective.max_cost, interrupted=interrupted,
-                                wall_s=time.perf_counter() - started)
-    if parent is not None:
-        from mat_dist.tune.confirm import CONFIRM_FILE
-
-        for path in (report, output / CONFIRM_FILE):
-            if path.is_file():
-                parent.log_artifact(path)
-        if not interrupted:
-            parent.end("FINISHED")  # an interrupted sweep's parent stays RUNNING until --resume ends it
-    return SweepResult(output=output, rows=rows, best=best, best_config=best_path, interrupted=interrupted,
-                       wall_s=time.perf_counter() - started, parent_run_id=saved.get("parent_run_id"), front=front,
-                       fidelity=fid, confirm=conf, report=report)
-
-
 def _check_pbt_trials(space: SearchSpace, cluster: Any) -> None:
     if space.scheduler.name is Scheduler.PBT:
         from mat_dist.tune.pbt import check_shape
@@ -343,79 +317,95 @@ def full_budget(space: SearchSpace, saved: dict) -> dict:
                             full=space.fidelity.full, source=space.source)
 
 
-def _parent_run(base_cfg: RunConfig, space: SearchSpace, saved: dict, output: Path, tracking_uri: str | None):
-    """The sweep's MLflow run, created (or reopened on --resume) in the driver before any trial starts."""
-    if not base_cfg.tracking.enabled:
+# ---------------------------------------------------------------- the parent run
+
+def _open_parent(plan: SweepPlan, tracking_uri: str | None):
+    """The sweep's MLflow run, created (or reopened on --resume) in the driver before any trial starts; a new
+    one's id goes into sweep.json."""
+    cfg, saved, space = plan.base_cfg, plan.saved, plan.space
+    if not cfg.tracking.enabled:
         return None
     from mat_dist.tracking import Tracker, git_commit
 
-    tracker = Tracker.start(uri=tracking_uri or base_cfg.tracking.uri, experiment=base_cfg.tracking.experiment,
+    tracker = Tracker.start(uri=tracking_uri or cfg.tracking.uri, experiment=cfg.tracking.experiment,
                             run_name=f"tune-{Path(space.source).stem}", run_id=saved.get("parent_run_id"),
-                            tags={"mat_dist.output": str(output), "mat_dist.kind": "tune-sweep"})
+                            tags={"mat_dist.output": str(plan.output), "mat_dist.kind": "tune-sweep"})
     if saved.get("parent_run_id") is None:
         tracker.log_params({"space": saved["space"], "base": saved["base"], "trials": saved["trials"]})
         tracker.set_tags({"mat_dist.git_commit": git_commit(Path(__file__).parent) or "unknown",
                           "mat_dist.space": space.source})
+        saved["parent_run_id"] = tracker.run_id
+        _save(plan.output, saved)
     return tracker
 
 
-def trainable(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, *, sweep_dir: Path,
-              extra: dict[str, Any] | None = None):
-    """The trial function with its spec and resources: the core loop in the trial, or a Ray Train job."""
+def _log_tabulated(parent: Any, output: Path, table: Tabulated, fid: Any) -> None:
+    """The sweep folder's files and the best trial's figures (and the fidelity step's) on the parent run."""
+    if parent is None:
+        return
+    for name in (TABLE_FILE, PLOT_FILE, BEST_FILE, SUMMARY_FILE, SWEEP_FILE, PARETO_TABLE, PARETO_PLOT):
+        if (output / name).is_file():
+            parent.log_artifact(output / name)
+    best, rows = table.best, table.rows
+    if best is not None:
+        parent.log_metrics({"best/objective": best[OBJECTIVE], "best/clean_acc": best[CLEAN],
+                            "best/cost_passes": best[COST_PASSES],
+                            "trials": len(rows), "stopped_early": sum(r["stopped_early"] for r in rows)}, step=0)
+    if fid is not None:
+        from mat_dist.tune.fidelity import FIDELITY_PLOT, FIDELITY_SUMMARY, FIDELITY_TABLE
+
+        for name in (FIDELITY_TABLE, FIDELITY_SUMMARY, FIDELITY_PLOT):
+            parent.log_artifact(output / name)
+        if not math.isnan(fid.spearman):
+            parent.log_metrics({"fidelity/spearman": fid.spearman}, step=0)
+
+
+def _close_parent(parent: Any, output: Path, report: Path, *, interrupted: bool) -> None:
+    if parent is None:
+        return
+    from mat_dist.tune.confirm import CONFIRM_FILE
+
+    for path in (report, output / CONFIRM_FILE):
+        if path.is_file():
+            parent.log_artifact(path)
+    if not interrupted:
+        parent.end("FINISHED")  # an interrupted sweep's parent stays RUNNING until --resume ends it
+
+
+# ---------------------------------------------------------------- fit
+
+def fit(plan: SweepPlan, settings: SweepSettings, *, concurrency: int, parent: Any) -> bool:
+    """Run (or continue) the sweep's trials; returns whether the wall-clock budget is spent.
+
+    At space.time_budget_s Tune stops: the trials it cut or never started are the budget's, not a crash's.
+    A spent budget is recorded, so that a later --resume (say, for --fidelity) runs no more trials.
+    """
+    if plan.saved.get("budget_spent"):
+        return True
+    tuner = _tuner(plan, concurrency=concurrency, parent=parent, callbacks=list(settings.callbacks),
+                   verbose=settings.verbose, resume=settings.resume)
+    log.info("sweep %s: %d trial(s) at once, %s", plan.output, concurrency, plan.shape)
+    fit_started = time.perf_counter()
+    tuner.fit()
+    budget = plan.space.time_budget_s
+    spent = budget is not None and time.perf_counter() - fit_started >= 0.98 * budget
+    if spent:
+        plan.saved["budget_spent"] = True
+        _save(plan.output, plan.saved)
+    return spent
+
+
+def _tuner(plan: SweepPlan, *, concurrency: int, parent: Any, callbacks: list, verbose: int, resume: bool):
     from ray import tune
-
-    from mat_dist.cluster.files import cluster_to_dict
-    from mat_dist.tune.objective import ray_train_trial, train_trial
-
-    spec = {"base": base_raw, "sweep_dir": str(sweep_dir), "threads": shape.threads,
-            "min_clean_acc": space.objective.min_clean_acc, "max_cost": space.objective.max_cost, **(extra or {})}
-    if space.scheduler.name is Scheduler.PBT and "sources" not in spec:  # the sweep's own trials, not re-runs
-        from mat_dist.tune.pbt import scheduled_lists
-
-        spec["pbt_lists"] = scheduled_lists(space.keys)
-    if shape.kind == "ray_train":
-        spec.update(cluster=cluster_to_dict(cluster), cluster_source=cluster.source,
-                    storage=str(cluster.storage_uri(sweep_dir / "train")))
-        function = ray_train_trial
-    else:
-        function = train_trial
-    return tune.with_resources(tune.with_parameters(function, spec=spec), shape.resources)
-
-
-def run_config(name: str, storage: Path, cluster: Any, shape: TrialShape, *, callbacks: list, verbose: int,
-               keep: int = 1):
-    from ray import tune
-
-    return tune.RunConfig(
-        name=name, storage_path=str(storage), callbacks=callbacks or None, verbose=verbose,
-        # the trial's own process restarts from its latest checkpoint; a Train job restarts itself
-        failure_config=tune.FailureConfig(max_failures=cluster.failure.max_failures if shape.kind == "process" else 0),
-        # PBT copies a top trial's latest checkpoint; Tune warns (and may lose the copy) at num_to_keep <= 2
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=keep))
-
-
-def _tuner(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, output: Path, *, concurrency: int,
-           num_samples: int, parent: Any, callbacks: list, verbose: int, resume: bool):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from mat_dist.tune.searchers import search_alg
 
-    fn = trainable(space, base_raw, cluster, shape, sweep_dir=output)
+    space, base_raw, output = plan.space, plan.base_raw, plan.output
+    fn = trainable(space, base_raw, plan.cluster, plan.shape, sweep_dir=output)
     path = output / "ray" / EXPERIMENT
     if resume and tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), fn, resume_errored=True)  # the searcher's state comes back with it
-    epochs = _max_epochs(space, base_raw)
-    if space.scheduler.name is Scheduler.PBT:
-        from mat_dist.tune.pbt import pbt_scheduler
-
-        scheduler = pbt_scheduler(space)
-    elif space.scheduler.name is Scheduler.ASHA:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs,
-                                  grace_period=min(space.scheduler.grace_period, epochs),
-                                  reduction_factor=space.scheduler.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = _scheduler(space, base_raw)
     if parent is not None:
         from mat_dist.tune.trial_tracking import TrialTracking
 
@@ -425,29 +415,82 @@ def _tuner(space: SearchSpace, base_raw: dict, cluster: Any, shape: TrialShape, 
     searcher, param_space = search_alg(space, concurrency=concurrency)
     return tune.Tuner(
         fn, param_space=param_space,
-        tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", scheduler=scheduler, num_samples=num_samples,
+        tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", scheduler=scheduler, num_samples=plan.trials,
                                     search_alg=searcher, time_budget_s=space.time_budget_s),
-        run_config=run_config(EXPERIMENT, output / "ray", cluster, shape, callbacks=callbacks, verbose=verbose,
-                              keep=3 if space.scheduler.name is Scheduler.PBT else 1),
+        run_config=ray_run_config(EXPERIMENT, output / "ray", plan.cluster, plan.shape, callbacks=callbacks,
+                                  verbose=verbose, keep=3 if space.scheduler.name is Scheduler.PBT else 1),
     )
 
 
-def trial_statuses(experiment: Path) -> dict[str, str]:
-    """trial id -> status (TERMINATED, ERROR, RUNNING, PENDING, PAUSED) as saved in the experiment state.
+def _scheduler(space: SearchSpace, base_raw: dict):
+    """The space's trial scheduler: PBT, ASHA (its max_t the largest epoch count a trial trains) or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    Read back from disk, not from the ResultGrid: after an interruption Tune saves the state (running
-    trials RUNNING, which ``Tuner.restore`` resumes) and only then stops the trials, which marks the
-    in-memory ones TERMINATED as if they had finished.
-    """
-    from ray.tune import ExperimentAnalysis
+    if space.scheduler.name is Scheduler.PBT:
+        from mat_dist.tune.pbt import pbt_scheduler
 
-    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # "Failed to fetch metrics" for trials that never started
-    try:
-        return {t.trial_id: t.status for t in ExperimentAnalysis(str(experiment)).trials}
-    finally:
-        quiet.setLevel(level)
+        return pbt_scheduler(space)
+    if space.scheduler.name is Scheduler.ASHA:
+        epochs = _max_epochs(space, base_raw)
+        return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(space.scheduler.grace_period, epochs),
+                             reduction_factor=space.scheduler.reduction_factor)
+    return FIFOScheduler()
+
+
+# ---------------------------------------------------------------- tabulate
+
+def tabulate(plan: SweepPlan, *, spent: bool, started: float) -> Tabulated:
+    """The trials read back from their folders: trials.csv, the objective plot, the Pareto front, summary.json,
+    and the best trial's config once no trial is left unfinished."""
+    space, output = plan.space, plan.output
+    statuses = trial_statuses(output / "ray" / EXPERIMENT)
+    total = plan.trials * math.prod(len(p.values) for p in space.params if p.dist is Dist.GRID)
+    interrupted = not spent and unfinished(statuses, total)
+    rows = trial_rows(output, space, statuses, max_epochs=_max_epochs(space, plan.base_raw))
+    best = best_row(rows, space.objective.max_cost)
+    best_path = export_best(output, plan.base_raw, best, space) if best is not None and not interrupted else None
+    front = _write_outputs(output, space, rows, best, wall_s=time.perf_counter() - started, interrupted=interrupted)
+    return Tabulated(rows=rows, ranked=ranked(rows, space.objective.max_cost), best=best, best_config=best_path,
+                     front=front, interrupted=interrupted)
+
+
+# ---------------------------------------------------------------- fidelity, confirm, report
+
+def measure_fidelity(plan: SweepPlan, settings: SweepSettings, table: Tabulated, *, concurrency: int,
+                     parent: Any):
+    """The fidelity step (a FidelityResult), or None when it is off or the sweep's trials are unfinished."""
+    if not plan.top or table.interrupted:
+        return None
+    from mat_dist.tune.fidelity import run_fidelity
+
+    settings.say(f"fidelity: re-training the top {plan.top} trial(s) and {plan.space.fidelity.random} random "
+                 f"one(s) at the full budget")
+    return run_fidelity(output=plan.output, space=plan.space, ranked=table.ranked, full_raw=plan.full_raw,
+                        top=plan.top, extra=plan.space.fidelity.random, cluster=plan.cluster, shape=plan.shape,
+                        concurrency=concurrency, parent=parent, verbose=settings.verbose)
+
+
+def confirm_best(plan: SweepPlan, settings: SweepSettings, best: dict[str, Any] | None, *, parent: Any):
+    """--confirm: the best config and the base config on the test images (a ConfirmResult), or None."""
+    if not settings.confirm or best is None:
+        return None
+    from mat_dist.tune.confirm import run_confirm
+
+    cluster = settings.cluster
+    return run_confirm(output=plan.output, space=plan.space, best=best, full_raw=plan.full_raw,
+                       seeds=settings.confirm, suite=settings.confirm_suite, examples=settings.confirm_examples,
+                       cluster=cluster if isinstance(cluster, str) else None,
+                       tracking_uri=settings.tracking_uri or (parent.tracking_uri if parent is not None else None),
+                       log=settings.say)
+
+
+def write_report(plan: SweepPlan, table: Tabulated, *, interrupted: bool, wall_s: float) -> Path:
+    """report.md from what the steps left in the sweep folder."""
+    from mat_dist.tune.report import write_sweep_report
+
+    return write_sweep_report(plan.output, space=plan.space, base_raw=plan.base_raw, rows=table.rows,
+                              best=table.best, front=table.front, max_cost=plan.space.objective.max_cost,
+                              interrupted=interrupted, wall_s=wall_s)
 
 
 # ---------------------------------------------------------------- table, plot, best

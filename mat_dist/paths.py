@@ -1,0 +1,41 @@
+"""Plumbing for the paths a user names: a YAML file by its path or by a shipped name.
+
+Imports nothing of mat-dist's but its errors, so that every kind of file
+(run configs, cluster files, suites, search spaces) can use it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mat_dist.errors import UserError
+
+
+def find_yaml(name_or_path: str | os.PathLike, shipped: Path) -> Path | None:
+    """A YAML file given by its path, or by the name of one that ships in folder ``shipped``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = shipped / f"{name_or_path}.yaml"
+    return candidate if candidate.is_file() else None
+
+
+def shipped_names(shipped: Path) -> str:
+    """The names of the YAML files in ``shipped``, for error messages."""
+    return ", ".join(sorted(p.stem for p in shipped.glob("*.yaml"))) or "none found"
+
+
+def resolve_yaml(name_or_path: str | os.PathLike, shipped: Path, *, kind: str, shipped_as: str | None = None,
+                 missing: str | None = None) -> Path:
+    """The YAML file ``name_or_path`` names (a path, or a name shipped in ``shipped``); else a UserError line:
+    "<kind> 'NAME' is neither a file nor a shipped <shipped_as or kind> (the shipped names)", or ``missing``
+    formatted with ``{name}`` and ``{names}`` where a kind says more (a cluster may also be an address)."""
+    path = find_yaml(name_or_path, shipped)
+    if path is not None:
+        return path
+    names = shipped_names(shipped)
+    if missing is not None:
+        raise UserError(missing.format(name=name_or_path, names=names))
+    raise UserError(f"{kind} {str(name_or_path)!r} is neither a file nor a shipped {shipped_as or kind} ({names})")
+

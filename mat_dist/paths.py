@@ -1,7 +1,7 @@
-"""Plumbing for the paths a user names: a YAML file by its path or by a shipped name.
+"""Plumbing for the paths a user names: a YAML file by its path or by a shipped name, and a path as a report shows it.
 
 Imports nothing of mat-dist's but its errors, so that every kind of file
-(run configs, cluster files, suites, search spaces) can use it.
+(run configs, cluster files, suites, search spaces) and every report can use it.
 """
 
 from __future__ import annotations
@@ -39,3 +39,16 @@ def resolve_yaml(name_or_path: str | os.PathLike, shipped: Path, *, kind: str, s
         raise UserError(missing.format(name=name_or_path, names=names))
     raise UserError(f"{kind} {str(name_or_path)!r} is neither a file nor a shipped {shipped_as or kind} ({names})")
 
+
+def as_given(path: str | os.PathLike, *, cwd: str | os.PathLike | None = None) -> str:
+    """``path`` as a report names it: relative to the folder the command ran in (``cwd``, default the
+    current one) when it lies under it, else as given; so a report holds no absolute path of this machine
+    for what the user named from where they stood."""
+    text = os.fspath(path)
+    if not os.path.isabs(text):
+        return text
+    here = Path(cwd if cwd is not None else Path.cwd()).resolve()
+    try:
+        return Path(text).resolve().relative_to(here).as_posix()
+    except ValueError:  # not under it (or another drive)
+        return text

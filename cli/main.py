@@ -255,13 +255,15 @@ def reproduce(
 def validate(
     file: str = typer.Argument(..., help="The YAML file to check (with --kind, also a shipped name)."),
     # The values of mat_dist.file_kinds.FileKind, not imported here so that every other command starts without pydantic.
-    kind: Optional[Literal["run", "cluster", "suite", "space"]] = typer.Option(
+    kind: Optional[Literal["run", "cluster", "suite", "space", "models"]] = typer.Option(
         None, "--kind", "-k", help="What the file is. Default: detected from its top-level keys, the kind that "
         "knows most of them: params: a search space; attacks:, eps: a suite; workers:, address:, storage:, several "
-        "YAML documents or a mat_dist: section: a cluster file; data:, model:, attack:, train: ...: a run config."),
+        "YAML documents or a mat_dist: section: a cluster file; data:, model:, attack:, train: ...: a run config; "
+        "models: a models file (matd evaluate --model FILE)."),
 ) -> None:
-    """Check a run config, cluster file, suite or search space (a space's values against its base config):
-    prints 'FILE: valid <kind> (...)', or the one error line and exits 2, as every mistake does."""
+    """Check a run config, cluster file, suite, search space (its values against its base config) or models
+    file (every model found): prints 'FILE: valid <kind> (...)', or the one error line and exits 2, as every
+    mistake does."""
     from mat_dist.cli.validate_cmd import run_validate
 
     run_validate(file=file, kind=kind)

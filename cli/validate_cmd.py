@@ -1,4 +1,4 @@
-"""``matd validate FILE``: check a config, cluster file, suite or search space as the command that reads it would."""
+"""``matd validate FILE``: check a config, cluster file, suite, search space or models file as its command would."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Public API beside the ``matd`` command line:
     model = mat_dist.load_model("runs/mnist5k-mat")           # deployed ensemble, eval mode
     scores = model(images)                                     # (N, C, H, W) in [0, 1] -> (N, K)
     head = mat_dist.load_model("runs/mnist5k-mat", member=0)   # one sub-model's logits
-    summary = mat_dist.evaluate(net, data="mnist5k", suite="field")  # any model: union robustness, intervals
+    summary = mat_dist.evaluate_model(net, data="mnist5k", suite="field")  # any model: union robustness, intervals
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ def load_model(path: str | os.PathLike, *, member: int | None = None):
     return _load_model(path, member=member)
 
 
-def __getattr__(name: str):
-    """``mat_dist.evaluate`` without importing it first: the evaluator package, callable as the API."""
-    if name == "evaluate":
-        import importlib
+def evaluate_model(model, **kwargs) -> dict:
+    """Attack ``model`` (an ``nn.Module`` mapping [0, 1] images to logits, or what ``matd evaluate --model``
+    takes) with a suite and return the summary: clean, every attack, all_<norm>, all_attacks and their 95%
+    intervals. The keywords (data, suite, overrides, examples, workers, cluster, output, weights,
+    input_mean, input_std, label, tracking, tracking_uri) are ``mat_dist.evaluate.api.evaluate_model``'s."""
+    from mat_dist.evaluate.api import evaluate_model as _evaluate_model
 
-        return importlib.import_module("mat_dist.evaluate")
-    raise AttributeError(f"module 'mat_dist' has no attribute {name!r}")
+    return _evaluate_model(model, **kwargs)

@@ -13,7 +13,6 @@ temporary file and renamed the same way.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -216,8 +215,3 @@ def save_final_model(checkpoint: Path, dst: Path) -> None:
     net = build_model(read_spec(checkpoint / WEIGHTS))
     net.load_state_dict(best["weights"])
     save_weights(net, dst)
-
-
-def checkpoint_summary(path: Path) -> dict[str, Any]:
-    """A small JSON-able description of a checkpoint (for logs and reports)."""
-    return {"path": str(path), "spec": json.loads(read_spec(path / WEIGHTS).to_json())}

@@ -29,6 +29,7 @@ from mat_dist.data import DatasetName
 from mat_dist.errors import UserError
 from mat_dist.methods import METHODS, OuterLoss
 from mat_dist.models import BACKBONES, EnsembleOutput, ModelKind
+from mat_dist.paths import resolve_yaml, shipped_names
 from mat_dist.schema import (FORBID, Bool, Count, Hint, Int, NonNegative, NonNegInt, Num, Positive, Share, Str, must,
                              one_of)
 from mat_dist.schema import read_yaml  # noqa: F401  (callers read a run folder's config.yaml through mat_dist.config)
@@ -329,27 +330,9 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     return schema.apply_overrides(raw, overrides, model=RunConfig, voice=schema.RUN)
 
 
-def find_yaml(name_or_path: str | os.PathLike, shipped: Path) -> Path | None:
-    """A YAML file given by its path, or by the name of one that ships in folder ``shipped``."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    candidate = shipped / f"{name_or_path}.yaml"
-    return candidate if candidate.is_file() else None
-
-
-def shipped_names(shipped: Path) -> str:
-    """The names of the YAML files in ``shipped``, for error messages."""
-    return ", ".join(sorted(p.stem for p in shipped.glob("*.yaml"))) or "none found"
-
-
 def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
     """A path to a YAML file, or the name of a config that ships with mat-dist."""
-    path = find_yaml(name_or_path, SHIPPED_CONFIGS)
-    if path is None:
-        raise UserError(f"config {str(name_or_path)!r} is neither a file nor a shipped config "
-                        f"({shipped_names(SHIPPED_CONFIGS)})")
-    return path
+    return resolve_yaml(name_or_path, SHIPPED_CONFIGS, kind="config")
 
 
 def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:

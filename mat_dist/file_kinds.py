@@ -1,11 +1,11 @@
-"""``matd validate``: the four kinds of YAML a user writes, told apart and checked as their commands would.
+"""``matd validate``: the five kinds of YAML a user writes, told apart and checked as their commands would.
 
     validate_file("my-space.yaml")            # 'my-space.yaml: valid search space (...)', or a UserError line
     validate_file("local", FileKind.CLUSTER)  # a shipped name needs its kind
 
 A file's kind is the one whose top-level keys it uses most (``detect_kind``);
 each kind is then loaded through its own loader. This module sits above the
-four (``mat_dist.schema`` below them knows none of them), and imports each
+five (``mat_dist.schema`` below them knows none of them), and imports each
 only when asked: they pull in torch, the attack registry, Ray Tune's spaces.
 """
 
@@ -26,15 +26,17 @@ class FileKind(str, enum.Enum):
     CLUSTER = "cluster"
     SUITE = "suite"
     SPACE = "space"
+    MODELS = "models"
 
 
 KIND_WORDS = {FileKind.RUN: "run config", FileKind.CLUSTER: "cluster file", FileKind.SUITE: "suite",
-              FileKind.SPACE: "search space"}
+              FileKind.SPACE: "search space", FileKind.MODELS: "models file"}
 # Each kind's model, imported only when asked (they pull in torch, the attack registry, ...).
 _MODELS = {FileKind.RUN: ("mat_dist.config", "RunConfig"),
            FileKind.CLUSTER: ("mat_dist.cluster.files", "ClusterConfig"),
            FileKind.SUITE: ("mat_dist.evaluate.suite", "SuiteFile"),
-           FileKind.SPACE: ("mat_dist.tune.space", "SpaceFile")}
+           FileKind.SPACE: ("mat_dist.tune.space", "SpaceFile"),
+           FileKind.MODELS: ("mat_dist.evaluate.models_file", "ModelsFile")}
 
 
 def model_of(kind: FileKind) -> type:
@@ -118,8 +120,17 @@ def _describe_space(name: str) -> str:
     return f"{n}, every value checked against the base config {space.base}"
 
 
+def _describe_models(name: str) -> str:
+    from mat_dist.evaluate.models_file import load_models_file
+    from mat_dist.evaluate.report import KIND_LABEL
+
+    sources = load_models_file(name)
+    return f"{len(sources)} model{'s' if len(sources) != 1 else ''}: " + ", ".join(
+        f"{s.label} ({KIND_LABEL[s.kind]})" for s in sources)
+
+
 _DESCRIBE = {FileKind.RUN: _describe_run, FileKind.CLUSTER: _describe_cluster, FileKind.SUITE: _describe_suite,
-             FileKind.SPACE: _describe_space}
+             FileKind.SPACE: _describe_space, FileKind.MODELS: _describe_models}
 
 
 def validate_file(file: str, kind: FileKind | None = None) -> str:

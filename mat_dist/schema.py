@@ -1,12 +1,13 @@
 """One schema for every YAML file a user writes, and one override syntax.
 
-The four kinds are pydantic 2 models (``extra="forbid"``, strict scalars)
+The five kinds are pydantic 2 models (``extra="forbid"``, strict scalars)
 written with the small vocabulary below, next to the types they build:
 
     run config     mat_dist.config.RunConfig                 (frozen pydantic dataclasses)
     cluster file   mat_dist.cluster.files.ClusterConfig
     suite          mat_dist.evaluate.suite.SuiteFile         (-> Suite)
     search space   mat_dist.tune.space.SpaceFile             (-> SearchSpace)
+    models file    mat_dist.evaluate.models_file.ModelsFile  (-> ModelSources, for matd evaluate)
 
 ``parse`` validates parsed YAML against one of them and turns the first
 pydantic error into the one ``UserError`` line the CLI prints: where (the
@@ -16,7 +17,7 @@ wrong and, where known, the fix. ``read_yaml`` uses the safe loader;
 and ``set_key`` are the one override syntax: dotted keys, an integer part
 indexes a list (``attack.eps.0=5`` sets sub-model 0's radius), for ``matd
 train KEY=VALUE`` and a search space's keys alike. ``matd validate``, which
-knows all four kinds, is ``mat_dist.file_kinds``.
+knows all five kinds, is ``mat_dist.file_kinds``.
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ RUN = Voice(unknown="unknown config key {key!r}; known keys here: {known}",
             section="config key {key} must be a mapping, got {value!r}",
             choice="config key {key}: {value!r} is not {choices}")
 CLUSTER = Voice(unknown="unknown key {key}; known keys here: {known}", choice="{key} must be {choices}, got {value!r}")
-SUITE = SPACE = Voice()
+SUITE = SPACE = MODELS = Voice()
 
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string",
              "list_type": "a list", "tuple_type": "a list", "dict_type": "a mapping"}

@@ -167,10 +167,6 @@ class ThreatModel:
         if not self.alpha > 0:
             raise UserError(f"{self.norm_kind.value} step size alpha={self.alpha} must be positive")
 
-    def with_eps(self, eps: float) -> ThreatModel:
-        """The same threat model at another radius (used by the radius warm-up)."""
-        return replace(self, eps=eps)
-
     def with_topk(self, k_min: int, k_max: int) -> ThreatModel:
         """The same threat model with the top-k range [k_min, k_max] of an l_1 step (MSD). Only the l_1
         step moves k coordinates; the l_inf and l_2 steps have no k and come back as they are."""

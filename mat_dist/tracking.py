@@ -97,6 +97,14 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def _sqlite_file(uri: str) -> str | None:
+    """The database file of a sqlite store's URI; None for another store or an in-memory database."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].partition("?")[0]
+    return path if path and path != ":memory:" else None
+
+
 def _sqlite_artifact_location(uri: str, experiment: str) -> str | None:
     """Absolute artifact folder for a new experiment in a sqlite store: ``<db dir>/mlruns/<name>``.
 
@@ -104,10 +112,8 @@ def _sqlite_artifact_location(uri: str, experiment: str) -> str | None:
     first opened from; pinning it next to the database keeps one store's
     artifacts in one place whichever process (and cwd) logs them.
     """
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].partition("?")[0]
-    if not path or path == ":memory:":
+    path = _sqlite_file(uri)
+    if path is None:
         return None
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._") or "experiment"
     return str(Path(path).parent / "mlruns" / slug)
@@ -254,15 +260,20 @@ def check_store(uri: str | None, experiment: str) -> None:
     For commands that log only at their end (``matd evaluate``): a wrong
     ``--tracking-uri`` must stop them before the work, not after it.
     """
-    uri = resolve_tracking_uri(uri)
+    _open_store(resolve_tracking_uri(uri), experiment)
+
+
+def _open_store(uri: str, experiment: str) -> tuple[Any, str]:
+    """(client, experiment id) of the store at ``uri`` (already resolved), its sqlite folder made and
+    ``experiment`` created; UserError (one line, in seconds) when the store does not answer."""
     _quiet_mlflow_logs()
     import mlflow
 
-    if uri.startswith("sqlite:///"):
-        db = uri[len("sqlite:///"):].partition("?")[0]
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
-    Tracker._get_or_create_experiment(mlflow.MlflowClient(tracking_uri=uri), uri, experiment)
+    db = _sqlite_file(uri)
+    if db is not None:
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    return client, Tracker._get_or_create_experiment(client, uri, experiment)
 
 
 class Tracker:
@@ -305,16 +316,9 @@ class Tracker:
         across processes). Raises UserError when the store cannot be reached.
         """
         uri = resolve_tracking_uri(uri)
-        _quiet_mlflow_logs()
+        client, experiment_id = _open_store(uri, experiment)
         import mlflow
         from mlflow.exceptions import MlflowException
-
-        if uri.startswith("sqlite:///"):
-            db = uri[len("sqlite:///"):].partition("?")[0]
-            if db and db != ":memory:":
-                Path(db).parent.mkdir(parents=True, exist_ok=True)
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        experiment_id = cls._get_or_create_experiment(client, uri, experiment)
 
         all_tags = {k: safe_uri(str(v))[:_MAX_TAG_VAL_LENGTH] for k, v in (tags or {}).items()}
         if parent_run_id:

@@ -262,11 +262,16 @@ def test_the_leaderboard_ranks_two_models_of_known_order(monkeypatch, capsys, tm
 
 def test_the_python_api_returns_the_command_lines_summary(saved):
     images, labels = digits().test.images[:40], digits().test.labels[:40]
-    summary = mat_dist.evaluate(tiny_model(), data=(images, labels), suite=str(_suite_file()), workers=0)
+    summary = mat_dist.evaluate_model(tiny_model(), data=(images, labels), suite=str(_suite_file()), workers=0)
     reference = evaluate(model_path=tiny_model_path(), suite=suite(), output=folder("api-ref"), dataset="digits",
                          workers=0).summary
     assert figures(summary) == figures(reference)
     assert summary["intervals"]["all_attacks"][0] <= summary["all_attacks"] <= summary["intervals"]["all_attacks"][1]
+    import importlib
+    import types
+
+    package = importlib.import_module("mat_dist.evaluate")
+    assert type(package) is types.ModuleType and not callable(package)  # a plain package: no class swapped in
 
 
 def _suite_file() -> Path:

@@ -2,12 +2,14 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
 
 from evaluate_helpers import tiny_model_path, workdir
 from mat_dist.checkpoint import SPEC_KEY
+from mat_dist.errors import UserError
 from mat_dist.evaluate.suite import load_suite, shipped_suites
 
 
@@ -116,6 +118,11 @@ def test_too_many_examples(monkeypatch, capsys):
 
 
 def test_a_small_evaluation_from_the_command_line_logs_to_mlflow(monkeypatch, capsys, tmp_path):
+    import shutil
+
+    (tmp_path / "nets").mkdir()
+    shutil.copyfile(tiny_model_path(), tmp_path / "nets" / "tiny.safetensors")
+    monkeypatch.chdir(tmp_path)  # the report names the model from here, not by this machine's absolute path
     suite = tmp_path / "s.yaml"
     suite.write_text("# s\n# Run: matd evaluate --suite s.yaml\nexamples: 20\nshard_size: 10\n"
                      "eps: {linf: 0.1, l1: 5.0}\n"
@@ -125,12 +132,15 @@ def test_a_small_evaluation_from_the_command_line_logs_to_mlflow(monkeypatch, ca
     from typer.testing import CliRunner
 
     db = tmp_path / "mlflow.db"
-    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tiny_model_path()), "--data", "digits",
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", "nets/tiny.safetensors", "--data", "digits",
                                       "--suite", str(suite), "--workers", "0", "-o", str(tmp_path / "out"),
                                       "--tracking-uri", f"sqlite:///{db}"])
     assert result.exit_code == 0, result.output
     assert "all_attacks" in result.output and "MLflow run" in result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.splitlines()[0] == "# Evaluation: suite `s` on `nets/tiny.safetensors`"
+    assert str(tmp_path) not in report
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
@@ -140,3 +150,72 @@ def test_a_small_evaluation_from_the_command_line_logs_to_mlflow(monkeypatch, ca
     assert run.data.metrics["acc/pgd_l1"] == pytest.approx(summary["attacks"]["pgd_l1"])
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"results.parquet", "summary.json", "report.md"} <= artifacts
+
+
+# ------------------------------------------------------------------ what to evaluate: run folders, data, models files
+
+def _run_folder(root, data="digits"):
+    """A training run folder as matd train leaves it: config.yaml (its data set), run.json, the model."""
+    import shutil
+
+    run = root / "runs" / "tiny"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"name: tiny\ndata: {{name: {data}}}\n")
+    (run / "run.json").write_text(json.dumps({"run_id": "abc123"}))
+    shutil.copyfile(tiny_model_path(), run / "model.safetensors")
+    return run
+
+
+def test_a_run_folder_names_the_data_set_the_output_and_the_parent_run(tmp_path):
+    from mat_dist.evaluate.selection import choose
+
+    run = _run_folder(tmp_path)
+    chosen = choose(suite_name="quick", run=run)
+    [target] = chosen.targets
+    assert (chosen.dataset, chosen.leaderboard) == ("digits", None)
+    assert target.output == run / "eval-quick" and target.run_folder == run and target.parent_run_id == "abc123"
+    # a checkpoint inside it finds the run folder above it; --data wins over the run's
+    chosen = choose(suite_name="quick", checkpoint=run / "model.safetensors", data="mnist5k")
+    assert chosen.dataset == "mnist5k" and chosen.targets[0].run_folder == run
+    # several --model: a mat-dist run says its data set, a foreign model does not
+    factory = tmp_path / "f.py"
+    factory.write_text("import torch\n\ndef make():\n    return torch.nn.Linear(64, 10)\n")
+    assert choose(suite_name="quick", models=[str(run)]).dataset == "digits"
+    with pytest.raises(UserError, match="pass --data NAME"):
+        choose(suite_name="quick", models=[f"a={run}", f"b={factory}:make"])
+    with pytest.raises(UserError, match="two models are named 'make'"):
+        choose(suite_name="quick", models=[f"{factory}:make", f"{factory}:make"], data="digits")
+
+
+def test_a_models_file_gives_each_model_its_folder_under_the_leaderboard(tmp_path, monkeypatch):
+    from mat_dist.evaluate.selection import choose
+
+    run = _run_folder(tmp_path)
+    nets = tmp_path / "nets"
+    nets.mkdir()
+    (nets / "f.py").write_text("import torch\n\ndef make():\n    return torch.nn.Linear(64, 10)\n")
+    (nets / "models.yaml").write_text(f"models:\n  - {{name: mine, model: f.py:make}}\n"
+                                      f"  - {{name: mat, model: {run}}}\n")
+    monkeypatch.chdir(tmp_path)
+    chosen = choose(suite_name="field", models=["nets/models.yaml"], data="digits")
+    assert chosen.leaderboard == Path("runs") / "leaderboard-field"
+    assert [(t.source.label, t.source.kind, t.output) for t in chosen.targets] == [
+        ("mine", "factory", chosen.leaderboard / "mine"), ("mat", "checkpoint", chosen.leaderboard / "mat")]
+    assert chosen.targets[0].source.location == f"{nets.resolve() / 'f.py'}:make"  # relative to the file
+    assert [t.run_folder for t in chosen.targets] == [None, run]
+
+
+@pytest.mark.parametrize("body,expected", [
+    ("models:\n  - {model: net.ts, wieghts: w.pt}\n", "unknown key 'models.0.wieghts'"),
+    ("models:\n  - {model: net.ts}\nboard: x\n", "unknown key 'board'"),
+    ("models:\n  - {model: net.ts, input_mean: [0.1], input_std: [-1]}\n", "models.0.input_std.0=-1 must be positive"),
+    ("models: []\n", "models must list at least one model"),
+])
+def test_a_bad_models_file_is_one_line_from_matd_evaluate(monkeypatch, capsys, tmp_path, body, expected):
+    path = tmp_path / "models.yaml"
+    path.write_text(body)
+    out = tmp_path / "out"
+    line = one_error_line(*matd(monkeypatch, capsys, "evaluate", "--model", path, "--data", "digits", "-w", "0",
+                                "--no-tracking", "-o", out)[::2])
+    assert line.startswith(f"matd: error: {path}: ") and expected in line, line
+    assert not out.exists()

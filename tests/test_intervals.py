@@ -1,5 +1,7 @@
 """95% intervals on robust accuracies: the Wilson interval against published values, unions from their own rows."""
 
+import math
+
 import pytest
 
 from mat_dist.evaluate.metrics import union_summary, wilson_interval
@@ -11,6 +13,19 @@ from mat_dist.evaluate.metrics import union_summary, wilson_interval
 def test_wilson_interval_matches_newcombes_table(k, n, lo, hi):
     got = wilson_interval(k, n)
     assert got == pytest.approx((lo, hi), abs=5e-5)
+
+
+def _closed_form(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson (1927) written out: (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 97.5% quantile."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@pytest.mark.parametrize("k, n", [(0, 1), (1, 1), (0, 40), (40, 40), (7, 40), (0, 1000), (412, 1000), (1000, 1000)])
+def test_scipys_wilson_interval_is_the_closed_form(k, n):
+    assert wilson_interval(k, n) == pytest.approx(_closed_form(k, n), abs=1e-12)
 
 
 def test_wilson_interval_stays_in_the_unit_interval_and_narrows_with_n():

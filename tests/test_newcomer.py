@@ -155,7 +155,7 @@ def test_evaluate_with_zero_examples_is_refused_through_the_api_too(tmp_path):
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     with pytest.raises(UserError, match="--examples 0 must be at least 1"):
-        mat_dist.evaluate(net, data="digits", suite="quick", examples=0, workers=0, output=tmp_path / "out")
+        mat_dist.evaluate_model(net, data="digits", suite="quick", examples=0, workers=0, output=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -252,14 +252,20 @@ def test_curves_share_one_relative_radius_axis_with_bands_and_the_runs_name(tmp_
     plt.close(fig)
 
 
-def test_reports_name_models_relative_to_their_folder(tmp_path):
-    from mat_dist.evaluate.report import relative_to
+def test_reports_name_models_relative_to_where_the_command_ran(tmp_path, monkeypatch):
+    from mat_dist.evaluate.report import shown_location
 
-    out = tmp_path / "runs" / "x" / "eval-field"
-    assert relative_to(str(tmp_path / "runs" / "x" / "model.safetensors"), out) == "../model.safetensors"
-    assert relative_to(str(tmp_path / "nets" / "f.py") + ":build", out) == "../../../nets/f.py:build"
-    assert relative_to("mymodels:resnet18", out) == "mymodels:resnet18"
-    assert relative_to("<Sequential>", out) == "<Sequential>"
+    here = tmp_path / "work"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert shown_location(str(here / "runs" / "x" / "model.safetensors")) == "runs/x/model.safetensors"
+    assert shown_location(str(here / "nets" / "f.py") + ":build") == "nets/f.py:build"
+    elsewhere = str(tmp_path / "other" / "net.ts")  # not under the current folder: as given
+    assert shown_location(elsewhere) == elsewhere
+    assert shown_location(elsewhere.replace("net.ts", "f.py:build")) == elsewhere.replace("net.ts", "f.py:build")
+    assert shown_location("runs/x/model.safetensors") == "runs/x/model.safetensors"
+    assert shown_location("mymodels:resnet18") == "mymodels:resnet18"
+    assert shown_location("<Sequential>") == "<Sequential>"
 
 
 def test_an_evaluation_folder_of_other_values_names_them(tmp_path):

@@ -1,5 +1,5 @@
-"""One schema for the four kinds of YAML (run config, cluster file, suite, search space), one override syntax,
-and ``matd validate``. The bad-input tables of each kind live beside it (test_config, test_clusters,
+"""One schema for the five kinds of YAML (run config, cluster file, suite, search space, models file), one
+override syntax, and ``matd validate``. The bad-input tables of each kind live beside it (test_config, test_clusters,
 test_evaluate_cli, test_tune_space, test_reliability_inputs) and go through the same schema."""
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ from mat_dist import file_kinds
 from mat_dist.config import SHIPPED_CONFIGS, RunConfig, apply_overrides, config_from_dict, load_config
 from mat_dist.cluster.files import SHIPPED_CLUSTERS, ClusterConfig, load_cluster
 from mat_dist.errors import UserError
+from mat_dist.evaluate.models_file import ModelsFile, load_models_file
 from mat_dist.evaluate.suite import SHIPPED_SUITES, SuiteFile, load_suite
 from mat_dist.file_kinds import FileKind, detect_kind, validate_file
 from mat_dist.tune.space import SHIPPED_SPACES, SpaceFile, load_space, trial_config
 
+# A models file names the user's own models: none ships.
 SHIPPED = {FileKind.RUN: SHIPPED_CONFIGS, FileKind.CLUSTER: SHIPPED_CLUSTERS, FileKind.SUITE: SHIPPED_SUITES,
            FileKind.SPACE: SHIPPED_SPACES}
 FILES = [(kind, path) for kind, folder in SHIPPED.items() for path in sorted(folder.glob("*.yaml"))]
 LOADERS = {FileKind.RUN: load_config, FileKind.CLUSTER: load_cluster, FileKind.SUITE: load_suite,
-           FileKind.SPACE: load_space}
+           FileKind.SPACE: load_space, FileKind.MODELS: load_models_file}
 
 
 def matd(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -40,7 +42,7 @@ def one_line(message: str) -> str:
     return message
 
 
-# ---------------------------------------------------------------- the four models
+# ---------------------------------------------------------------- the five models
 
 @pytest.mark.parametrize("kind", list(FileKind), ids=lambda k: k.value)
 def test_every_kind_is_a_pydantic_model_that_forbids_unknown_keys(kind: FileKind) -> None:
@@ -48,11 +50,11 @@ def test_every_kind_is_a_pydantic_model_that_forbids_unknown_keys(kind: FileKind
     config = getattr(model, "__pydantic_config__", None) or model.model_config
     assert config["extra"] == "forbid"
     assert {RunConfig: FileKind.RUN, ClusterConfig: FileKind.CLUSTER, SuiteFile: FileKind.SUITE,
-            SpaceFile: FileKind.SPACE}[model] is kind
+            SpaceFile: FileKind.SPACE, ModelsFile: FileKind.MODELS}[model] is kind
 
 
-def test_every_kind_ships_files() -> None:
-    assert {kind for kind, _ in FILES} == set(FileKind)
+def test_every_kind_but_the_models_file_ships_files() -> None:
+    assert {kind for kind, _ in FILES} == set(FileKind) - {FileKind.MODELS} == set(SHIPPED)
 
 
 @pytest.mark.parametrize("kind,path", FILES, ids=[f"{k.value}-{p.stem}" for k, p in FILES])
@@ -62,7 +64,7 @@ def test_every_shipped_yaml_validates_and_its_kind_is_detected(kind: FileKind, p
     assert line.startswith(f"{path}: valid {file_kinds.KIND_WORDS[kind]} (")
 
 
-@pytest.mark.parametrize("kind", list(FileKind), ids=lambda k: k.value)
+@pytest.mark.parametrize("kind", list(SHIPPED), ids=lambda k: k.value)
 def test_matd_validate_checks_every_shipped_file(monkeypatch, capsys, kind: FileKind) -> None:
     for path in sorted(SHIPPED[kind].glob("*.yaml")):
         code, out, err = matd(monkeypatch, capsys, "validate", path)
@@ -152,7 +154,11 @@ def test_an_empty_or_comment_only_file_is_refused_with_one_line(tmp_path: Path, 
     with pytest.raises(UserError) as err:
         LOADERS[kind](path)
     message = one_line(str(err.value))
-    assert str(path) in message and "is empty" in message and "shipped" in message, message
+    assert str(path) in message and "is empty" in message, message
+    if kind in SHIPPED:  # start from a shipped one
+        assert "shipped" in message, message
+    else:
+        assert "models: [{name, model, weights, input_mean, input_std}]" in message, message
 
 
 @pytest.mark.parametrize("name", list(EMPTY))
@@ -201,6 +207,7 @@ def test_a_section_left_empty_takes_its_defaults(tmp_path: Path) -> None:
     ("kind: RayJob\n---\nkind: ConfigMap\n", FileKind.CLUSTER),
     ("data: {name: digits}\ntrain: {epochs: 1}\n", FileKind.RUN),
     ("name: x\nseed: 0\nmodel: {num_members: 1}\nmethod: {name: at}\n", FileKind.RUN),
+    ("models: [{name: a, model: net.ts}]\n", FileKind.MODELS),
 ])
 def test_validate_detects_the_kind_from_the_top_level_keys(tmp_path: Path, text: str, kind: FileKind) -> None:
     path = tmp_path / "file.yaml"
@@ -242,6 +249,10 @@ UNKNOWN = [
     (FileKind.SPACE, "params: {optim.lr: {uniform: [0.001, 0.01]}}\ntrails: 3\n", "unknown key 'trails'"),
     (FileKind.SPACE, "params: {optim.lr: {uniform: [0.001, 0.01]}}\nscheduler: {nmae: asha}\n",
      "unknown key 'scheduler.nmae'"),
+    (FileKind.MODELS, "models: [{model: net.ts}]\nboard: x\n", "unknown key 'board'"),
+    (FileKind.MODELS, "models: [{model: net.ts, wieghts: w.pt}]\n",
+     "unknown key 'models.0.wieghts'; known keys here: model, name, weights, input_mean, input_std; "
+     "did you mean models.0.weights?"),
 ]
 
 
@@ -257,3 +268,54 @@ def test_an_unknown_key_error_names_the_key_and_the_file(tmp_path: Path, kind: F
     with pytest.raises(UserError) as again:  # matd validate goes through the same loader
         validate_file(str(path))
     assert str(again.value) == message
+
+
+# ---------------------------------------------------------------- the models file of matd evaluate
+
+FACTORY = "import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n"
+
+
+def _models_file(folder: Path, entries: str) -> Path:
+    (folder / "nets").mkdir(exist_ok=True)
+    (folder / "nets" / "factory.py").write_text(FACTORY)
+    import torch
+    from safetensors.torch import save_file
+
+    save_file(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).state_dict(), folder / "nets" / "w.safetensors")
+    path = folder / "nets" / "models.yaml"
+    path.write_text(entries)
+    return path
+
+
+def test_a_models_file_validates_and_names_each_model(monkeypatch, capsys, tmp_path: Path) -> None:
+    path = _models_file(tmp_path, "models:\n  - {name: plain, model: factory.py:make}\n"
+                                  "  - {name: normalised, model: factory.py:make, weights: w.safetensors,\n"
+                                  "     input_mean: [0.1307], input_std: [0.3081]}\n")
+    monkeypatch.chdir(tmp_path)  # the files in it are relative to the models file, not to here
+    code, out, err = matd(monkeypatch, capsys, "validate", path)
+    assert code == 0 and not err.strip(), err
+    assert out.strip() == f"{path}: valid models file (2 models: plain (Python factory), normalised (Python factory))"
+    plain, normalised = load_models_file(path)
+    assert plain.weights is None and plain.input_mean is None
+    assert normalised.weights == str((tmp_path / "nets" / "w.safetensors").resolve())
+    assert normalised.input_mean == (0.1307,) and normalised.input_std == (0.3081,)
+
+
+@pytest.mark.parametrize("entry,fragment", [
+    ("{model: factory.py:make, input_std: [0.3]}", "models.0: give both input_mean and input_std"),
+    ("{model: factory.py:make, input_mean: [0.1, 0.2], input_std: [0.3]}",
+     "models.0: input_mean has 2 values and input_std 1; give one per channel"),
+    ("{model: factory.py:make, input_mean: [0.1], input_std: [0]}", "models.0.input_std.0=0 must be positive"),
+    ("{model: factory.py:make, input_mean: 0.1, input_std: [0.3]}", "models.0.input_mean must be a list, got 0.1"),
+    ("{model: factory.py:make, name: ../up}", "models.0.name '../up' must start with a letter or digit"),
+    ("{name: a}", "models.0.model is missing; add it"),
+    ("{model: factory.py:make, weights: missing.pt}", "models.0: --weights"),
+    ("{model: no_such.py:make}", "models.0: --model no_such.py:make: no_such.py does not exist"),
+])
+def test_a_bad_models_file_is_one_line_naming_the_file_and_the_key(monkeypatch, capsys, tmp_path: Path,
+                                                                   entry: str, fragment: str) -> None:
+    path = _models_file(tmp_path, f"models:\n  - {entry}\n")
+    code, out, err = matd(monkeypatch, capsys, "validate", path)
+    lines = err.strip().splitlines()
+    assert code == 2 and not out and len(lines) == 1 and lines[0].startswith(f"matd: error: {path}: "), err
+    assert fragment in lines[0], lines[0]

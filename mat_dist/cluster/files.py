@@ -50,8 +50,8 @@ from pydantic import BeforeValidator
 from pydantic.dataclasses import dataclass
 
 from mat_dist import schema
-from mat_dist.config import find_yaml, shipped_names
 from mat_dist.errors import UserError
+from mat_dist.paths import find_yaml, resolve_yaml, shipped_names
 from mat_dist.schema import FORBID, INTERNAL, Bool, Count, Hint, Int, NonNegInt, Num, Positive, Str, must
 
 # The cluster files that ship with mat-dist: the repository's clusters/ folder, installed as the
@@ -203,12 +203,9 @@ def cluster_to_dict(c: ClusterConfig) -> dict[str, Any]:
 
 def resolve_cluster_path(name: str | os.PathLike) -> Path:
     """A cluster file path, or the name of a shipped one (``local``, ``multi-gpu``)."""
-    path = find_yaml(name, SHIPPED_CLUSTERS)
-    if path is None:
-        raise UserError(f"cluster file {name} does not exist; give a YAML path, a shipped name "
-                        f"({shipped_names(SHIPPED_CLUSTERS)}), a running cluster's HOST:PORT or ray://HOST:PORT, "
-                        f"or '{IN_PROCESS}' to run in this process without Ray")
-    return path
+    return resolve_yaml(name, SHIPPED_CLUSTERS, kind="cluster file", missing=(
+        "cluster file {name} does not exist; give a YAML path, a shipped name ({names}), a running cluster's "
+        f"HOST:PORT or ray://HOST:PORT, or '{IN_PROCESS}' to run in this process without Ray"))
 
 
 SECTION = schema.CLUSTER_SECTION  # the cluster settings inside a Ray launcher file or a KubeRay manifest

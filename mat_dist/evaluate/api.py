@@ -1,7 +1,7 @@
-"""``mat_dist.evaluate(model, ...)``: the evaluator for any model, from Python.
+"""``mat_dist.evaluate_model(model, ...)``: the evaluator for any model, from Python.
 
     import mat_dist
-    summary = mat_dist.evaluate(net, data="mnist5k", suite="field", workers=2)
+    summary = mat_dist.evaluate_model(net, data="mnist5k", suite="field", workers=2)
     summary["all_attacks"], summary["intervals"]["all_attacks"]   # 0.412, [0.381, 0.444]
 
 ``model`` is what ``matd evaluate --model`` takes (a TorchScript, .pt2 or

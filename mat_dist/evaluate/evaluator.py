@@ -295,7 +295,7 @@ def _write_outputs(table, *, suite: Suite, output: Path, model, source: ModelSou
     full = {**summary, "attack_info": attack_info, "transfer": transfer, "curves": points, "warnings": found,
             "meta": meta}
     write_atomic(output / "summary.json", json.dumps(full, indent=1))
-    shown = {**meta, "model": report.relative_to(source.location, output)}  # no absolute path of this machine
+    shown = {**meta, "model": report.shown_location(source.location)}  # no absolute path of this machine
     write_atomic(output / "report.md", report.render(summary=summary, attack_info=attack_info, meta=shown,
                                                      transfer=transfer, curves=points, warnings=found))
     run_id = _log_to_mlflow(output, summary, suite, meta, figure, tracking)

@@ -15,12 +15,12 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from mat_dist.errors import UserError
 from mat_dist.evaluate.metrics import separated
 from mat_dist.evaluate.model_source import ModelSource
 from mat_dist.evaluate.report import KIND_LABEL
+from mat_dist.evaluate.selection import Target, check_labels
 from mat_dist.evaluate.suite import Suite
 from mat_dist.threats import Norm
 
@@ -37,30 +37,22 @@ class Entry:
     white_box: bool
 
 
-def check_labels(sources: list[ModelSource]) -> None:
-    seen: set[str] = set()
-    for s in sources:
-        if s.label in seen:
-            raise UserError(f"two models are named {s.label!r}; name them with NAME=SPEC (e.g. --model "
-                            f"mine={s.location})")
-        seen.add(s.label)
-
-
-def evaluate_models(sources: list[ModelSource], *, suite: Suite, output: Path, workers: int,
-                    cluster: str | os.PathLike | None, evaluate_one: Callable[..., Any]) -> list[Entry]:
+def evaluate_models(targets: Sequence[Target], *, suite: Suite, output: Path, workers: int,
+                    cluster: str | os.PathLike | None, evaluate_one: Callable[[Target], Any]) -> list[Entry]:
     """Evaluate every model in turn inside one Ray runtime (all their shards on one cluster); rank them.
 
-    ``evaluate_one(source, out_dir)`` runs one evaluation (the CLI passes one with its progress bar).
+    ``evaluate_one(target)`` runs one evaluation into ``target.output`` (the CLI passes one with its
+    progress bar).
     """
-    check_labels(sources)
+    check_labels([t.source for t in targets])
     from mat_dist.evaluate.runner import ray_runtime
 
     entries = []
     with ray_runtime(workers=workers, cluster=cluster) if (workers or cluster) else nullcontext():
-        for source in sources:
-            result = evaluate_one(source, output / source.label)
-            entries.append(Entry(source=source, summary=result.summary, output=result.output,
-                                 white_box=source.differentiable))
+        for target in targets:
+            result = evaluate_one(target)
+            entries.append(Entry(source=target.source, summary=result.summary, output=result.output,
+                                 white_box=target.source.differentiable))
     write_leaderboard(entries, output, suite=suite)
     return entries
 

@@ -22,22 +22,20 @@ import numpy as np
 
 from mat_dist.threats import Norm
 
-Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile: two-sided 95% intervals
-
-
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (Wilson 1927), as fractions in [0, 1].
+def wilson_interval(successes: int, n: int, confidence_level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (Wilson 1927), as fractions in [0, 1]; scipy's.
 
     Unlike the normal approximation p +- z sqrt(p(1-p)/n) it stays inside [0, 1]
     and keeps a non-zero width at 0 and n successes, which robust accuracies near
-    0% (a standard model at the paper's radii) and near 100% need. n = 0 gives (0, 1).
+    0% (a standard model at the paper's radii) and near 100% need. n = 0 gives (0, 1):
+    no image says nothing.
     """
     if n <= 0:
         return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    from scipy.stats import binomtest  # scipy.stats takes a second to import: only when a figure needs it
+
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence_level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def separated(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
-from torch import nn
 
 from mat_dist.evaluate.adapters import aa, fb, own
 from mat_dist.threats import Norm
@@ -63,7 +62,3 @@ def attack_kind(name: str) -> AttackKind:
         return ATTACKS[name]
     except KeyError:
         raise UserError(f"unknown attack {name!r}; use one of {', '.join(ATTACKS)}") from None
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

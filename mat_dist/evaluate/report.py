@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from mat_dist.paths import as_given
 from mat_dist.threats import Norm
 
 PAPER_TABLES = Path(__file__).resolve().parent.parent / "reference" / "paper_tables.csv"
@@ -97,22 +98,14 @@ def paper_radii_differ(dataset: str, attack_info: dict[str, dict[str, Any]]) -> 
             if i["norm"] in radii and abs(i["eps"] - radii[i["norm"]]) > 1e-9 * max(1.0, radii[i["norm"]])]
 
 
-def relative_to(location: str, folder: Path) -> str:
-    """A model's location as the report names it: relative to the report's folder (no absolute path of the
-    machine that wrote it); a factory keeps its function, an in-memory module its name."""
-    import os
-
+def shown_location(location: str) -> str:
+    """A model's location as a report names it: relative to the folder the command ran in when it lies under
+    it, else as given (``paths.as_given``); a factory keeps its function, an in-memory module its name."""
     path, sep, function = location, "", ""
     head, colon, tail = location.rpartition(":")
     if colon and head.endswith(".py") and tail.isidentifier():  # path/to/file.py:function
         path, sep, function = head, colon, tail
-    if not os.path.isabs(path):
-        return location
-    try:
-        shown = os.path.relpath(path, Path(folder).resolve())
-    except ValueError:  # another drive (Windows)
-        shown = Path(path).name
-    return f"{shown}{sep}{function}"
+    return f"{as_given(path)}{sep}{function}"
 
 
 def transfer_lines(transfer: dict[str, Any]) -> list[str]:

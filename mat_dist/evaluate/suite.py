@@ -33,9 +33,9 @@ import pydantic
 from pydantic import BaseModel
 
 from mat_dist import schema
-from mat_dist.config import find_yaml
 from mat_dist.errors import UserError
 from mat_dist.evaluate.registry import ATTACKS, COMMON_DEFAULTS, attack_kind
+from mat_dist.paths import resolve_yaml
 from mat_dist.schema import FORBID, Count, Int, NonNegative, NonNegInt, Num, Positive, Str, must
 from mat_dist.threats import Norm, radius_unit_problem
 
@@ -186,10 +186,7 @@ def shipped_suites() -> list[str]:
 
 
 def resolve_suite_path(name_or_path: str) -> Path:
-    path = find_yaml(name_or_path, SHIPPED_SUITES)
-    if path is None:
-        raise UserError(f"suite {name_or_path!r} is neither a file nor a shipped suite ({', '.join(shipped_suites())})")
-    return path
+    return resolve_yaml(name_or_path, SHIPPED_SUITES, kind="suite")
 
 
 def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:

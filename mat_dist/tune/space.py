@@ -74,8 +74,9 @@ from annotated_types import Gt, Le
 from pydantic import BaseModel
 
 from mat_dist import schema
-from mat_dist.config import RunConfig, config_from_dict, find_yaml, shipped_names
+from mat_dist.config import RunConfig, config_from_dict
 from mat_dist.errors import UserError
+from mat_dist.paths import resolve_yaml, shipped_names
 from mat_dist.schema import FORBID, Bool, Count, NonNegInt, Num, Positive, Share, Str, bare, key_type, must
 
 # The shipped spaces: the repository's tune_spaces/ folder, installed as the package
@@ -415,11 +416,7 @@ def _check_pbt(f: SpaceFile, params: tuple[Param, ...], source: str) -> None:
 
 
 def resolve_space_path(name_or_path: str | os.PathLike) -> Path:
-    path = find_yaml(name_or_path, SHIPPED_SPACES)
-    if path is None:
-        raise UserError(f"search space {str(name_or_path)!r} is neither a file nor a shipped space "
-                        f"({shipped_names(SHIPPED_SPACES)})")
-    return path
+    return resolve_yaml(name_or_path, SHIPPED_SPACES, kind="search space", shipped_as="space")
 
 
 def load_space(name_or_path: str | os.PathLike) -> SearchSpace:

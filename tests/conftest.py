@@ -27,3 +27,47 @@ def tiny_raw():
     import copy
 
     return copy.deepcopy(TINY)
+
+
+class CheckRecorder:
+    """Every adversarial batch the per-epoch check (``mat_dist.validation``) computes, with its inputs, so that
+    a test can count the check's figures again, per example, from the attacks' outputs."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []  # (norm, x (B, C, H, W), y (B,), x_adv (B, C, H, W)), in call order
+
+    def wrap(self, attack):
+        def recording(deployed, x, y, norm, *args, **kwargs):
+            x_adv = attack(deployed, x, y, norm, *args, **kwargs)
+            self.calls.append((norm, x.clone(), y.clone(), x_adv.detach().clone()))
+            return x_adv
+
+        return recording
+
+    def recount(self, model, norms) -> dict[str, int]:
+        """Counts of the last check from its x_adv, by ``model`` (images -> scores): robust to a norm when right
+        clean and attacked; robust to all when robust to every norm, the same example in each."""
+        import torch
+
+        last = self.calls[-len(norms):]
+        assert sorted(str(call[0].value) for call in last) == sorted(norms)
+        x, y = last[0][1], last[0][2]
+        robust = {}
+        with torch.no_grad():
+            clean = model(x).argmax(1) == y
+            for norm, x_in, y_in, x_adv in last:
+                assert torch.equal(x_in, x) and torch.equal(y_in, y)  # every norm attacked the same examples
+                robust[norm.value] = clean & (model(x_adv).argmax(1) == y)
+        union = torch.stack(list(robust.values())).all(dim=0)  # (B,)
+        return {"clean": int(clean.sum()), "all": int(union.sum()), **{n: int(r.sum()) for n, r in robust.items()}}
+
+
+@pytest.fixture
+def check_recorder(monkeypatch):
+    """A ``CheckRecorder`` on both attacks of the per-epoch check (PGD and APGD)."""
+    from mat_dist import validation
+
+    recorder = CheckRecorder()
+    monkeypatch.setattr(validation, "pgd_attack", recorder.wrap(validation.pgd_attack))
+    monkeypatch.setattr(validation, "apgd_attack", recorder.wrap(validation.apgd_attack))
+    return recorder

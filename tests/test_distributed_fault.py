@@ -9,10 +9,11 @@ processes, as when a machine dies), then a replacement node joins. Checked:
 the run resumes from the latest registered checkpoint, completes, and every
 epoch appears exactly once in metrics.jsonl and in MLflow's metric history.
 
-Needs its own Ray processes (no shared runtime). The node-loss-and-replace
-test runs by default (about 75 s on 2 cores); the lost-for-good test is
-marked slow (about 70 s). ``pytest -m "slow or not slow"
-tests/test_distributed_fault.py -s`` runs both and prints the timeline.
+Needs its own Ray processes (no shared runtime). Both tests are marked
+``slow``, so the default suite (which must stay under 15 minutes on 2 cores)
+skips them: node-loss-and-replace takes about 100 s on the busy 2-core machine,
+lost-for-good about 70 s. ``pytest -m slow tests/test_distributed_fault.py -s``
+runs both and prints the node-loss timeline.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _registered(storage: Path, output: Path) -> list[int]:
     return [int(r["metrics"]["epoch"]) for r in snapshot.get("checkpoint_results", [])]
 
 
-@pytest.mark.slow  # about 90 s on 2 cores: a 2-node cluster, a node removed, the run resumed
+@pytest.mark.slow  # about 100 s on 2 cores: a 2-node cluster, a node removed, the run resumed
 def test_node_removed_mid_run_resumes_and_loses_no_epoch(cluster, tmp_path: Path) -> None:
     c, workers = cluster
     storage, output = tmp_path / "storage", tmp_path / "run"

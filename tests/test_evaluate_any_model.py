@@ -274,6 +274,47 @@ def test_the_python_api_returns_the_command_lines_summary(saved):
     assert type(package) is types.ModuleType and not callable(package)  # a plain package: no class swapped in
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_the_python_api_refuses_images_that_are_not_finite(tmp_path, bad):
+    images, labels = digits().test.images[:40].clone(), digits().test.labels[:40]
+    # One pixel of one image past the 16 the contract runs the model on: NaN passes a [0, 1] range check, since
+    # it compares false to both bounds, and would reach the attacks.
+    images[30, 0, 3, 3] = bad
+    with pytest.raises(UserError, match=r"data images must be finite: 1 of 40 hold NaN or infinite") as err:
+        mat_dist.evaluate(tiny_model(), data=(images, labels), suite=str(_suite_file()), workers=0,
+                          output=tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()  # refused before the output folder is made
+
+
+@pytest.mark.parametrize("bad", [10, 12, -1])
+def test_the_python_api_refuses_labels_outside_the_models_classes(tmp_path, bad):
+    """The model scores 10 classes: a label of 10 or more (or below 0) is refused, not read as an 11th class."""
+    images, labels = digits().test.images[:40], digits().test.labels[:40].clone()
+    labels[5] = bad
+    with pytest.raises(UserError, match=rf"data labels must be class indices 0\.\.9, the 10 classes the model "
+                                        rf"scores; 1 of 40 are not \(the first: {bad}\)") as err:
+        mat_dist.evaluate(tiny_model(), data=(images, labels), suite=str(_suite_file()), workers=0,
+                          output=tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_classes_of_images_given_as_tensors_come_from_the_model(tmp_path):
+    """A 12-class model is evaluated on labels 0..11: its output width, not the data sets' 10, sets K."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 12)).eval()
+    images = digits().test.images[:8]
+    labels = torch.tensor([0, 11, 3, 10, 5, 2, 9, 1])
+    tiny = {**SUITE, "examples": 8, "shard_size": 8,
+            "attacks": {"pgd_linf": {"attack": "pgd", "norm": "linf", "params": {"steps": 1}}}}
+    (tmp_path / "suite.yaml").write_text(json.dumps(tiny))
+    summary = mat_dist.evaluate(net, data=(images, labels), suite=str(tmp_path / "suite.yaml"), workers=0)
+    assert 0.0 <= summary["all_attacks"] <= summary["clean"] <= 1.0
+    with pytest.raises(UserError, match=r"class indices 0\.\.11, the 12 classes .* \(the first: 12\)"):
+        mat_dist.evaluate(net, data=(images, labels + 1), suite=str(tmp_path / "suite.yaml"), workers=0)
+
+
 def _suite_file() -> Path:
     path = folder("suite.yaml")
     path.write_text(json.dumps(SUITE))

@@ -4,7 +4,7 @@ A table of targets, as foolbox's tests do; budgets are tiny so that the file
 runs in well under a minute on 2 CPU cores.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import torch
@@ -59,22 +59,72 @@ def test_the_table_covers_every_attack_of_the_registry():
     assert covered == set(ATTACKS) - {"brendel_bethge"}  # needs numba, which the test machine lacks
 
 
+def within(x_adv: torch.Tensor, x: torch.Tensor, norm, eps: float) -> torch.Tensor:
+    """Per row (B,): ||x_adv - x||_norm <= eps up to float32 round-off (1e-4 relative, 1e-6 absolute)."""
+    return perturbation_norm(x_adv - x, norm) <= eps * (1 + 1e-4) + 1e-6
+
+
+def in_box(x_adv: torch.Tensor) -> torch.Tensor:
+    """Per row (B,): every pixel finite and inside [0, 1]."""
+    flat = x_adv.reshape(len(x_adv), -1)
+    return torch.isfinite(flat).all(dim=1) & (flat >= 0).all(dim=1) & (flat <= 1).all(dim=1)
+
+
 @pytest.mark.parametrize("target", TARGETS,
                          ids=lambda t: f"{t.attack}-{t.norm}-{'-'.join(map(str, t.params.values()))}")
-def test_attack_lowers_accuracy_and_stays_inside_its_radius(target):
+def test_attack_lowers_accuracy_and_stays_inside_its_radius(target, monkeypatch):
+    """Every raw output of the attack, on every row it was given, is checked, not only the rows the gate accepted.
+
+    Fixed-radius attacks (PGD, AutoAttack) must return every row inside the
+    ball and the box. Minimisation attacks return minimal adversarials, which
+    may lie outside the ball by design (the evaluator projects them): their
+    raw rows must be in the box, and every row the evaluator returns is either
+    that raw row or inside the ball.
+    """
     model = tiny_model()
     test = digits().test
     x, y = test.images[:target.examples], test.labels[:target.examples]
     spec = spec_of(target)
+    kind = spec.kind
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []  # (inputs, raw outputs) of each restart
+
+    def recording_run(model, x_in, y_in, **kwargs):
+        x_raw = kind.run(model, x_in, y_in, **kwargs)
+        calls.append((x_in.clone(), x_raw.detach().clone()))
+        return x_raw
+
+    monkeypatch.setitem(ATTACKS, kind.name, replace(kind, run=recording_run))
     x_adv, verdict = attack_and_gate(spec, model, x, y, seed=0)
     clean_acc = (predict(model, x) == y).float().mean().item()
     robust_acc = (~verdict.success).float().mean().item()
     assert clean_acc >= 0.75
     assert robust_acc < clean_acc, f"{target.attack} broke no example"
+    assert len(calls) >= 1
+
+    for x_in, x_raw in calls:
+        assert x_raw.shape == x_in.shape
+        assert in_box(x_raw).all(), f"{target.attack} returned rows outside [0, 1]: {(~in_box(x_raw)).nonzero()}"
+        if not kind.minimization:
+            norms = perturbation_norm(x_raw - x_in, spec.norm)
+            assert within(x_raw, x_in, spec.norm, spec.eps).all(), \
+                f"{target.attack} returned rows outside its {spec.norm.value} ball of {spec.eps}: max {norms.max()}"
+
+    # What the evaluator returns, on every row: untouched where clean-wrong, inside the box everywhere, and
+    # inside the ball unless it is a minimisation attack's raw (unprojected) row.
+    assert torch.equal(x_adv[~verdict.clean_correct], x[~verdict.clean_correct])
+    assert in_box(x_adv).all()
+    inside = within(x_adv, x, spec.norm, spec.eps)
+    if kind.minimization:
+        raw_rows = torch.zeros(len(x), dtype=torch.bool)
+        for x_in, x_raw in calls:
+            rows = (x_in.unsqueeze(0) == x.unsqueeze(1)).flatten(2).all(dim=2).nonzero()  # (x row, call row)
+            for i, j in rows.tolist():
+                raw_rows[i] |= torch.equal(x_adv[i], x_raw[j])
+        inside |= raw_rows
+    assert inside.all(), f"rows outside the ball: {(~inside).nonzero().squeeze(1).tolist()}"
+
     broken = verdict.success & verdict.clean_correct
-    norms = perturbation_norm(x_adv - x, spec.norm)
-    assert (norms[broken] <= spec.eps * (1 + 1e-4) + 1e-6).all()
-    assert (x_adv[broken] >= 0).all() and (x_adv[broken] <= 1).all()
+    assert within(x_adv[broken], x[broken], spec.norm, spec.eps).all()
     assert (predict(model, x_adv[broken]) != y[broken]).all()
 
 

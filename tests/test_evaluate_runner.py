@@ -112,6 +112,11 @@ def test_a_run_killed_midway_resumes_without_redoing_finished_shards():
     table = pq.read_table(out / "results.parquet")
     keys = list(zip(table.column("example_id").to_pylist(), table.column("attack").to_pylist()))
     assert len(keys) == len(set(keys)) == N * 4
+    # The resumed run holds the rows of a run never interrupted, value for value (same suite, same seed):
+    # success, norms and predictions of every example, not only its keys.
+    whole = run(workdir() / "resume-uninterrupted", workers=0, suite=suite)
+    assert rows(out / "results.parquet") == rows(workdir() / "resume-uninterrupted" / "results.parquet")
+    assert result.summary == whole.summary
     # The reported wall time is the cost of both calls that ran shards, not of the last call alone ...
     calls = [json.loads(line) for line in (out / "calls.jsonl").read_text().splitlines()]
     assert [c["shards_finished"] for c in calls] == [len(shards) - 1, 1]

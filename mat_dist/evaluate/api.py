@@ -37,7 +37,8 @@ def evaluate_model(model: nn.Module | str | os.PathLike | ModelSource, *,
     (fractions) and ``intervals`` (95% Wilson bounds of each).
 
     ``data``: a data set name (its first ``examples`` test images, default the suite's count) or
-    (images (N, C, H, W) in [0, 1], labels), all evaluated unless ``examples`` says fewer.
+    (images (N, C, H, W) in [0, 1], finite; labels (N,) in 0..K-1, K the width of the model's logits), all
+    evaluated unless ``examples`` says fewer.
     ``workers``: CPUs of a local Ray runtime (default: all of this machine's; 0: in this process).
     """
     from mat_dist.evaluate.evaluator import TrackingOptions

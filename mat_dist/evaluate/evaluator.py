@@ -24,12 +24,12 @@ from typing import Any, Callable
 import torch
 
 from mat_dist.atomic import append_jsonl, probe_writable, read_jsonl, write_atomic
-from mat_dist.data import load_splits
+from mat_dist.data import NUM_CLASSES, load_splits
 from mat_dist.errors import UserError
 from mat_dist.evaluate import curves as curves_mod
 from mat_dist.evaluate import metrics, report, sanity
 from mat_dist.evaluate.adapters.aa import is_full_strength
-from mat_dist.evaluate.contract import check_contract
+from mat_dist.evaluate.contract import CHECK_IMAGES, check_contract
 from mat_dist.evaluate.model_source import ModelSource
 from mat_dist.evaluate.model_source import parse as parse_model
 from mat_dist.evaluate.runner import Chaos, ProgressFn, run_shards
@@ -177,11 +177,15 @@ def evaluate(*, model_path: str | os.PathLike | None = None, model: ModelSource 
     if workers < 0:
         raise UserError(f"--workers {workers} must be 0 (in this process) or more")
     images, labels, num_classes = _images(data, dataset, data_root, n, spec)
+    if num_classes is None:  # images given as tensors: the model, not the labels, says how many classes
+        num_classes = _model_classes(net, images, spec)
+        if num_classes is not None:  # None: the model fails on the images, which the contract reports below
+            _check_labels(data[1], num_classes)
     dropped: tuple[str, ...] = ()
     if not model.differentiable:
         suite, dropped = without_gradients(suite)
     if not model.is_checkpoint:
-        check_contract(net, images, labels, num_classes=num_classes, label=model.label,
+        check_contract(net, images, labels, num_classes=num_classes or NUM_CLASSES, label=model.label,
                        needs_gradients=model.differentiable)
     check_cluster(cluster)
     fingerprint = {**model.fingerprint(), **data_id_of(data, dataset, images), "examples": n,
@@ -220,8 +224,10 @@ def evaluate(*, model_path: str | os.PathLike | None = None, model: ModelSource 
                           tracking=tracking or TrackingOptions(enabled=False))
 
 
-def _images(data, dataset: str, root: str | None, n: int, spec) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(images, labels, classes): a data set's first ``n`` test images, or the first ``n`` of ``data``."""
+def _images(data, dataset: str, root: str | None, n: int,
+            spec) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """(images, labels, classes): a data set's first ``n`` test images and its class count, or the first ``n``
+    of ``data`` and None (the model's output width gives the classes of images given as tensors)."""
     if data is None:
         return _test_images(dataset, root, n, spec)
     images, labels = data
@@ -229,9 +235,13 @@ def _images(data, dataset: str, root: str | None, n: int, spec) -> tuple[torch.T
         raise UserError("data must be (images (N, C, H, W), labels (N,)) tensors")
     if n > len(images):
         raise UserError(f"--examples {n} is more than the {len(images)} images given; use at most {len(images)}")
+    if not torch.isfinite(images).all():  # before the range check: NaN compares false to both bounds
+        bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
+        raise UserError(f"data images must be finite: {bad} of {len(images)} hold NaN or infinite pixels; "
+                        f"give images in [0, 1]")
     if images.min() < 0 or images.max() > 1:
         raise UserError("data images must lie in [0, 1]; the model source normalises (input_mean/input_std)")
-    return images[:n].float().contiguous(), labels[:n].long().contiguous(), _num_classes(labels)
+    return images[:n].float().contiguous(), labels[:n].long().contiguous(), None
 
 
 def data_id_of(data, dataset: str, images: torch.Tensor) -> dict[str, str]:
@@ -239,11 +249,30 @@ def data_id_of(data, dataset: str, images: torch.Tensor) -> dict[str, str]:
     return {"dataset": dataset} if data is None else {"dataset": dataset, "data_sha256": _tensor_digest(images)}
 
 
-def _num_classes(labels: torch.Tensor) -> int:
-    """The logits a model must return for images given as tensors: 10, more if the labels say so."""
-    from mat_dist.data.datasets import NUM_CLASSES
+def _model_classes(net, images: torch.Tensor, spec) -> int | None:
+    """K, the classes of the model: a mat-dist checkpoint's spec, else the width of the logits (N, K) it returns
+    on the images the contract checks; None when that call fails or gives no (N, K) tensor (the contract then
+    says what is wrong, in its words)."""
+    if spec is not None:
+        return int(spec.num_classes)
+    try:
+        with torch.no_grad():
+            out = net(images[:CHECK_IMAGES])
+    except Exception:  # noqa: BLE001 - the user's model: check_contract turns the failure into one line
+        return None
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
-    return max(NUM_CLASSES, int(labels.max()) + 1)
+
+def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Labels given as a tensor must be class indices of the model, 0..K-1; one line names the first that is
+    not (a label of 12 for a 10-class model is a mistake in the data, not an 11th class)."""
+    bad = (labels < 0) | (labels >= num_classes)
+    if labels.is_floating_point():
+        bad |= labels != labels.round()  # a fraction, or NaN (never equal to itself)
+    if bad.any():
+        value = labels[bad][0].item()
+        raise UserError(f"data labels must be class indices 0..{num_classes - 1}, the {num_classes} classes the "
+                        f"model scores; {int(bad.sum())} of {len(labels)} are not (the first: {value:g})")
 
 
 def _tensor_digest(images: torch.Tensor) -> str:

@@ -8,13 +8,13 @@ from typing import Any
 
 import typer
 
-from mat_dist.console import plural
+from mat_dist.plumbing.console import plural
 
 PARTS = ("methods", "switches", "projection", "evaluator", "ray_train")
 
 
 def parse_parts(text: str) -> list[str]:
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.errors import UserError
 
     names = [p.strip() for p in text.split(",") if p.strip()]
     if names == ["all"]:
@@ -28,8 +28,8 @@ def parse_parts(text: str) -> list[str]:
 
 def parse_methods(text: str | None) -> tuple[str, ...]:
     """--methods: a comma-separated subset of the methods part's methods (None: all of them)."""
-    from mat_dist.bench.methods import BENCH_METHODS
-    from mat_dist.errors import UserError
+    from mat_dist.bench.method_costs import BENCH_METHODS
+    from mat_dist.plumbing.errors import UserError
 
     if text is None:
         return BENCH_METHODS
@@ -45,9 +45,9 @@ def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, ba
               steps: int, repeats: int, image_size: int, channels: int, model: Path, suite: str,
               eval_examples: int, train_config: str, train_overrides: list[str],
               methods: str | None = None) -> None:
-    from mat_dist.bench.methods import BenchSettings, bench_methods, machine_info
-    from mat_dist.atomic import write_atomic
-    from mat_dist.train import resolve_device, set_threads
+    from mat_dist.bench.method_costs import BenchSettings, bench_methods, machine_info
+    from mat_dist.plumbing.atomic import write_atomic
+    from mat_dist.core.trainer import resolve_device, set_threads
 
     chosen = parse_parts(parts)
     method_names = parse_methods(methods)
@@ -66,7 +66,7 @@ def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, ba
         result.update(timed)
         _echo_methods(timed)
     if "switches" in chosen:
-        from mat_dist.bench.methods import bench_switches
+        from mat_dist.bench.method_costs import bench_switches
 
         result["switches"] = bench_switches(settings)
         for name, row in result["switches"]["switches"].items():
@@ -115,8 +115,8 @@ def _echo_methods(result: dict[str, Any]) -> None:
 
 
 def _check_model(model: Path) -> None:
-    from mat_dist.checkpoint import find_weights, load_model
-    from mat_dist.errors import UserError
+    from mat_dist.core.checkpoint import find_weights, load_model
+    from mat_dist.plumbing.errors import UserError
 
     try:
         load_model(find_weights(model))  # a missing or foreign file: one line now, not after the methods part
@@ -126,6 +126,6 @@ def _check_model(model: Path) -> None:
 
 
 def _train_config(name: str, overrides: list[str]):
-    from mat_dist.config import load_config
+    from mat_dist.core.run_config import load_config
 
     return load_config(name, overrides)

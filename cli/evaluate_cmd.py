@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:

@@ -15,7 +15,7 @@ from typing import Literal, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 
 def _flags_without_type(params: list) -> list:
@@ -61,8 +61,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """mat-dist: adversarially trained MIMO ensembles (MAT) robust to l_inf, l_2 and l_1 attacks at once."""
 
 
-@app.command(cls=_Command, context_settings={"allow_extra_args": False})
-def train(
+@app.command("train", cls=_Command, context_settings={"allow_extra_args": False})
+def train_command(
     config: Optional[str] = typer.Option(
         None, "--config", "-c", help="Config YAML file, or the name of a shipped config (e.g. mnist5k-mat)."),
     output: Optional[Path] = typer.Option(
@@ -87,8 +87,8 @@ def train(
               overrides=list(overrides or []) + ([] if tracking else ["tracking.enabled=false"]), cluster=cluster)
 
 
-@app.command(cls=_Command, context_settings={"allow_extra_args": False})
-def evaluate(
+@app.command("evaluate", cls=_Command, context_settings={"allow_extra_args": False})
+def evaluate_command(
     run: Optional[Path] = typer.Option(None, "--run", help="Training run folder (its model.safetensors)."),
     checkpoint: Optional[Path] = typer.Option(
         None, "--checkpoint", help="A .safetensors weights file or a checkpoint folder."),
@@ -134,8 +134,8 @@ def evaluate(
                  overrides=list(overrides or []))
 
 
-@app.command(cls=_Command, context_settings={"allow_extra_args": False})
-def tune(
+@app.command("tune", cls=_Command, context_settings={"allow_extra_args": False})
+def tune_command(
     space: Optional[str] = typer.Option(
         None, "--space", help="Search space YAML, or a shipped space: mnist5k-cpu, mnist5k-paper, mnist5k-paper-pbt,"
         " mnist-paper, cifar10-paper."),
@@ -179,8 +179,8 @@ def tune(
              confirm=confirm, confirm_suite=confirm_suite, confirm_examples=confirm_examples, time_budget=time_budget)
 
 
-@app.command(cls=_Command)
-def bench(
+@app.command("bench", cls=_Command)
+def bench_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),
     parts: str = typer.Option("methods,switches", "--parts", help="Comma-separated: methods (every training "
                               "method and the floor), switches (the fast path's train.* switches), projection (the l_1 "
@@ -216,8 +216,8 @@ def bench(
               train_overrides=list(train_overrides), methods=methods)
 
 
-@app.command(cls=_Command, context_settings={"allow_extra_args": False})
-def reproduce(
+@app.command("reproduce", cls=_Command, context_settings={"allow_extra_args": False})
+def reproduce_command(
     preset: Optional[str] = typer.Option(
         None, "--preset", "-p", help="Preset: tiny, tiny-paper-radii, tiny-study, mnist5k-cpu, mnist5k-paper-radii, "
                                      "mnist5k-study, mnist-paper, cifar10-paper (--list shows them)."),
@@ -251,8 +251,8 @@ def reproduce(
                   only=[m.strip() for m in only.split(",") if m.strip()] if only else None)
 
 
-@app.command(cls=_Command, context_settings={"allow_extra_args": False})
-def validate(
+@app.command("validate", cls=_Command, context_settings={"allow_extra_args": False})
+def validate_command(
     file: str = typer.Argument(..., help="The YAML file to check (with --kind, also a shipped name)."),
     # The values of mat_dist.file_kinds.FileKind, not imported here so that every other command starts without pydantic.
     kind: Optional[Literal["run", "cluster", "suite", "space", "models"]] = typer.Option(
@@ -272,7 +272,7 @@ def validate(
 @app.command("configs", cls=_Command)
 def list_configs() -> None:
     """List the configs that ship with mat-dist."""
-    from mat_dist.config import SHIPPED_CONFIGS
+    from mat_dist.core.run_config import SHIPPED_CONFIGS
 
     for path in sorted(SHIPPED_CONFIGS.glob("*.yaml")):
         first = path.read_text().splitlines()[0].lstrip("# ").strip()
@@ -282,7 +282,7 @@ def list_configs() -> None:
 @app.command("methods", cls=_Command)
 def list_methods() -> None:
     """List the training methods."""
-    from mat_dist.methods import METHODS
+    from mat_dist.core.methods import METHODS
 
     for method in METHODS.values():
         typer.echo(f"{method.name:14s} {method.description}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mat_dist.console import plural
+from mat_dist.plumbing.console import plural
 
 
 def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | None, workers: int | None,
@@ -20,7 +20,7 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
         return
     the_preset = get_preset(preset)  # a bad name fails here, before anything is imported or written
     from mat_dist.cluster.files import IN_PROCESS
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.errors import UserError
 
     if cluster == IN_PROCESS:  # as for train and evaluate: everything in this process, no Ray
         if workers:

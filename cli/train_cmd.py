@@ -8,14 +8,14 @@ from pathlib import Path
 
 import typer
 
-from mat_dist.config import config_from_dict, load_config, apply_overrides, read_yaml
-from mat_dist.console import plural
-from mat_dist.training.run_folder import CONFIG_FILE, RunFolder
+from mat_dist.core.run_config import config_from_dict, load_config, apply_run_overrides, read_yaml
+from mat_dist.plumbing.console import plural
+from mat_dist.core.run_folder import CONFIG_FILE, RunFolder
 
 
 def resolve_run_config(config: str | None, output: Path | None, resume: bool, overrides: list[str]):
     """The config to run and its output folder; with --resume the run folder's config is the default."""
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.errors import UserError
 
     if config is None and not resume:
         raise UserError("give --config FILE (or a shipped config name; see `matd configs`)")
@@ -29,7 +29,7 @@ def resolve_run_config(config: str | None, output: Path | None, resume: bool, ov
         start = "drop --resume" + (" and give --config FILE" if config is None else "")
         raise UserError(f"--resume: {output} holds no run (no {CONFIG_FILE}); to start one there, {start}")
     if cfg is None:
-        cfg = config_from_dict(apply_overrides(read_yaml(saved), overrides), source=str(saved), overrides=overrides)
+        cfg = config_from_dict(apply_run_overrides(read_yaml(saved), overrides), source=str(saved), overrides=overrides)
     return cfg, output
 
 
@@ -40,12 +40,12 @@ def check_before_start(cfg, output: Path, resume: bool, cluster_cfg, tracking_ur
     the loop)."""
     from mat_dist.cluster.runtime import check_reachable
     from mat_dist.data import load_splits
-    from mat_dist.errors import UserError
-    from mat_dist.init_from import check_init_source
-    from mat_dist.tracking import check_store
-    from mat_dist.train import model_spec
+    from mat_dist.plumbing.errors import UserError
+    from mat_dist.core.init_from import check_init_source
+    from mat_dist.plumbing.tracking import check_store
+    from mat_dist.core.trainer import model_spec
     from mat_dist.training.ray_job import check_job
-    from mat_dist.training.run_folder import check_writable
+    from mat_dist.core.run_folder import check_writable
 
     run = RunFolder(output)
     if not resume and run.holds_run():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mat_dist.console import plural
+from mat_dist.plumbing.console import plural
 
 
 def run_tune(*, space: str | None, config: str | None, cluster: str | None, trials: int | None, output: Path | None,
@@ -15,7 +15,7 @@ def run_tune(*, space: str | None, config: str | None, cluster: str | None, tria
              fidelity: int | None = None,
              confirm: int = 0, confirm_suite: str = "field", confirm_examples: int | None = None,
              time_budget: float | None = None) -> None:
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.errors import UserError
     from mat_dist.tune.space import load_space
 
     if space is None and not resume:

@@ -20,7 +20,7 @@ def load_model(path: str | os.PathLike, *, member: int | None = None):
     ``torch.nn.Module`` in eval mode: images (N, C, H, W) in [0, 1] -> class scores (N, K),
     the log of the heads' mean probability or the mean logits, as the model was configured.
     ``member=m`` returns sub-model m's logits instead."""
-    from mat_dist.checkpoint import load_model as _load_model
+    from mat_dist.core.checkpoint import load_model as _load_model
 
     return _load_model(path, member=member)
 

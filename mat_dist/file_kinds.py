@@ -5,7 +5,7 @@
 
 A file's kind is the one whose top-level keys it uses most (``detect_kind``);
 each kind is then loaded through its own loader. This module sits above the
-five (``mat_dist.schema`` below them knows none of them), and imports each
+five (``mat_dist.plumbing.schema`` below them knows none of them), and imports each
 only when asked: they pull in torch, the attack registry, Ray Tune's spaces.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from mat_dist.errors import UserError
-from mat_dist.schema import CLUSTER_SECTION, keys_of, read_yaml
+from mat_dist.plumbing.errors import UserError
+from mat_dist.plumbing.schema import CLUSTER_SECTION, keys_of, read_yaml
 
 
 class FileKind(str, enum.Enum):
@@ -32,7 +32,7 @@ class FileKind(str, enum.Enum):
 KIND_WORDS = {FileKind.RUN: "run config", FileKind.CLUSTER: "cluster file", FileKind.SUITE: "suite",
               FileKind.SPACE: "search space", FileKind.MODELS: "models file"}
 # Each kind's model, imported only when asked (they pull in torch, the attack registry, ...).
-_MODELS = {FileKind.RUN: ("mat_dist.config", "RunConfig"),
+_MODELS = {FileKind.RUN: ("mat_dist.core.run_config", "RunConfig"),
            FileKind.CLUSTER: ("mat_dist.cluster.files", "ClusterConfig"),
            FileKind.SUITE: ("mat_dist.evaluate.suite", "SuiteFile"),
            FileKind.SPACE: ("mat_dist.tune.space", "SpaceFile"),
@@ -75,7 +75,7 @@ def detect_kind(path: Path) -> FileKind:
 
 
 def _describe_run(name: str) -> str:
-    from mat_dist.config import load_config
+    from mat_dist.core.run_config import load_config
     from mat_dist.data import DatasetName, check_data
 
     cfg = load_config(name)
@@ -109,7 +109,7 @@ def _describe_suite(name: str) -> str:
 
 
 def _describe_space(name: str) -> str:
-    from mat_dist.config import load_config
+    from mat_dist.core.run_config import load_config
     from mat_dist.tune.space import load_space
 
     space = load_space(name)
@@ -122,7 +122,7 @@ def _describe_space(name: str) -> str:
 
 def _describe_models(name: str) -> str:
     from mat_dist.evaluate.models_file import load_models_file
-    from mat_dist.evaluate.report import KIND_LABEL
+    from mat_dist.evaluate.eval_report import KIND_LABEL
 
     sources = load_models_file(name)
     return f"{len(sources)} model{'s' if len(sources) != 1 else ''}: " + ", ".join(

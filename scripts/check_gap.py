@@ -14,11 +14,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from mat_dist.checkpoint import load_weights
-from mat_dist.config import load_config
+from mat_dist.core.checkpoint import load_weights
+from mat_dist.core.run_config import load_config
 from mat_dist.data import load_splits
 from mat_dist.evaluate.metrics import union_summary
-from mat_dist.validation import describe_check, robust_counts
+from mat_dist.core.epoch_check import describe_check, robust_counts
 
 
 def main(run: Path, evaluation: Path) -> None:

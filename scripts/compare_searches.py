@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", required=True, type=Path, help="folder for compare.json and compare.md")
     args = parser.parse_args(argv)
 
-    from mat_dist.atomic import write_atomic
-    from mat_dist.config import load_config
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.atomic import write_atomic
+    from mat_dist.core.run_config import load_config
+    from mat_dist.plumbing.errors import UserError
     from mat_dist.reproduce.pipeline import reproduce
-    from mat_dist.reproduce.report import collect
+    from mat_dist.reproduce.reproduction_report import collect
     from mat_dist.tune.confirm import compare_preset, confirm_table, seed_unions
 
     try:

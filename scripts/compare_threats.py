@@ -3,9 +3,9 @@ l_1 step, and a training batch of MAT and of AT in l_1 with either set (AT in l_
 
     python scripts/compare_threats.py --ref main [--rounds 15] [--threads 2] [--output before-after.json]
 
-``--ref``'s mat_dist/threats.py is loaded from git as a module of its own; everything else (network, attack
+``--ref``'s mat_dist/core/threats.py is loaded from git as a module of its own; everything else (network, attack
 loop, optimiser) is this tree's, so the differences are the threat models'. Cases run round-robin (A, B, C, A,
-B, C, ...) after warm-up rounds, the bench's settings (mat_dist.bench.methods: MSD CNN, batch 64, M=3, K=10).
+B, C, ...) after warm-up rounds, the bench's settings (mat_dist.bench.method_costs: MSD CNN, batch 64, M=3, K=10).
 Medians; ratios of cases timed in this one run. Nothing here asserts on time.
 """
 
@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from mat_dist import threats as new
-from mat_dist.bench.methods import BenchSettings, _Case, machine_info, summary_stats, time_interleaved
+from mat_dist.core import threats as new
+from mat_dist.bench.method_costs import BenchSettings, _Case, machine_info, summary_stats, time_interleaved
 from mat_dist.bench.projection import POINTS, pgd_points
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def load_threats(ref: str):
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:mat_dist/threats.py"], check=True,
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:mat_dist/core/threats.py"], check=True,
                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "threats_at_ref.py"
     path.write_text(source)

@@ -12,10 +12,10 @@ import sys
 
 import torch
 
-from mat_dist.checkpoint import load_model
+from mat_dist.core.checkpoint import load_model
 from mat_dist.data import load_splits
-from mat_dist.threats import Norm
-from mat_dist.validation import apgd_attack
+from mat_dist.core.threats import Norm
+from mat_dist.core.epoch_check import apgd_attack
 
 RADII = {Norm.LINF: 0.3, Norm.L2: 2.0, Norm.L1: 10.0}
 

@@ -23,6 +23,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 # folder in the repository -> its package name in the wheel (pyproject.toml's package-dir)
@@ -133,12 +134,18 @@ def _cycles(nodes: set[str], edges: set[tuple[str, str]]) -> list[list[str]]:
     return sorted(out, key=lambda c: (-len(c), c))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rev", help="a git revision to read instead of the working tree")
-    parser.add_argument("--edges", action="store_true", help="list every edge")
-    args = parser.parse_args()
-    files = _files(args.rev)
+class Graph(NamedTuple):
+    """mat-dist's modules and the import edges between them (each pair once)."""
+
+    files: dict[str, str]                 # repository path -> source
+    modules: set[str]
+    edges: set[tuple[str, str]]           # every import: module level, inside functions, TYPE_CHECKING
+    import_time: set[tuple[str, str]]     # only those that run when the importing module is imported
+
+
+def read_graph(rev: str | None = None) -> Graph:
+    """The import graph of the working tree, or of the commit ``rev``."""
+    files = _files(rev)
     names = {path: _module_name(path) for path in files}
     modules = set(names.values())
     edges: set[tuple[str, str]] = set()
@@ -151,6 +158,31 @@ def main() -> None:
                 edges.add((name, target))
                 if top:
                     import_time.add((name, target))
+    return Graph(files, modules, edges, import_time)
+
+
+def longest_functions(files: dict[str, str], count: int) -> list[tuple[int, str]]:
+    """(lines, path:qualified name) of the ``count`` longest functions and methods."""
+    found = []
+    for path, source in files.items():
+        def visit(node: ast.AST, prefix: str) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    name = f"{prefix}{child.name}"
+                    if not isinstance(child, ast.ClassDef):
+                        found.append((child.end_lineno - child.lineno + 1, f"{path}:{name}"))
+                    visit(child, name + ".")
+        visit(ast.parse(source, filename=path), "")
+    return sorted(found, reverse=True)[:count]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rev", help="a git revision to read instead of the working tree")
+    parser.add_argument("--edges", action="store_true", help="list every edge")
+    parser.add_argument("--longest", type=int, default=5, help="list this many longest functions")
+    args = parser.parse_args()
+    files, modules, edges, import_time = read_graph(args.rev)
     lines = sum(len(s.splitlines()) for s in files.values())
     print(f"source: {args.rev or 'working tree'}")
     print(f"modules: {len(modules)}")
@@ -162,6 +194,9 @@ def main() -> None:
         print(f"cycles over {label}: {len(found)}")
         for component in found:
             print("  " + " <-> ".join(component))
+    print(f"longest functions:")
+    for length, where in longest_functions(files, args.longest):
+        print(f"  {length:4d}  {where}")
     if args.edges:
         for a, b in sorted(edges):
             print(f"{a} -> {b}{'' if (a, b) in import_time else '  (lazy)'}")

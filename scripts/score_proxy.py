@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a config override that makes the proxy (repeat)")
     args = parser.parse_args(argv)
 
-    from mat_dist.atomic import write_atomic
-    from mat_dist.config import apply_overrides, config_from_dict, read_yaml
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.atomic import write_atomic
+    from mat_dist.core.run_config import apply_run_overrides, config_from_dict, read_yaml
+    from mat_dist.plumbing.errors import UserError
     from mat_dist.tune.fidelity import FIDELITY_TABLE, rank_correlation
     from mat_dist.tune.objective import objective_metrics, trial_folder
     from mat_dist.tune.sweep import SWEEP_FILE
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for r in full_rows:
             trial = r["trial_id"]
-            raw = apply_overrides(read_yaml(trial_folder(args.sweep, trial) / "config.yaml"),
+            raw = apply_run_overrides(read_yaml(trial_folder(args.sweep, trial) / "config.yaml"),
                                   [*args.overrides, "tracking.enabled=false", f"name=proxy-{trial}"])
             cfg = config_from_dict(raw)
             last = _train_once(cfg, args.output / trial)
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_once(cfg, folder: Path) -> dict:
     """Train ``cfg`` in this process into ``folder`` unless a finished run is there; its last metrics line."""
-    from mat_dist.atomic import read_jsonl
+    from mat_dist.plumbing.atomic import read_jsonl
     from mat_dist.training import train
-    from mat_dist.training.run_folder import RunFolder
+    from mat_dist.core.run_folder import RunFolder
 
     run = RunFolder(folder)
     if not run.model.is_file():

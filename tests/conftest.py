@@ -30,7 +30,7 @@ def tiny_raw():
 
 
 class CheckRecorder:
-    """Every adversarial batch the per-epoch check (``mat_dist.validation``) computes, with its inputs, so that
+    """Every adversarial batch the per-epoch check (``mat_dist.core.epoch_check``) computes, with its inputs, so that
     a test can count the check's figures again, per example, from the attacks' outputs."""
 
     def __init__(self) -> None:
@@ -65,7 +65,7 @@ class CheckRecorder:
 @pytest.fixture
 def check_recorder(monkeypatch):
     """A ``CheckRecorder`` on both attacks of the per-epoch check (PGD and APGD)."""
-    from mat_dist import validation
+    from mat_dist.core import epoch_check as validation
 
     recorder = CheckRecorder()
     monkeypatch.setattr(validation, "pgd_attack", recorder.wrap(validation.pgd_attack))

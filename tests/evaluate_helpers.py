@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mat_dist.checkpoint import load_model, save_weights
+from mat_dist.core.checkpoint import load_model, save_weights
 from mat_dist.data import load_splits
-from mat_dist.models import ModelSpec, build_model
+from mat_dist.core.models import ModelSpec, build_model
 
 RADII = {"linf": 0.1, "l2": 1.0, "l1": 5.0}  # 8x8 digits in [0, 1]
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mat_dist.bench.methods import AT_OTHER_NORMS, BENCH_METHODS, BenchSettings, bench_methods
+from mat_dist.bench.method_costs import AT_OTHER_NORMS, BENCH_METHODS, BenchSettings, bench_methods
 
 
 def test_bench_smoke_pass_counts_equal_table_6():
@@ -46,7 +46,7 @@ def test_projection_bench_times_both_projections_and_both_steps_on_the_same_poin
 
 def test_bench_methods_option_takes_a_subset_and_refuses_unknown_names():
     from mat_dist.cli.bench_cmd import parse_methods
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.errors import UserError
 
     assert parse_methods(None) == BENCH_METHODS
     assert parse_methods("mat, at,msd") == ("mat", "at", "msd")

@@ -9,7 +9,7 @@ import pytest
 
 from evaluate_helpers import tiny_model_path
 from mat_dist.bench.parallel import bench_evaluator, bench_ray_train
-from mat_dist.config import load_config
+from mat_dist.core.run_config import load_config
 
 TINY_SUITE = """
 name: bench-tiny

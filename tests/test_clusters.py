@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mat_dist.config import load_config
+from mat_dist.core.run_config import load_config
 from mat_dist.cluster.files import (
     SHIPPED_CLUSTERS,
     ClusterConfig,
@@ -25,7 +25,7 @@ from mat_dist.cluster.files import (
 )
 from mat_dist.training.ray_job import check_job
 from mat_dist.cluster.runtime import Runtime, check_resources, check_storage, probe_address
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(SHIPPED_CLUSTERS.glob("*.yaml"))

@@ -3,11 +3,11 @@
 import pytest
 import yaml
 
-from mat_dist.config import (
-    SHIPPED_CONFIGS, apply_overrides, config_from_dict, config_to_dict, config_to_yaml, load_config,
+from mat_dist.core.run_config import (
+    SHIPPED_CONFIGS, apply_run_overrides, config_from_dict, config_to_dict, config_to_yaml, load_config,
 )
-from mat_dist.errors import UserError
-from mat_dist.threats import Norm
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.threats import Norm
 
 SHIPPED = sorted(SHIPPED_CONFIGS.glob("*.yaml"))
 
@@ -97,4 +97,4 @@ def test_missing_config_lists_shipped_ones():
 
 def test_bad_override_syntax():
     with pytest.raises(UserError, match="not of the form key.sub=value"):
-        apply_overrides({}, ["train.epochs"])
+        apply_run_overrides({}, ["train.epochs"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mat_dist.console import HARMLESS, OWN_MARKER, is_harmless, plural, route_worker_lines, split_batch
+from mat_dist.plumbing.console import HARMLESS, OWN_MARKER, is_harmless, plural, route_worker_lines, split_batch
 
 # As Ray 2.60 printed it on `matd train` (the controller's stderr, behind "(TrainController pid=4046) ").
 WATCHER = ("[2026-12-01 13:47:10,675 E 4046 4077] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' "

@@ -16,10 +16,10 @@ from mat_dist.data import (
     NUM_CLASSES,
     DatasetName,
     ImageDataset,
-    MimoBatches,
     load_splits,
 )
-from mat_dist.errors import UserError
+from mat_dist.core.mimo_batches import MimoBatches
+from mat_dist.plumbing.errors import UserError
 
 # --- mnist5k ----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mat_dist.data import check_data, load_splits
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 RNG = np.random.default_rng(0)
 
@@ -67,7 +67,7 @@ def test_normalisation_is_measured_or_taken_from_the_file(tmp_path: Path):
 
 
 def test_a_model_trains_on_your_own_arrays_with_their_own_number_of_classes(tmp_path: Path, tiny_raw):
-    from mat_dist.config import config_from_dict
+    from mat_dist.core.run_config import config_from_dict
     from mat_dist import load_model
     from mat_dist.training import train
 

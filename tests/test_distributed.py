@@ -19,7 +19,7 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from mat_dist.config import RunConfig, load_config  # noqa: E402
+from mat_dist.core.run_config import RunConfig, load_config  # noqa: E402
 from mat_dist.cluster.files import (  # noqa: E402
     ClusterConfig,
     FailureConfig,
@@ -27,7 +27,7 @@ from mat_dist.cluster.files import (  # noqa: E402
     StorageConfig,
     WorkersConfig,
 )
-from mat_dist.errors import UserError  # noqa: E402
+from mat_dist.plumbing.errors import UserError  # noqa: E402
 
 TINY = ["data.name=digits", "data.val_size=300", "data.batch_size=64", "attack.steps=2", "eval.steps=3",
         "eval.examples=300", "attack.eps=[2.0,0.5,0.05]", "attack.alpha=[0.5,0.1,0.02]",
@@ -92,7 +92,7 @@ def test_two_workers_stay_synchronised_and_match_one_process(ray_runtime, tmp_pa
 
     import mat_dist
     from mat_dist.data import load_splits
-    from mat_dist.train import Trainer
+    from mat_dist.core.trainer import Trainer
     from mat_dist.training.ray_job import train_ray
     from mat_dist.training.in_process import train_in_process
 

@@ -13,9 +13,9 @@ from torch import nn
 
 import mat_dist
 from evaluate_helpers import digits, ray_session, tiny_model, tiny_model_path, workdir
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.evaluator import evaluate
-from mat_dist.evaluate.model_source import parse
+from mat_dist.evaluate.model_source import parse_source
 from mat_dist.evaluate.suite import suite_from_dict
 from test_evaluate_cli import matd, one_error_line
 
@@ -44,7 +44,7 @@ def figures(summary: dict) -> dict:
 
 FACTORY_MODULE = '''
 import torch
-from mat_dist.checkpoint import load_model
+from mat_dist.core.checkpoint import load_model
 
 def the_network():
     """The tiny mat-dist network as a plain module (weights come from --weights)."""
@@ -78,7 +78,7 @@ def test_every_spec_kind_gives_the_figures_of_the_mat_dist_checkpoint(saved):
                          workers=0).summary
     for name, spec in [("ts", saved / "net.ts"), ("pt2", saved / "net.pt2"),
                        ("factory", f"{saved / 'factory.py'}:the_network")]:
-        source = parse(str(spec))
+        source = parse_source(str(spec))
         assert source.kind == {"ts": "torchscript", "pt2": "export", "factory": "factory"}[name]
         result = evaluate(model=source, suite=suite(), output=folder(name), dataset="digits", workers=0)
         assert figures(result.summary) == figures(reference), name
@@ -94,15 +94,15 @@ def test_factory_weights_from_safetensors_and_from_a_state_dict(tmp_path, saved)
     torch.save(trained.state_dict(), tmp_path / "w.pt")
     x = digits().test.images[:8]
     for weights in ("w.safetensors", "w.pt"):
-        net = parse(f"{saved / 'factory.py'}:fresh", weights=tmp_path / weights).load()
+        net = parse_source(f"{saved / 'factory.py'}:fresh", weights=tmp_path / weights).load()
         assert torch.equal(net(x), trained(x)), weights
 
 
 def test_a_foreign_model_on_two_ray_workers_matches_this_process(saved):
     ray_session()
-    one = evaluate(model=parse(str(saved / "net.ts")), suite=suite(), output=folder("ts-w0"), dataset="digits",
+    one = evaluate(model=parse_source(str(saved / "net.ts")), suite=suite(), output=folder("ts-w0"), dataset="digits",
                    workers=0)
-    two = evaluate(model=parse(str(saved / "net.ts")), suite=suite(), output=folder("ts-w2"), dataset="digits",
+    two = evaluate(model=parse_source(str(saved / "net.ts")), suite=suite(), output=folder("ts-w2"), dataset="digits",
                    workers=2)
     assert figures(one.summary) == figures(two.summary)
     a = pq.read_table(folder("ts-w0") / "results.parquet").drop(["shard"]).to_pylist()
@@ -122,7 +122,7 @@ def test_normalising_wrapper_lets_attacks_work_in_pixels(saved):
             return self.inner(z * std + mean)
 
     x = digits().test.images[:16]
-    wrapped = parse(ExpectsNormalised(), input_mean=[mean], input_std=[std]).load()
+    wrapped = parse_source(ExpectsNormalised(), input_mean=[mean], input_std=[std]).load()
     assert torch.allclose(wrapped(x), tiny_model()(x), atol=1e-5)
 
 
@@ -185,7 +185,7 @@ class Detached(nn.Module):
 def test_each_contract_violation_is_one_line_and_writes_nothing(tmp_path, module, expected):
     out = tmp_path / "out"
     with pytest.raises(UserError) as err:
-        evaluate(model=parse(module), suite=suite(), output=out, dataset="digits", workers=0)
+        evaluate(model=parse_source(module), suite=suite(), output=out, dataset="digits", workers=0)
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert not out.exists()
 
@@ -216,7 +216,7 @@ def test_onnx_runs_only_gradient_free_attacks_and_they_break_a_weak_model(saved)
                 attacks={**SUITE["attacks"], "square_linf": {
                     "attack": "autoattack", "norm": "linf",
                     "params": {"version": "custom", "attacks": ["square"], "square_queries": 300}}})
-    result = evaluate(model=parse(str(saved / "net.onnx")), suite=big, output=out, dataset="digits", workers=0)
+    result = evaluate(model=parse_source(str(saved / "net.onnx")), suite=big, output=out, dataset="digits", workers=0)
     attacks = set(pq.read_table(out / "results.parquet").column("attack").to_pylist())
     assert attacks == {"square_linf"}
     assert result.summary["attacks"]["square_linf"] < result.summary["clean"] - 0.3  # the clean model breaks
@@ -227,7 +227,7 @@ def test_onnx_runs_only_gradient_free_attacks_and_they_break_a_weak_model(saved)
 def test_onnx_with_only_white_box_attacks_is_refused(saved, tmp_path):
     white = suite(attacks={k: v for k, v in SUITE["attacks"].items() if k.startswith("pgd")})
     with pytest.raises(UserError, match="only white-box attacks"):
-        evaluate(model=parse(str(saved / "net.onnx")), suite=white, output=tmp_path / "o", dataset="digits",
+        evaluate(model=parse_source(str(saved / "net.onnx")), suite=white, output=tmp_path / "o", dataset="digits",
                  workers=0)
 
 
@@ -281,7 +281,7 @@ def test_the_python_api_refuses_images_that_are_not_finite(tmp_path, bad):
     # it compares false to both bounds, and would reach the attacks.
     images[30, 0, 3, 3] = bad
     with pytest.raises(UserError, match=r"data images must be finite: 1 of 40 hold NaN or infinite") as err:
-        mat_dist.evaluate(tiny_model(), data=(images, labels), suite=str(_suite_file()), workers=0,
+        mat_dist.evaluate_model(tiny_model(), data=(images, labels), suite=str(_suite_file()), workers=0,
                           output=tmp_path / "out")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()  # refused before the output folder is made
@@ -294,7 +294,7 @@ def test_the_python_api_refuses_labels_outside_the_models_classes(tmp_path, bad)
     labels[5] = bad
     with pytest.raises(UserError, match=rf"data labels must be class indices 0\.\.9, the 10 classes the model "
                                         rf"scores; 1 of 40 are not \(the first: {bad}\)") as err:
-        mat_dist.evaluate(tiny_model(), data=(images, labels), suite=str(_suite_file()), workers=0,
+        mat_dist.evaluate_model(tiny_model(), data=(images, labels), suite=str(_suite_file()), workers=0,
                           output=tmp_path / "out")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
@@ -309,10 +309,10 @@ def test_the_classes_of_images_given_as_tensors_come_from_the_model(tmp_path):
     tiny = {**SUITE, "examples": 8, "shard_size": 8,
             "attacks": {"pgd_linf": {"attack": "pgd", "norm": "linf", "params": {"steps": 1}}}}
     (tmp_path / "suite.yaml").write_text(json.dumps(tiny))
-    summary = mat_dist.evaluate(net, data=(images, labels), suite=str(tmp_path / "suite.yaml"), workers=0)
+    summary = mat_dist.evaluate_model(net, data=(images, labels), suite=str(tmp_path / "suite.yaml"), workers=0)
     assert 0.0 <= summary["all_attacks"] <= summary["clean"] <= 1.0
     with pytest.raises(UserError, match=r"class indices 0\.\.11, the 12 classes .* \(the first: 12\)"):
-        mat_dist.evaluate(net, data=(images, labels + 1), suite=str(tmp_path / "suite.yaml"), workers=0)
+        mat_dist.evaluate_model(net, data=(images, labels + 1), suite=str(tmp_path / "suite.yaml"), workers=0)
 
 
 def _suite_file() -> Path:

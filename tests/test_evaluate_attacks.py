@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evaluate_helpers import RADII, digits, tiny_model
-from mat_dist.evaluate.adapters import aa
+from mat_dist.core import autoattack as aa
 from mat_dist.evaluate.gate import perturbation_norm, predict
 from mat_dist.evaluate.registry import ATTACKS
 from mat_dist.evaluate.shards import attack_and_gate

@@ -8,8 +8,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from evaluate_helpers import tiny_model_path, workdir
-from mat_dist.checkpoint import SPEC_KEY
-from mat_dist.errors import UserError
+from mat_dist.core.checkpoint import SPEC_KEY
+from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.suite import load_suite, shipped_suites
 
 

@@ -172,7 +172,7 @@ def _meta(trained_as):
     ("standard", "standard training", "standard"), ("at_linf", "AT l_inf", "at_linf"), ("mat", "MAT", "mat"),
     (None, "MAT", "mat")])
 def test_paper_column_is_the_row_of_the_method_the_model_was_trained_with(trained_as, label, method) -> None:
-    from mat_dist.evaluate import report
+    from mat_dist.evaluate import eval_report as report
 
     from mat_dist.evaluate.metrics import wilson_interval
 
@@ -191,7 +191,7 @@ def test_paper_column_is_the_row_of_the_method_the_model_was_trained_with(traine
 
 
 def test_a_method_the_paper_did_not_run_gets_no_paper_column() -> None:
-    from mat_dist.evaluate import report
+    from mat_dist.evaluate import eval_report as report
 
     summary = {"examples": 10, "clean": 0.9, "attacks": {}, "all_attacks": 0.9}
     text = report.render(summary=summary, attack_info={}, meta=_meta("mat_msd"), transfer={}, curves=[], warnings=[])

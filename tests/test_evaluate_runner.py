@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from evaluate_helpers import RADII, ray_session, tiny_model_path, workdir
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.evaluator import evaluate
 from mat_dist.evaluate.runner import Chaos, ShardsFailed
 from mat_dist.evaluate.shards import SHARDS_DIR, merge_shards, plan_shards

@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 from conftest import TINY
-from mat_dist.bench.methods import SWITCHES, BenchSettings, bench_switches
-from mat_dist.checkpoint import load_checkpoint, save_checkpoint
-from mat_dist.config import Precision, RunConfig, TrainConfig, config_from_dict
+from mat_dist.bench.method_costs import SWITCHES, BenchSettings, bench_switches
+from mat_dist.core.checkpoint import load_checkpoint, save_checkpoint
+from mat_dist.core.run_config import Precision, RunConfig, TrainConfig, config_from_dict
 from mat_dist.data import load_splits
-from mat_dist.errors import UserError
-from mat_dist.fastpath import AutocastForward
-from mat_dist.models import build_model
-from mat_dist.train import Trainer
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.fast_path import AutocastForward
+from mat_dist.core.models import build_model
+from mat_dist.core.trainer import Trainer
 
 BF16_RTOL = 5e-3  # one step's loss, bf16 vs fp32 (measured 1.4e-4 on the tiny config; bf16 keeps 8 mantissa bits)
 

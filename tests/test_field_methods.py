@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from mat_dist.config import config_from_dict, load_config
-from mat_dist.errors import UserError
-from mat_dist.norm_sampling import NormRule, NormSampler
-from mat_dist.attacks import TiedRows
-from mat_dist.train import Trainer, norm_counts, piecewise_linear
+from mat_dist.core.run_config import config_from_dict, load_config
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.norm_sampling import NormRule, NormSampler
+from mat_dist.core.attacks import TiedRows
+from mat_dist.core.trainer import Trainer, norm_counts, piecewise_linear
 from mat_dist.training.in_process import train_in_process
 
 

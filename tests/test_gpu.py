@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mat_dist.attacks import SlotAttack, perturb
-from mat_dist.config import Precision, TrainConfig
-from mat_dist.fastpath import prepare_model
-from mat_dist.methods import METHODS, OuterLoss, adversarial_loss, per_member_ce
-from mat_dist.models import ModelKind, ModelSpec, build_model
-from mat_dist.threats import (
+from mat_dist.core.attacks import SlotAttack, perturb
+from mat_dist.core.run_config import Precision, TrainConfig
+from mat_dist.core.fast_path import prepare_model
+from mat_dist.core.methods import METHODS, OuterLoss, adversarial_loss, per_member_ce
+from mat_dist.core.models import ModelKind, ModelSpec, build_model
+from mat_dist.core.threats import (
     L1Threat, L2Threat, LinfThreat, project_l1_ball, project_l1_ball_fixed_point, project_l1_ball_sort,
 )
 

@@ -1,5 +1,7 @@
-"""The house rules of DESIGN.md that code review alone lets slip: nothing runs at import time, the training
-loop and the attacks import neither Ray nor MLflow, only threat models branch on the norm."""
+"""The house rules of DESIGN.md and README.md's Architecture that code review alone lets slip: nothing runs at
+import time, the method (mat_dist/core) imports neither Ray nor MLflow, only threat models branch on the norm,
+every module stands in one layer and imports only from its own package or the layers below, and no import
+circle exists, function-level imports counted."""
 
 from __future__ import annotations
 
@@ -8,11 +10,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import importlib.util
+
 import mat_dist
 
 PACKAGE = Path(mat_dist.__file__).parent
-# The loop and what it calls per batch: no Ray, no MLflow, not even inside a function.
-CORE = ("train.py", "attacks.py", "threats.py", "methods.py", "validation.py", "fastpath.py")
+ROOT = Path(__file__).resolve().parents[1]
+# The method: the Trainer, its loop and all it calls per batch: no Ray, no MLflow, not even inside a function.
+CORE = PACKAGE / "core"
+# Lowest first. A module may import its own package and the layers below, never a layer above nor another
+# package of its own layer (the runners training and evaluate stay independent of each other).
+LAYERS = (
+    ("plumbing", ("mat_dist.plumbing",)),
+    ("data", ("mat_dist.data",)),
+    ("the method", ("mat_dist.core",)),
+    ("cluster", ("mat_dist.cluster",)),
+    ("runners", ("mat_dist.training", "mat_dist.evaluate")),
+    ("bench", ("mat_dist.bench",)),
+    ("reproduction", ("mat_dist.reproduce",)),
+    ("sweeps", ("mat_dist.tune",)),
+)
+ENTRY_POINTS = ("mat_dist", "mat_dist.file_kinds", "mat_dist.cli")  # the top: the API, matd validate, the CLI
 THREAT_CLASSES = {"ThreatModel", "LinfThreat", "L2Threat", "L1Threat"}
 
 IMPORT_ALL = """
@@ -41,9 +59,55 @@ def test_importing_every_module_starts_neither_ray_nor_mlflow() -> None:
     assert int(count) > 50 and heavy == [], out
 
 
-def test_the_loop_and_the_attacks_never_import_ray_or_mlflow() -> None:
-    for name in CORE:
-        assert not _imports(PACKAGE / name) & {"ray", "mlflow"}, name
+def test_the_method_never_imports_ray_or_mlflow() -> None:
+    files = sorted(CORE.rglob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        assert not _imports(path) & {"ray", "mlflow"}, path
+
+
+def _graph():
+    """scripts/import_graph.py's graph of this checkout: every import edge, function-level ones included."""
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["import_graph"] = module
+    spec.loader.exec_module(module)
+    return module, module.read_graph()
+
+
+def _layer(module: str) -> tuple[int, str]:
+    """(layer index, package) of a module; the entry points stand above every layer."""
+    for index, (_, packages) in enumerate(LAYERS):
+        for package in packages:
+            if module == package or module.startswith(package + "."):
+                return index, package
+    top = next((p for p in ENTRY_POINTS[1:] if module == p or module.startswith(p + ".")), None)
+    assert top or module == "mat_dist", f"{module} stands in no layer: name it in LAYERS or ENTRY_POINTS"
+    return len(LAYERS), top or "mat_dist"
+
+
+def test_every_import_runs_down_the_layers() -> None:
+    _, graph = _graph()
+    assert len(graph.modules) > 50 and len(graph.edges) > 200
+    offenders = []
+    for a, b in sorted(graph.edges):
+        (layer_a, package_a), (layer_b, package_b) = _layer(a), _layer(b)
+        if layer_b > layer_a or (layer_b == layer_a < len(LAYERS) and package_a != package_b):
+            offenders.append(f"{a} -> {b}")
+    assert offenders == []
+
+
+def test_no_import_circle_even_inside_functions() -> None:
+    module, graph = _graph()
+    assert module._cycles(graph.modules, graph.edges) == []
+
+
+def test_a_circle_or_an_upward_import_would_be_seen() -> None:
+    """The two tests above can fail: a made-up edge from the method up to a sweep is both."""
+    module, graph = _graph()
+    edges = graph.edges | {("mat_dist.core.trainer", "mat_dist.tune.sweep")}
+    assert module._cycles(graph.modules, edges) != []
+    assert _layer("mat_dist.tune.sweep")[0] > _layer("mat_dist.core.trainer")[0]
 
 
 def test_only_threat_models_ask_which_threat_model_they_hold() -> None:

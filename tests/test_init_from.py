@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mat_dist.checkpoint import save_weights
-from mat_dist.config import config_from_dict
-from mat_dist.errors import UserError
-from mat_dist.init_from import initial_state, one_network
-from mat_dist.models import ModelKind, ModelSpec, build_model
-from mat_dist.models.mimo import DeployedEnsemble
+from mat_dist.core.checkpoint import save_weights
+from mat_dist.core.run_config import config_from_dict
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.init_from import initial_state, one_network
+from mat_dist.core.models import ModelKind, ModelSpec, build_model
+from mat_dist.core.models.mimo import DeployedEnsemble
 from mat_dist.training.in_process import train_in_process
 
 
@@ -192,7 +192,7 @@ def test_fine_tuning_starts_from_the_source_and_counts_only_its_own_passes(tmp_p
     tiny_raw["attack"]["eat_sampling"] = True
     cfg = config_from_dict(tiny_raw)  # MAT, M=2, from the one AT network
     from mat_dist.data import load_splits
-    from mat_dist.train import Trainer
+    from mat_dist.core.trainer import Trainer
 
     trainer = Trainer(cfg, load_splits(cfg.data.name, val_size=100, seed=0, limit_train=320))
     expected = initial_state(str(source.output), trainer.spec)

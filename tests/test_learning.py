@@ -24,7 +24,7 @@ import copy
 import pytest
 
 from conftest import TINY
-from mat_dist.config import config_from_dict, load_config
+from mat_dist.core.run_config import config_from_dict, load_config
 from mat_dist.training.in_process import train_in_process
 
 DIGITS_EPS = {"l1": 3.0, "l2": 1.0, "linf": 0.1}

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from mat_dist.attacks import GradientMode, SlotAttack, input_gradients, perturb
-from mat_dist.methods import METHODS, OuterLoss, adversarial_loss, per_member_ce
-from mat_dist.models import ModelKind, ModelSpec, build_model
-from mat_dist.threats import L1Threat, L2Threat, LinfThreat
+from mat_dist.core.attacks import GradientMode, SlotAttack, input_gradients, perturb
+from mat_dist.core.methods import METHODS, OuterLoss, adversarial_loss, per_member_ce
+from mat_dist.core.models import ModelKind, ModelSpec, build_model
+from mat_dist.core.threats import L1Threat, L2Threat, LinfThreat
 
 THREATS = [LinfThreat(eps=0.1, alpha=0.03), L2Threat(eps=1.0, alpha=0.3), L1Threat(eps=3.0, alpha=1.0)]
 MSD_NORMS = len(THREATS)  # N: candidates per MSD step
@@ -164,7 +164,7 @@ def test_msd_keeps_the_worst_candidate_per_example():
 
 
 def test_outer_loss_max_and_weighted_sum():
-    from mat_dist.methods import outer_objective
+    from mat_dist.core.methods import outer_objective
     losses = torch.tensor([1.0, 3.0, 2.0])
     assert outer_objective(losses, OuterLoss.MAX, torch.ones(3)) == 3.0
     assert outer_objective(losses, OuterLoss.SUM, torch.tensor([1.0, 0.0, 0.5])) == 2.0
@@ -181,7 +181,7 @@ def test_standard_training_leaves_inputs_clean():
 
 
 def test_cross_gradient_diagnostics_match_definitions():
-    from mat_dist.attacks import cross_gradient_diagnostics
+    from mat_dist.core.attacks import cross_gradient_diagnostics
     net = tiny_net(3)
     x = torch.rand(6, 3, 1, 8, 8)
     y = torch.randint(0, 10, (6, 3))
@@ -199,7 +199,7 @@ def test_cross_gradient_diagnostics_match_definitions():
 
 
 def test_separate_networks_show_no_disagreement():
-    from mat_dist.attacks import cross_gradient_diagnostics
+    from mat_dist.core.attacks import cross_gradient_diagnostics
     net = tiny_net(3, ModelKind.SEPARATE)
     x = torch.rand(6, 3, 1, 8, 8)
     y = torch.randint(0, 10, (6, 3))

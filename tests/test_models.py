@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import mat_dist
-from mat_dist.checkpoint import (
+from mat_dist.core.checkpoint import (
     WEIGHTS, latest_checkpoint, load_checkpoint, load_latest_checkpoint, load_weights, save_checkpoint,
     save_weights,
 )
-from mat_dist.errors import UserError
-from mat_dist.models import BACKBONES, DeployedEnsemble, EnsembleOutput, ModelKind, ModelSpec, build_model
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.models import BACKBONES, DeployedEnsemble, EnsembleOutput, ModelKind, ModelSpec, build_model
 
 
 def spec(**kw):
@@ -131,7 +131,7 @@ def test_checkpoints_are_pruned_and_a_damaged_newest_is_skipped(tmp_path):
 
 def test_softmax_mean_scores_are_log_probabilities():
     logits = torch.tensor([[[0.0, 0.0], [10.0, -10.0]]])  # (B=1, M=2, K=2)
-    from mat_dist.models import ensemble_scores
+    from mat_dist.core.models import ensemble_scores
     scores = ensemble_scores(logits, EnsembleOutput.SOFTMAX_MEAN)
     assert scores.exp().sum().item() == pytest.approx(1.0)
     assert scores[0, 0].exp().item() == pytest.approx((0.5 + 1 / (1 + math.exp(-20))) / 2)

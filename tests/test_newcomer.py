@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +122,7 @@ def test_a_bare_address_is_a_cluster_not_a_file_name():
 
 def test_an_unknown_key_suggests_the_near_one():
     from mat_dist.cluster import cluster_from_dict
-    from mat_dist.config import config_from_dict
+    from mat_dist.core.run_config import config_from_dict
 
     with pytest.raises(UserError, match=r"did you mean train\.epochs\?"):
         config_from_dict({"train": {"epoch": 3}})
@@ -136,9 +136,9 @@ def test_an_unknown_key_suggests_the_near_one():
 # ---------------------------------------------------------------- checks before side effects
 
 def test_a_refused_write_probe_creates_no_folder(tmp_path):
-    from mat_dist.atomic import probe_writable
+    from mat_dist.plumbing.atomic import probe_writable
     from mat_dist.cluster.runtime import check_storage
-    from mat_dist.training.run_folder import check_writable
+    from mat_dist.core.run_folder import check_writable
 
     check_writable(tmp_path / "run" / "deep")
     check_storage(str(tmp_path / "run" / "ray"))
@@ -194,7 +194,7 @@ def _info(linf: float = 0.3, l2: float = 2.0) -> dict:
 
 
 def test_a_model_at_chance_is_not_reported_free_of_gradient_masking():
-    from mat_dist.evaluate import report, sanity
+    from mat_dist.evaluate import eval_report as report, sanity
 
     found = sanity.chance_warnings({"clean": 0.15}, num_classes=10)
     assert len(found) == 1 and "near chance" in found[0] and "15.0%" in found[0]
@@ -206,7 +206,7 @@ def test_a_model_at_chance_is_not_reported_free_of_gradient_masking():
 
 
 def test_the_paper_column_appears_only_at_the_papers_radii():
-    from mat_dist.evaluate import report
+    from mat_dist.evaluate import eval_report as report
 
     at_paper = report.render(summary=_summary(0.9), attack_info=_info(), meta=_meta(), transfer={}, curves=[],
                              warnings=[])
@@ -218,7 +218,7 @@ def test_the_paper_column_appears_only_at_the_papers_radii():
 
 
 def test_the_strength_explanation_is_written_once_for_all_norms():
-    from mat_dist.evaluate import report
+    from mat_dist.evaluate import eval_report as report
 
     text = report.render(summary=_summary(0.9), attack_info=_info(), meta=_meta(), transfer={}, curves=[],
                          warnings=[])
@@ -253,7 +253,7 @@ def test_curves_share_one_relative_radius_axis_with_bands_and_the_runs_name(tmp_
 
 
 def test_reports_name_models_relative_to_where_the_command_ran(tmp_path, monkeypatch):
-    from mat_dist.evaluate.report import shown_location
+    from mat_dist.evaluate.eval_report import shown_location
 
     here = tmp_path / "work"
     here.mkdir()

@@ -97,7 +97,7 @@ def test_aligned_unions_refuse_other_test_images(tmp_path):
 
 
 def test_the_confirmation_verdict_reads_the_paired_difference():
-    from mat_dist.reproduce.report import MethodData
+    from mat_dist.reproduce.reproduction_report import MethodData
     from mat_dist.tune.confirm import confirm_table
 
     def data(name, vectors):

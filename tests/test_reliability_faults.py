@@ -83,7 +83,7 @@ def test_mlflow_server_killed_mid_run_training_goes_on_and_metrics_jsonl_is_comp
         tmp_path: Path, monkeypatch, caplog, mlflow_server) -> None:
     import mlflow
 
-    from mat_dist.config import config_from_dict
+    from mat_dist.core.run_config import config_from_dict
     from mat_dist.training.in_process import train_in_process
 
     url, kill = mlflow_server
@@ -104,7 +104,7 @@ def test_mlflow_server_killed_mid_run_training_goes_on_and_metrics_jsonl_is_comp
             kill()
             killed_at.append(time.monotonic())
 
-    caplog.set_level(logging.WARNING, logger="mat_dist.tracking")
+    caplog.set_level(logging.WARNING, logger="mat_dist.plumbing.tracking")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -147,7 +147,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 12
 
 def _check_checkpoints(run: Path) -> int:
     """Every checkpoint folder loads (weights + state, safely); returns the newest epoch (0: none yet)."""
-    from mat_dist.checkpoint import _checkpoint_dirs, load_checkpoint
+    from mat_dist.core.checkpoint import _checkpoint_dirs, load_checkpoint
 
     epochs = []
     for folder in _checkpoint_dirs(run / "checkpoints"):

@@ -144,11 +144,11 @@ def _resume_other_m(folder: Path) -> list[str]:
     """A run folder whose checkpoint holds a model of another M than the run's config (a stale checkpoint)."""
     import torch
 
-    from mat_dist.checkpoint import save_checkpoint
-    from mat_dist.config import config_from_dict, config_to_yaml
+    from mat_dist.core.checkpoint import save_checkpoint
+    from mat_dist.core.run_config import config_from_dict, config_to_yaml
     from mat_dist.data import load_splits
-    from mat_dist.models import build_model
-    from mat_dist.train import model_spec
+    from mat_dist.core.models import build_model
+    from mat_dist.core.trainer import model_spec
 
     out = folder / "out"
     out.mkdir()
@@ -162,8 +162,8 @@ def _resume_other_m(folder: Path) -> list[str]:
 
 
 def _model_file(folder: Path, *, image_size: int = 8, truncate: bool = False) -> Path:
-    from mat_dist.checkpoint import save_weights
-    from mat_dist.models import ModelSpec, build_model
+    from mat_dist.core.checkpoint import save_weights
+    from mat_dist.core.models import ModelSpec, build_model
 
     spec = ModelSpec(backbone="mnist_cnn", num_members=2, in_channels=1, image_size=(image_size, image_size),
                      num_classes=10, mean=(0.5,), std=(0.25,))
@@ -334,13 +334,13 @@ def _run_without_model(folder: Path) -> list[str]:
 
 def _other_examples(folder: Path) -> list[str]:
     """An output folder holding the same evaluation on 16 images; the command asks for 8."""
-    from mat_dist.evaluate.model_source import parse
+    from mat_dist.evaluate.model_source import parse_source
     from mat_dist.evaluate.suite import load_suite
 
     args = _evaluate()(folder)
     out = folder / "out"
     out.mkdir()
-    fingerprint = {**parse(folder / "model.safetensors").fingerprint(), "dataset": "digits", "examples": 16,
+    fingerprint = {**parse_source(folder / "model.safetensors").fingerprint(), "dataset": "digits", "examples": 16,
                    "suite": load_suite("quick").to_dict()}
     (out / "eval.json").write_text(json.dumps(fingerprint))
     return args

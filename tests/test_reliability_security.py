@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import TINY
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRETS = ("s3cr3t-t0ken", "AKIA-s3cr3t-key", "mlflow-s3cr3t")
@@ -41,7 +41,7 @@ PAYLOAD = "!!python/object/apply:os.system ['touch {marker}']\n"
 
 @pytest.mark.parametrize("kind", ["config", "cluster", "suite", "space"])
 def test_yaml_with_python_tags_is_refused_and_not_run(tmp_path: Path, kind: str) -> None:
-    from mat_dist.config import load_config
+    from mat_dist.core.run_config import load_config
     from mat_dist.cluster.files import load_cluster
     from mat_dist.evaluate.suite import load_suite
     from mat_dist.tune.space import load_space
@@ -63,7 +63,7 @@ def test_secrets_never_reach_mlflow_params_tags_or_artifacts(tmp_path: Path, mon
     """A token in tracking.uri and secret env vars: nothing of them in the MLflow run or the run's reports."""
     import mlflow
 
-    from mat_dist.config import config_from_dict
+    from mat_dist.core.run_config import config_from_dict
     from mat_dist.training.in_process import train_in_process
 
     monkeypatch.chdir(tmp_path)
@@ -93,7 +93,7 @@ def test_secrets_never_reach_mlflow_params_tags_or_artifacts(tmp_path: Path, mon
 
 
 def test_redact_strips_url_credentials_everywhere() -> None:
-    from mat_dist.tracking import redact, safe_uri
+    from mat_dist.plumbing.tracking import redact, safe_uri
 
     assert safe_uri("http://u:p@h:5000/x") == "http://***@h:5000/x"
     assert safe_uri("see https://tok@h and sqlite:////a/b.db") == "see https://***@h and sqlite:////a/b.db"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mat_dist.bench.methods import table6_passes
+from mat_dist.bench.method_costs import table6_passes
 from mat_dist.reproduce.presets import PRESETS, TINY
 
 REQUIRED = {"standard", "at_linf", "at_l2", "at_l1", "ensemble_at", "msd", "mat", "mat_msd"}
@@ -231,7 +231,7 @@ def test_rerun_skips_finished_work(tiny_run):
 def test_another_preset_in_the_same_folder_is_refused(tiny_run):
     from dataclasses import replace
 
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.errors import UserError
     from mat_dist.reproduce.pipeline import reproduce
 
     with pytest.raises(UserError, match="holds a reproduction of preset tiny with other settings"):
@@ -253,7 +253,7 @@ def test_bad_preset_name_is_one_clear_line(tmp_path):
 
 
 def test_the_study_preset_has_every_registry_method_and_the_fine_tuned_rows():
-    from mat_dist.methods import METHODS
+    from mat_dist.core.methods import METHODS
 
     study = PRESETS["mnist5k-study"]
     used = {m.method for m in study.methods}

@@ -54,7 +54,7 @@ def test_report_gives_the_mean_and_spread_of_the_seeds_summaries(two_seeds):
 def test_fewer_seeds_are_refused_and_more_seeds_extend_the_reproduction(two_seeds, tmp_path):
     import shutil
 
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.errors import UserError
     from mat_dist.reproduce.pipeline import _check_preset_file, reproduce
 
     out, result, preset = two_seeds

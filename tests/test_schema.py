@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from mat_dist import file_kinds
-from mat_dist.config import SHIPPED_CONFIGS, RunConfig, apply_overrides, config_from_dict, load_config
+from mat_dist.core.run_config import SHIPPED_CONFIGS, RunConfig, apply_run_overrides, config_from_dict, load_config
 from mat_dist.cluster.files import SHIPPED_CLUSTERS, ClusterConfig, load_cluster
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.models_file import ModelsFile, load_models_file
 from mat_dist.evaluate.suite import SHIPPED_SUITES, SuiteFile, load_suite
 from mat_dist.file_kinds import FileKind, detect_kind, validate_file
@@ -98,10 +98,10 @@ def test_an_index_into_a_list_the_file_leaves_out_starts_from_the_default(tmp_pa
 
 
 def test_the_search_space_sets_its_keys_with_the_same_function(tiny_raw: dict) -> None:
-    by_override = config_from_dict(apply_overrides(yaml.safe_load(yaml.safe_dump(tiny_raw)), ["attack.eps.0=0.5"]))
+    by_override = config_from_dict(apply_run_overrides(yaml.safe_load(yaml.safe_dump(tiny_raw)), ["attack.eps.0=0.5"]))
     by_trial = trial_config(tiny_raw, {"attack.eps.0": 0.5})
     assert by_override.attack == by_trial.attack and by_trial.attack.eps == [0.5, 0.1]
-    for set_it in (lambda: apply_overrides(dict(tiny_raw), ["attack.eps.5=1"]),
+    for set_it in (lambda: apply_run_overrides(dict(tiny_raw), ["attack.eps.5=1"]),
                    lambda: trial_config(tiny_raw, {"attack.eps.5": 1.0})):
         with pytest.raises(UserError, match="attack.eps.5 indexes element 5 but attack.eps has 2 elements"):
             set_it()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from mat_dist.config import config_from_dict, config_to_yaml, load_config
+from mat_dist.core.run_config import config_from_dict, config_to_yaml, load_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "score_proxy.py"
 LRS = {"t0": 0.01, "t1": 1e-7, "t2": 0.003}

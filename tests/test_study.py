@@ -5,20 +5,33 @@ marks the Pareto front of what is finished."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 
-from mat_dist.config import read_yaml
-from mat_dist.errors import UserError
+from mat_dist.core.run_config import read_yaml
+from mat_dist.plumbing.errors import UserError
 from mat_dist.reproduce.pipeline import reproduce
 from mat_dist.reproduce.presets import PRESETS
-from mat_dist.reproduce.study import pareto_front
+from mat_dist.reproduce import study
+from mat_dist.reproduce.study import Row, cost_front
 
 PRESET = PRESETS["tiny-study"]
 
 
 def test_pareto_front_keeps_the_points_nothing_beats():
     points = [(1, 0.1), (2, 0.3), (3, 0.2), (4, 0.5), (4, 0.4), (2, 0.3)]
-    assert pareto_front(points) == [True, True, False, True, False, True]
+    assert cost_front(points) == [True, True, False, True, False, True]
+
+
+def test_a_method_at_zero_union_is_plotted(tmp_path, monkeypatch):
+    """A row at 0% (AT in l_2 is at 0.0 union at the field's radii): its interval's lower end may come out a hair
+    above 0 in floating point (the closed-form Wilson bound gave 4e-19), which made matplotlib refuse the error bar."""
+    rows = [Row(name=name, method=name, seeds=[0], per_image={"all": [np.full(500, robust)]}, clean=[0.98],
+                passes=passes, own_passes=passes, seconds=1.0, own_seconds=1.0, images=500)
+            for name, robust, passes in (("at_l2", False, 35_640), ("mat", True, 35_640))]
+    monkeypatch.setattr(Row, "interval", lambda self, key="all": (self.accuracy(key) + 4e-19, self.accuracy(key) + 0.01))
+    study._plot(rows, tmp_path / "cost.png", ("all",), "zero")
+    assert (tmp_path / "cost.png").stat().st_size > 1000
 
 
 def test_a_study_runs_in_pieces_and_continues_from_committed_results(tmp_path):

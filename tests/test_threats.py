@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from mat_dist.attacks import SlotAttack, perturb
-from mat_dist.errors import UserError
-from mat_dist.threats import (
+from mat_dist.core.attacks import SlotAttack, perturb
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.threats import (
     L1Threat, L2Threat, LinfThreat, Norm, ThreatModel, make_threat, project_l1_ball, project_l1_ball_fixed_point,
     project_l1_ball_sort, project_l2_ball, project_linf_ball,
 )

@@ -1,4 +1,4 @@
-"""Tests of mat_dist.tracking against real (temporary) sqlite MLflow stores."""
+"""Tests of mat_dist.plumbing.tracking against real (temporary) sqlite MLflow stores."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mat_dist.errors import UserError
-from mat_dist.tracking import (
+from mat_dist.plumbing.errors import UserError
+from mat_dist.plumbing.tracking import (
     DEFAULT_TRACKING_URI,
     NullTracker,
     Tracker,

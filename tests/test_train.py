@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 import mat_dist
-from mat_dist.config import config_from_dict
-from mat_dist.errors import UserError
-from mat_dist.atomic import read_jsonl
-from mat_dist.train import TrainingDiverged, piecewise_linear, radius_scale
+from mat_dist.core.run_config import config_from_dict
+from mat_dist.plumbing.errors import UserError
+from mat_dist.plumbing.atomic import read_jsonl
+from mat_dist.core.trainer import TrainingDiverged, piecewise_linear, radius_scale
 from mat_dist.training.in_process import train_in_process
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from conftest import TINY
 from mat_dist.cluster.files import ClusterConfig, LocalConfig, WorkersConfig
-from mat_dist.config import config_from_dict
+from mat_dist.core.run_config import config_from_dict
 from tune_helpers import ray_session
 
 WALL_CLOCK = {"epoch_time_s"}  # seconds per epoch: differs from run to run

@@ -9,7 +9,7 @@ import pytest
 
 from mat_dist.tune.objective import COST_PASSES, COST_SECONDS, cost_metrics, objective_metrics
 from mat_dist.tune.pareto import pareto_front, within_cost
-from mat_dist.tune.sweep import best_row, ranked
+from mat_dist.tune.sweep import best_row, ranked_trials
 
 NAN = math.nan
 
@@ -57,7 +57,7 @@ def test_max_cost_makes_trials_over_it_ineligible_as_best() -> None:
     assert best_row(rows, max_cost=500)["trial_id"] == "mid"     # the most robust within 500 passes
     assert best_row(rows, max_cost=100)["trial_id"] == "cheap"
     assert best_row(rows, max_cost=10) is None                   # none within the budget: no best at all
-    assert [r["trial_id"] for r in ranked(rows, max_cost=500)] == ["mid", "cheap", "stopped", "dear"]
+    assert [r["trial_id"] for r in ranked_trials(rows, max_cost=500)] == ["mid", "cheap", "stopped", "dear"]
     assert within_cost(rows[1], None) and not within_cost(rows[1], 999) and within_cost(rows[1], 1000)
 
 

@@ -16,13 +16,13 @@ import math
 import pytest
 from scipy.stats import spearmanr
 
-from mat_dist.atomic import read_jsonl
-from mat_dist.config import config_from_dict, load_config
+from mat_dist.plumbing.atomic import read_jsonl
+from mat_dist.core.run_config import config_from_dict, load_config
 from mat_dist.tune.fidelity import (FIDELITY_DIR, PLAN_FILE, fidelity_rows, full_budget_base, pick_trials,
                                     rank_correlation)
 from mat_dist.tune.objective import STARTS_FILE, trial_folder
 from mat_dist.tune.space import space_from_dict, trial_config
-from mat_dist.tune.sweep import ranked
+from mat_dist.tune.sweep import ranked_trials
 
 # A sweep's rows (proxy) in the order the sweep ranks them, and each re-run's last epoch (full budget).
 PROXY = [{"trial_id": t, "epochs": e, "objective": o} for t, e, o in
@@ -77,7 +77,7 @@ def test_full_budget_undoes_the_proxys_epochs_and_data_and_keeps_the_rest(tiny_r
 
 
 def test_full_budget_may_not_move_the_objective() -> None:
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.errors import UserError
 
     with pytest.raises(UserError, match="fidelity.full.eval.eps.linf"):
         space_from_dict({"fidelity": {"full": {"eval.eps.linf": 0.3}}, "params": {"optim.lr": {"choice": [0.1]}}})
@@ -91,9 +91,9 @@ def test_the_fidelity_step_re_trains_exactly_the_trials_it_names(tmp_path) -> No
     at the full budget (1 epoch on 160 images), nothing else; every CPU is free afterwards."""
     from ray.util import placement_group_table
 
-    from mat_dist.config import config_to_yaml
+    from mat_dist.core.run_config import config_to_yaml
     from mat_dist.cluster.files import load_cluster
-    from mat_dist.atomic import write_atomic
+    from mat_dist.plumbing.atomic import write_atomic
     from mat_dist.tune.fidelity import run_fidelity
     from mat_dist.tune.trials import trial_shape
     from tune_helpers import ray_session, tiny_base, wait_for_full_cpus
@@ -112,7 +112,7 @@ def test_the_fidelity_step_re_trains_exactly_the_trials_it_names(tmp_path) -> No
         write_atomic(trial_folder(out, tid) / "config.yaml", config_to_yaml(trial_config(proxy, {"optim.lr": lr})))
         rows.append({"trial_id": tid, "status": "TERMINATED", "stopped_early": False, "epochs": 1,
                      "objective": objective, "val/clean_acc": 0.5})
-    order = ranked(rows)
+    order = ranked_trials(rows)
     cluster = load_cluster(None)
     fid = run_fidelity(output=out, space=space, ranked=order, full_raw=full, top=1, extra=1, cluster=cluster,
                        shape=trial_shape(cluster), concurrency=2, parent=None, verbose=0)
@@ -175,7 +175,7 @@ def test_fidelity_re_trains_exactly_the_trials_it_names_at_the_full_budget(fidel
     assert not result.interrupted and len(result.rows) == 4
     out = result.output
     plan = json.loads((out / FIDELITY_DIR / PLAN_FILE).read_text())
-    ranked_ids = [r["trial_id"] for r in ranked(result.rows)]
+    ranked_ids = [r["trial_id"] for r in ranked_trials(result.rows)]
     assert plan["top"] == ranked_ids[:2] and len(plan["random"]) == 1 and plan["random"][0] in ranked_ids[2:]
     named = plan["top"] + plan["random"]
     assert sorted(p.name for p in (out / FIDELITY_DIR / "trials").iterdir()) == sorted(named)

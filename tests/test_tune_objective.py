@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from mat_dist.config import config_from_dict
+from mat_dist.core.run_config import config_from_dict
 from mat_dist.data import load_splits
 from mat_dist.tune.objective import objective_metrics
 from mat_dist.tune.space import trial_config
-from mat_dist.train import Trainer
+from mat_dist.core.trainer import Trainer
 
 
 def test_min_clean_acc_makes_a_trial_infeasible() -> None:

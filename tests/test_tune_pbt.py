@@ -14,9 +14,9 @@ import copy
 
 import pytest
 
-from mat_dist.atomic import read_jsonl
-from mat_dist.config import config_from_dict, config_to_dict, load_config, scheduled_values
-from mat_dist.errors import UserError
+from mat_dist.plumbing.atomic import read_jsonl
+from mat_dist.core.run_config import config_from_dict, config_to_dict, load_config, scheduled_values
+from mat_dist.plumbing.errors import UserError
 from mat_dist.tune.objective import trial_folder
 from mat_dist.tune.pbt import ClipToBounds, exploits, extend_schedule
 from mat_dist.tune.space import space_from_dict
@@ -56,7 +56,7 @@ def test_a_bad_schedule_gets_one_clear_line(tiny_raw, schedule, fragment) -> Non
 def test_the_trainer_trains_each_epoch_with_the_scheduled_values(tiny_raw) -> None:
     """Two epochs on 64 images: the threat models of each epoch and the metrics lines carry the phase's values."""
     from mat_dist.data import load_splits
-    from mat_dist.train import Trainer, training_threats
+    from mat_dist.core.trainer import Trainer, training_threats
 
     tiny_raw["train"]["epochs"], tiny_raw["data"]["limit_train"], tiny_raw["eval"]["examples"] = 2, 64, 8
     tiny_raw["attack"]["steps"] = 1
@@ -211,12 +211,12 @@ def test_pbt_needs_single_process_trials(tmp_path) -> None:
 
 def test_the_fidelity_step_re_trains_a_pbt_trial_with_its_schedule(tmp_path) -> None:
     """A PBT trial's config (made here) re-trained at the full budget trains its schedule, not its last values."""
-    from mat_dist.atomic import write_atomic
+    from mat_dist.plumbing.atomic import write_atomic
     from mat_dist.cluster.files import load_cluster
-    from mat_dist.config import config_to_yaml
+    from mat_dist.core.run_config import config_to_yaml
     from mat_dist.tune.fidelity import FIDELITY_DIR, run_fidelity
     from mat_dist.tune.space import trial_config
-    from mat_dist.tune.sweep import ranked
+    from mat_dist.tune.sweep import ranked_trials
     from mat_dist.tune.trials import trial_shape
     from tune_helpers import ray_session, tiny_base
 
@@ -234,7 +234,7 @@ def test_the_fidelity_step_re_trains_a_pbt_trial_with_its_schedule(tmp_path) -> 
     rows = [{"trial_id": "pbt_00000", "status": "TERMINATED", "stopped_early": False, "epochs": 2,
              "objective": 0.5, "val/clean_acc": 0.5}]
     cluster = load_cluster(None)
-    fid = run_fidelity(output=out, space=space, ranked=ranked(rows), full_raw=full, top=1, extra=0, cluster=cluster,
+    fid = run_fidelity(output=out, space=space, ranked=ranked_trials(rows), full_raw=full, top=1, extra=0, cluster=cluster,
                        shape=trial_shape(cluster), concurrency=1, parent=None, verbose=0)
     assert [r["trial_id"] for r in fid.rows] == ["pbt_00000"] and fid.rows[0]["complete"]
     folder = trial_folder(out / FIDELITY_DIR, "pbt_00000")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from mat_dist.config import config_from_dict
+from mat_dist.core.run_config import config_from_dict
 from mat_dist.cluster.files import ClusterConfig, LocalConfig, WorkersConfig
 from mat_dist.tune.space import space_from_dict
 from mat_dist.tune.sweep import SweepSettings, run_sweep

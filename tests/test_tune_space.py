@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mat_dist.config import config_from_dict
-from mat_dist.errors import UserError
+from mat_dist.core.run_config import config_from_dict
+from mat_dist.plumbing.errors import UserError
 from mat_dist.tune.space import SHIPPED_SPACES, Dist, load_space, space_from_dict, space_to_dict, trial_config
 from mat_dist.tune.sweep import base_config
 
@@ -42,7 +42,7 @@ def test_every_shipped_space_validates_against_its_base(path: Path) -> None:
     assert space_from_dict(space_to_dict(space), source=space.source) == space
     # at the paper's radii the objective is APGD's: PGD would select for what it cannot break (issue 13)
     from mat_dist.reproduce.presets import PAPER_RADII
-    from mat_dist.validation import ValidationAttack
+    from mat_dist.core.epoch_check import ValidationAttack
 
     cfg = config_from_dict(base_raw)
     if dict(cfg.eval.eps) in PAPER_RADII.values():

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from ray.tune import Callback
 
-from mat_dist.config import config_from_dict, load_config
-from mat_dist.atomic import read_jsonl
+from mat_dist.core.run_config import config_from_dict, load_config
+from mat_dist.plumbing.atomic import read_jsonl
 from mat_dist.tune.objective import STARTS_FILE, trial_folder
 from mat_dist.tune.space import space_from_dict
 from mat_dist.tune.sweep import SweepSettings, run_sweep

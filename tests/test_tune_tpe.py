@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from ray.tune import Callback
 
-from mat_dist.atomic import read_jsonl
-from mat_dist.config import config_from_dict
-from mat_dist.errors import UserError
+from mat_dist.plumbing.atomic import read_jsonl
+from mat_dist.core.run_config import config_from_dict
+from mat_dist.plumbing.errors import UserError
 from mat_dist.tune.objective import OBJECTIVE, STARTS_FILE, trial_folder
 from mat_dist.tune.searchers import search_alg
 from mat_dist.tune.space import space_from_dict

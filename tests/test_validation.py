@@ -5,16 +5,16 @@ import torch
 from safetensors.torch import load_file
 
 from evaluate_helpers import tiny_model_path
-from mat_dist.atomic import read_jsonl
-from mat_dist.attacks import SlotAttack, TiedRows, perturb
-from mat_dist.checkpoint import load_checkpoint, save_final_model
-from mat_dist.config import config_from_dict
-from mat_dist.errors import UserError
-from mat_dist.models.mimo import DeployedEnsemble
+from mat_dist.plumbing.atomic import read_jsonl
+from mat_dist.core.attacks import SlotAttack, TiedRows, perturb
+from mat_dist.core.checkpoint import load_checkpoint, save_final_model
+from mat_dist.core.run_config import config_from_dict
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.models.mimo import DeployedEnsemble
 from mat_dist.training.in_process import train_in_process
-from mat_dist.threats import LinfThreat, L2Threat, Norm
-from mat_dist.norm_sampling import NormRule, NormSampler
-from mat_dist.train import Trainer
+from mat_dist.core.threats import LinfThreat, L2Threat, Norm
+from mat_dist.core.norm_sampling import NormRule, NormSampler
+from mat_dist.core.trainer import Trainer
 
 
 def test_apgd_check_reports_every_norm_and_leaves_the_global_rng_alone(tiny_raw, check_recorder):

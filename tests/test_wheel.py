@@ -115,7 +115,7 @@ RESOLVE = r"""
 import json, sys
 from pathlib import Path
 import mat_dist
-from mat_dist.config import load_config, resolve_config_path
+from mat_dist.core.run_config import load_config, resolve_config_path
 from mat_dist.cluster.files import load_cluster, resolve_cluster_path
 from mat_dist.evaluate.suite import load_suite, resolve_suite_path
 from mat_dist.tune.space import load_space, resolve_space_path

@@ -1,6 +1,6 @@
 """Benchmarks of the parallel parts: evaluator throughput and workers, Ray Train against the in-process loop.
 
-Like ``mat_dist.bench.methods``: medians of interleaved repeats (A, B, A, B, ...)
+Like ``mat_dist.bench.method_costs``: medians of interleaved repeats (A, B, A, B, ...)
 after a warm-up, ratios of two things measured in the same run, no assertion
 on time anywhere.
 
@@ -25,15 +25,15 @@ from typing import Any, Callable
 
 import torch
 
-from mat_dist.bench.methods import machine_info, summary_stats
-from mat_dist.errors import UserError
+from mat_dist.bench.method_costs import machine_info, summary_stats
+from mat_dist.plumbing.errors import UserError
 
 # ---------------------------------------------------------------- evaluator
 
 
 def _suite_and_data(model_path: str, suite_name: str, examples: int, dataset: str | None, data_root: str | None,
                     overrides: list[str]):
-    from mat_dist.checkpoint import find_weights, load_model
+    from mat_dist.core.checkpoint import find_weights, load_model
     from mat_dist.evaluate.evaluator import load_test_images
     from mat_dist.evaluate.suite import load_suite
 
@@ -47,8 +47,8 @@ def _suite_and_data(model_path: str, suite_name: str, examples: int, dataset: st
 
 def _run_dataset(weights: Path) -> str:
     """The dataset of the run folder the weights come from (its config.yaml), else the embedded default."""
-    from mat_dist.config import read_yaml
-    from mat_dist.training.run_folder import RunFolder
+    from mat_dist.core.run_config import read_yaml
+    from mat_dist.core.run_folder import RunFolder
 
     config = RunFolder(weights.parent).config
     if config.is_file():
@@ -60,13 +60,13 @@ def _run_dataset(weights: Path) -> str:
 def attack_throughput(weights: Path, suite, images: torch.Tensor, labels: torch.Tensor, *, repeats: int,
                       warmup: int, threads: int) -> dict[str, Any]:
     """Examples per second of every attack of ``suite`` (attack + gate) against the deployed ensemble."""
-    from mat_dist.bench.methods import time_interleaved
-    from mat_dist.evaluate.model_source import parse
+    from mat_dist.bench.method_costs import time_interleaved
+    from mat_dist.evaluate.model_source import parse_source
     from mat_dist.evaluate.shards import attack_and_gate, models_for
     from mat_dist.evaluate.suite import ENSEMBLE
 
     torch.set_num_threads(threads)
-    model = models_for(parse(weights), (ENSEMBLE,), torch.device("cpu"))[ENSEMBLE]
+    model = models_for(parse_source(weights), (ENSEMBLE,), torch.device("cpu"))[ENSEMBLE]
     fns: dict[str, Callable[[], None]] = {
         spec.name: (lambda spec=spec: attack_and_gate(spec, model, images, labels, seed=suite.seed))
         for spec in suite.attacks}
@@ -87,7 +87,7 @@ def worker_speedup(weights: Path, suite, images: torch.Tensor, labels: torch.Ten
     import ray
 
     from mat_dist.cluster import ClusterConfig, LocalConfig, connect
-    from mat_dist.evaluate.model_source import parse
+    from mat_dist.evaluate.model_source import parse_source
     from mat_dist.evaluate.runner import _shard_task
     from mat_dist.evaluate.shards import plan_shards
     from mat_dist.evaluate.suite import plan_jobs
@@ -98,7 +98,7 @@ def worker_speedup(weights: Path, suite, images: torch.Tensor, labels: torch.Ten
     walls: dict[int, list[float]] = {c: [] for c in concurrency}
     with connect(ClusterConfig(local=LocalConfig(num_cpus=cpus), source="bench"), check=False, tasks_only=True):
         images_ref, labels_ref = ray.put(images), ray.put(labels)
-        model = parse(weights)
+        model = parse_source(weights)
         task = ray.remote(_shard_task)
         for _ in range(repeats):
             for c in concurrency:
@@ -165,7 +165,7 @@ def bench_ray_train(cfg, *, repeats: int = 2, paths: tuple[str, ...] = TRAIN_PAT
     per-epoch validation check); ``wall_s`` adds start-up (Ray runtime, worker
     group, DDP rendezvous) and writing the run folder.
     """
-    from mat_dist.config import RunConfig
+    from mat_dist.core.run_config import RunConfig
 
     if not isinstance(cfg, RunConfig):
         raise UserError("bench_ray_train takes a RunConfig")

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from mat_dist.bench.methods import THREAT_TABLE, BenchSettings, machine_info, summary_stats, time_interleaved
-from mat_dist.threats import L1Threat, Norm, ThreatModel, project_l1_ball_fixed_point, project_l1_ball_sort
+from mat_dist.bench.method_costs import THREAT_TABLE, BenchSettings, machine_info, summary_stats, time_interleaved
+from mat_dist.core.threats import L1Threat, Norm, ThreatModel, project_l1_ball_fixed_point, project_l1_ball_sort
 
 POINTS = 10  # PGD steps whose pre-projection points are timed (one call of each case projects all of them)
 

@@ -1,7 +1,7 @@
 """Cluster files: where a Ray job runs, how wide, where its checkpoints go, how it survives failures.
 
 A cluster file is YAML read with the safe loader into a frozen ``ClusterConfig``,
-a pydantic dataclass of the one schema (``mat_dist.schema``): an empty file,
+a pydantic dataclass of the one schema (``mat_dist.plumbing.schema``): an empty file,
 unknown keys, wrong types and impossible values are refused with one
 ``UserError`` line that names the file and the key. ``ClusterConfig()`` (all
 defaults) *is* the embedded default, ``clusters/local.yaml``: a local Ray
@@ -49,10 +49,10 @@ from annotated_types import Ge, Gt
 from pydantic import BeforeValidator
 from pydantic.dataclasses import dataclass
 
-from mat_dist import schema
-from mat_dist.errors import UserError
-from mat_dist.paths import find_yaml, resolve_yaml, shipped_names
-from mat_dist.schema import FORBID, INTERNAL, Bool, Count, Hint, Int, NonNegInt, Num, Positive, Str, must
+from mat_dist.plumbing import schema
+from mat_dist.plumbing.errors import UserError
+from mat_dist.plumbing.paths import find_yaml, resolve_yaml, shipped_names
+from mat_dist.plumbing.schema import FORBID, INTERNAL, Bool, Count, Hint, Int, NonNegInt, Num, Positive, Str, must
 
 # The cluster files that ship with mat-dist: the repository's clusters/ folder, installed as the
 # package mat_dist.clusters (pyproject.toml), so a wheel finds them as an editable install does.

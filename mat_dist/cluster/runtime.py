@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mat_dist.atomic import probe_writable
-from mat_dist.console import plural, route_worker_lines
+from mat_dist.plumbing.atomic import probe_writable
+from mat_dist.plumbing.console import plural, route_worker_lines
 from mat_dist.cluster.files import ClusterConfig, is_uri
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 PROBE_TIMEOUT_S = 3.0          # TCP connect to the Ray head
 STORAGE_PROBE_TIMEOUT_S = 20.0  # one small write to s3:// or another remote filesystem

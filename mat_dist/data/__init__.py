@@ -1,4 +1,4 @@
-"""Datasets (embedded MNIST-5k, MNIST IDX, CIFAR-10 batches, sklearn digits, your own .npz) and MIMO batches."""
+"""Datasets (embedded MNIST-5k, MNIST IDX, CIFAR-10 batches, sklearn digits, your own .npz)."""
 
 from mat_dist.data.datasets import (
     DATASET_SHAPES,
@@ -9,7 +9,6 @@ from mat_dist.data.datasets import (
     check_data,
     load_splits,
 )
-from mat_dist.data.mimo_batches import MimoBatches
 
 __all__ = [
     "DATASET_SHAPES",
@@ -17,7 +16,6 @@ __all__ = [
     "DataSplits",
     "DatasetName",
     "ImageDataset",
-    "MimoBatches",
     "check_data",
     "load_splits",
 ]

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 TEST_SHARE = 0.2        # of x, y: the test set when the file gives no split
 _SPLIT_SEED = 0         # fixed: the test images do not depend on a run's seed

@@ -59,7 +59,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 
 class DatasetName(str, enum.Enum):

@@ -19,5 +19,5 @@ Conventions: an example is *robust* to an attack when the gated attack did not
 succeed; a clean-misclassified example counts as broken by every attack
 (``success=True``, ``perturbation_norm=0``, ``clean_correct=False``), so no
 union ever counts it as robust. Only ``runner`` imports Ray; only
-``mat_dist.tracking`` talks to MLflow.
+``mat_dist.plumbing.tracking`` talks to MLflow.
 """

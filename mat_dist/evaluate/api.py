@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from mat_dist.evaluate.model_source import ModelSource, parse
+from mat_dist.evaluate.model_source import ModelSource, parse_source
 
 
 def evaluate_model(model: nn.Module | str | os.PathLike | ModelSource, *,
@@ -45,7 +45,7 @@ def evaluate_model(model: nn.Module | str | os.PathLike | ModelSource, *,
     from mat_dist.evaluate.evaluator import evaluate as run
     from mat_dist.evaluate.suite import load_suite
 
-    source = model if isinstance(model, ModelSource) else parse(
+    source = model if isinstance(model, ModelSource) else parse_source(
         model, weights=weights, input_mean=input_mean, input_std=input_std, label=label)
     the_suite = load_suite(suite, list(overrides))
     n_workers = workers if workers is not None else len(os.sched_getaffinity(0))

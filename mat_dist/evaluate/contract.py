@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 CHECK_IMAGES = 16       # test images the checks run on
 SAME_INPUT_ATOL = 1e-4  # logits of two identical calls may differ by float noise only

@@ -23,19 +23,19 @@ from typing import Any, Callable
 
 import torch
 
-from mat_dist.atomic import append_jsonl, probe_writable, read_jsonl, write_atomic
+from mat_dist.plumbing.atomic import append_jsonl, probe_writable, read_jsonl, write_atomic
 from mat_dist.data import NUM_CLASSES, load_splits
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate import curves as curves_mod
-from mat_dist.evaluate import metrics, report, sanity
-from mat_dist.evaluate.adapters.aa import is_full_strength
+from mat_dist.evaluate import metrics, eval_report as report, sanity
+from mat_dist.core.autoattack import is_full_strength
 from mat_dist.evaluate.contract import CHECK_IMAGES, check_contract
 from mat_dist.evaluate.model_source import ModelSource
-from mat_dist.evaluate.model_source import parse as parse_model
+from mat_dist.evaluate.model_source import parse_source as parse_model
 from mat_dist.evaluate.runner import Chaos, ProgressFn, run_shards
 from mat_dist.evaluate.shards import SHARDS_DIR, merge_shards, plan_shards
 from mat_dist.evaluate.suite import Suite, plan_jobs, without_gradients
-from mat_dist.schema import differing_leaves
+from mat_dist.plumbing.schema import differing_leaves
 
 FINGERPRINT = "eval.json"
 CALLS = "calls.jsonl"
@@ -119,8 +119,8 @@ def _calls(output: Path) -> list[dict[str, Any]]:
 def trained_as(weights: Path) -> str | None:
     """The training method of the run folder holding ``weights`` as the paper's tables name it (AT with its
     norm: ``at_linf``); None for weights outside a run folder."""
-    from mat_dist.config import read_yaml
-    from mat_dist.training.run_folder import CONFIG_FILE
+    from mat_dist.core.run_config import read_yaml
+    from mat_dist.core.run_folder import CONFIG_FILE
 
     try:
         raw = read_yaml(weights.parent / CONFIG_FILE) or {}
@@ -197,7 +197,7 @@ def evaluate(*, model_path: str | os.PathLike | None = None, model: ModelSource 
     except OSError as err:
         raise UserError(f"output folder {output} is not writable ({err.strerror}); choose another --output") from None
     if tracking is not None and tracking.enabled:  # last of the checks: it creates the store's experiment
-        from mat_dist.tracking import check_store
+        from mat_dist.plumbing.tracking import check_store
 
         check_store(tracking.uri, tracking.experiment)  # an unreachable server fails now, not after the attacks
     output.mkdir(parents=True, exist_ok=True)
@@ -360,7 +360,7 @@ def _log_to_mlflow(output: Path, summary: dict[str, Any], suite: Suite, meta: di
                    tracking: TrackingOptions) -> str | None:
     if not tracking.enabled:
         return None
-    from mat_dist.tracking import Tracker
+    from mat_dist.plumbing.tracking import Tracker
 
     tags = {"mat_dist.kind": "evaluation", "mat_dist.suite": suite.name, "mat_dist.model": meta["model"],
             "mat_dist.output": str(output.resolve()), **tracking.extra_tags}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mat_dist.threats import Norm, make_threat
+from mat_dist.core.threats import Norm, make_threat
 
 RADIUS_RTOL = 1e-4  # float32 round-off of the libraries' own projections
 RADIUS_ATOL = 1e-6

@@ -19,10 +19,10 @@ from typing import Any, Callable, Sequence
 
 from mat_dist.evaluate.metrics import separated
 from mat_dist.evaluate.model_source import ModelSource
-from mat_dist.evaluate.report import KIND_LABEL
+from mat_dist.evaluate.eval_report import KIND_LABEL
 from mat_dist.evaluate.selection import Target, check_labels
 from mat_dist.evaluate.suite import Suite
-from mat_dist.threats import Norm
+from mat_dist.core.threats import Norm
 
 LEADERBOARD_MD = "leaderboard.md"
 LEADERBOARD_PARQUET = "leaderboard.parquet"
@@ -75,7 +75,7 @@ def _cell(summary: dict[str, Any], metric: str) -> str:
     return f"{100 * summary[metric]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def render(entries: list[Entry], *, suite: Suite) -> str:
+def render_leaderboard(entries: list[Entry], *, suite: Suite) -> str:
     order = ranked(entries)
     examples = sorted({e.summary["examples"] for e in order})
     lines = [f"# Leaderboard: suite `{suite.name}`", "",
@@ -121,9 +121,9 @@ def table(entries: list[Entry]):
 def write_leaderboard(entries: list[Entry], output: Path, *, suite: Suite) -> None:
     import pyarrow.parquet as pq
 
-    from mat_dist.atomic import atomic_path, write_atomic
+    from mat_dist.plumbing.atomic import atomic_path, write_atomic
 
     output.mkdir(parents=True, exist_ok=True)
     with atomic_path(output / LEADERBOARD_PARQUET, suffix=".tmp") as tmp:
         pq.write_table(table(entries), tmp)
-    write_atomic(output / LEADERBOARD_MD, render(entries, suite=suite))
+    write_atomic(output / LEADERBOARD_MD, render_leaderboard(entries, suite=suite))

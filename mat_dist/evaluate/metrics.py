@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mat_dist.threats import Norm
+from mat_dist.core.threats import Norm
 
 def wilson_interval(successes: int, n: int, confidence_level: float = 0.95) -> tuple[float, float]:
     """The Wilson score interval of a binomial proportion (Wilson 1927), as fractions in [0, 1]; scipy's.

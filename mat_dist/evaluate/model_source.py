@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 KINDS = ("checkpoint", "torchscript", "export", "factory", "onnx", "module")
 _FACTORY = re.compile(r"^(?P<target>[A-Za-z_][\w.]*|.+\.py):(?P<function>[A-Za-z_]\w*)$")
@@ -62,7 +62,7 @@ class ModelSource:
         """The model in eval mode on ``device``, mapping [0, 1] images to logits."""
         device = torch.device(device)
         if self.kind == "checkpoint":
-            from mat_dist.checkpoint import load_model
+            from mat_dist.core.checkpoint import load_model
 
             return load_model(self.location).to(device)
         if self.kind == "onnx":
@@ -75,7 +75,7 @@ class ModelSource:
             inner = _build_factory(self)
         elif self.kind == "module":
             inner = self.module
-        else:  # pragma: no cover - parse() only makes the kinds above
+        else:  # pragma: no cover - parse_source() only makes the kinds above
             raise ValueError(self.kind)
         # a torch.export program keeps the mode it was captured in (it refuses train()/eval())
         wrapped = ForeignModel(inner, self.input_mean, self.input_std, fixed_mode=self.kind == "export")
@@ -99,7 +99,7 @@ class ModelSource:
 
 # ------------------------------------------------------------------ parsing a SPEC
 
-def parse(spec: str | nn.Module, *, weights: str | Path | None = None, input_mean: Sequence[float] | None = None,
+def parse_source(spec: str | nn.Module, *, weights: str | Path | None = None, input_mean: Sequence[float] | None = None,
           input_std: Sequence[float] | None = None, label: str | None = None) -> ModelSource:
     """A ``ModelSource`` from what the user named; anything that cannot be a model is refused with one line."""
     mean, std = _normalisation(input_mean, input_std)
@@ -114,7 +114,7 @@ def parse(spec: str | nn.Module, *, weights: str | Path | None = None, input_mea
             if weights is not None or mean is not None:
                 raise UserError(f"--model {text} is a mat-dist model, which takes [0, 1] images and holds its "
                                 f"weights; drop --weights and --input-mean/--input-std")
-            from mat_dist.checkpoint import find_weights
+            from mat_dist.core.checkpoint import find_weights
 
             _check_run_has_model(path)
             found = find_weights(path).resolve()
@@ -147,7 +147,7 @@ def parse(spec: str | nn.Module, *, weights: str | Path | None = None, input_mea
 
 def _check_run_has_model(path: Path) -> None:
     """A training run folder with neither a final model nor a checkpoint: training has not finished an epoch."""
-    from mat_dist.checkpoint import CHECKPOINTS_DIR, WEIGHTS, latest_checkpoint
+    from mat_dist.core.checkpoint import CHECKPOINTS_DIR, WEIGHTS, latest_checkpoint
 
     if path.is_dir() and (path / "config.yaml").is_file() and not (path / WEIGHTS).is_file() \
             and latest_checkpoint(path / CHECKPOINTS_DIR) is None:
@@ -183,7 +183,7 @@ def _file_kind(path: Path) -> str:
 
 def _checkpoint_label(weights: Path) -> str:
     """A run's folder name (runs/<name>/model.safetensors), else the file's stem."""
-    from mat_dist.checkpoint import PREFIX, WEIGHTS
+    from mat_dist.core.checkpoint import PREFIX, WEIGHTS
 
     if weights.name == WEIGHTS:
         return weights.parent.name if not weights.parent.name.startswith(PREFIX) else weights.parent.parent.parent.name

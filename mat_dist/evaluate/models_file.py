@@ -24,10 +24,10 @@ import pydantic
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
-from mat_dist import schema
-from mat_dist.errors import UserError
-from mat_dist.evaluate.model_source import ModelSource, parse
-from mat_dist.schema import FORBID, Num, Positive, Str, must
+from mat_dist.plumbing import schema
+from mat_dist.plumbing.errors import UserError
+from mat_dist.evaluate.model_source import ModelSource, parse_source
+from mat_dist.plumbing.schema import FORBID, Num, Positive, Str, must
 
 # A model's name (a models file's name:, the NAME of --model NAME=SPEC) is its folder under the
 # leaderboard's output and its row in leaderboard.md.
@@ -81,7 +81,7 @@ def load_models_file(path: str | Path) -> list[ModelSource]:
     sources = []
     for i, entry in enumerate(read_models_file(path).models):
         with schema.located(f"{path}: models.{i}"):
-            sources.append(parse(_beside(base, entry.model), weights=base / entry.weights if entry.weights else None,
+            sources.append(parse_source(_beside(base, entry.model), weights=base / entry.weights if entry.weights else None,
                                  input_mean=entry.input_mean, input_std=entry.input_std, label=entry.name))
     return sources
 

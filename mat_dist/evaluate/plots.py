@@ -1,5 +1,5 @@
 """The look of mat-dist's robust-accuracy figures, one place for an evaluation's curves
-(``mat_dist.evaluate.curves``) and the reproduction's report (``mat_dist.reproduce.report``).
+(``mat_dist.evaluate.curves``) and the reproduction's report (``mat_dist.reproduce.reproduction_report``).
 
 matplotlib is imported on first use, on the Agg backend: figures go to files, never to a display.
 """

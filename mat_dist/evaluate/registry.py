@@ -7,8 +7,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from mat_dist.evaluate.adapters import aa, fb, own
-from mat_dist.threats import Norm
+from mat_dist.core import autoattack as aa  # in the method's folder: the per-epoch check runs its APGD too
+from mat_dist.core.threats import Norm
+from mat_dist.evaluate.adapters import fb, own
 
 AttackFn = Callable[..., torch.Tensor]  # (model, x, y, *, norm, eps, params, seed) -> x_adv (B, C, H, W)
 
@@ -56,7 +57,7 @@ ATTACKS: dict[str, AttackKind] = {k.name: k for k in [
 
 
 def attack_kind(name: str) -> AttackKind:
-    from mat_dist.errors import UserError
+    from mat_dist.plumbing.errors import UserError
 
     try:
         return ATTACKS[name]

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.model_source import ModelSource
 from mat_dist.evaluate.shards import Shard, pending_shards, run_shard
 from mat_dist.evaluate.suite import Resources

@@ -1,6 +1,6 @@
 """What ``matd evaluate`` evaluates: the models named, the run folders they come from, the data set, the folders.
 
-    choose(run=..., checkpoint=..., models=[...], data=..., output=..., suite_name="field") -> Selection
+    choose(run=..., checkpoint=..., models=[...], data=..., output=..., suite_name="field") -> EvaluationPlan
 
 - ``--run DIR`` / ``--checkpoint PATH``: one mat-dist model; its run folder
   (the folder above it that holds config.yaml) names the data set and the
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mat_dist.errors import UserError
-from mat_dist.evaluate.model_source import ModelSource, parse
+from mat_dist.plumbing.errors import UserError
+from mat_dist.evaluate.model_source import ModelSource, parse_source
 from mat_dist.evaluate.models_file import NAME, load_models_file
-from mat_dist.training.run_folder import RunFolder
+from mat_dist.core.run_folder import RunFolder
 
 DATASETS = "mnist5k, mnist, cifar10, digits, arrays"
 
@@ -50,7 +50,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Selection:
+class EvaluationPlan:
     targets: tuple[Target, ...]
     dataset: str
     data_root: str | None
@@ -72,27 +72,27 @@ def check_choice(*, run: Path | None, checkpoint: Path | None, models: Sequence[
 def choose(*, suite_name: str, run: Path | None = None, checkpoint: Path | None = None,
            models: Sequence[str] = (), weights: Path | None = None, input_mean: Sequence[float] | None = None,
            input_std: Sequence[float] | None = None, data: str | None = None, data_root: str | None = None,
-           output: Path | None = None) -> Selection:
+           output: Path | None = None) -> EvaluationPlan:
     """The models, data set and output folders of one ``matd evaluate``; a UserError line for any mistake."""
     check_choice(run=run, checkpoint=checkpoint, models=models, weights=weights, input_mean=input_mean,
                  input_std=input_std)
     if not models:
         model_path, run_folder = _mat_dist_model(run, checkpoint)
-        source = parse(model_path)
+        source = parse_source(model_path)
         dataset, root = _data_of_run(data, data_root, run_folder)
         if output is None:
             base = run_folder if run_folder is not None else model_path.resolve().parent
             output = base / f"eval-{suite_name}"
-        return Selection(targets=(Target(source, output, run_folder),), dataset=dataset, data_root=root)
+        return EvaluationPlan(targets=(Target(source, output, run_folder),), dataset=dataset, data_root=root)
     sources = parse_models(models, weights=weights, input_mean=input_mean, input_std=input_std)
     dataset, root = _data_of_models(sources, data, data_root)
     if len(sources) == 1:
         output = output or Path("runs") / f"eval-{sources[0].label}-{suite_name}"
-        return Selection(targets=(Target(sources[0], output, run_folder_of_source(sources[0])),), dataset=dataset,
+        return EvaluationPlan(targets=(Target(sources[0], output, run_folder_of_source(sources[0])),), dataset=dataset,
                          data_root=root)
     check_labels(sources)
     board = output or Path("runs") / f"leaderboard-{suite_name}"
-    return Selection(targets=tuple(Target(s, board / s.label, run_folder_of_source(s)) for s in sources),
+    return EvaluationPlan(targets=tuple(Target(s, board / s.label, run_folder_of_source(s)) for s in sources),
                      dataset=dataset, data_root=root, leaderboard=board)
 
 
@@ -107,7 +107,7 @@ def parse_models(specs: Sequence[str], *, weights: Path | None = None, input_mea
             sources += load_models_file(Path(text))
             continue
         label, spec = _named(text)
-        sources.append(parse(spec, weights=weights, input_mean=input_mean, input_std=input_std, label=label))
+        sources.append(parse_source(spec, weights=weights, input_mean=input_mean, input_std=input_std, label=label))
     return sources
 
 
@@ -165,7 +165,7 @@ def _data_of_run(data: str | None, data_root: str | None, run_folder: Path | Non
     if data is not None:
         return data, data_root
     if run_folder is not None:
-        from mat_dist.schema import read_yaml
+        from mat_dist.plumbing.schema import read_yaml
 
         raw = read_yaml(RunFolder(run_folder).config) or {}
         section = raw.get("data") or {}

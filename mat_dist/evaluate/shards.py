@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mat_dist.atomic import atomic_path
-from mat_dist.errors import UserError
+from mat_dist.plumbing.atomic import atomic_path
+from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.gate import GateResult, gate, predict
 from mat_dist.evaluate.model_source import ModelSource
 from mat_dist.evaluate.suite import ENSEMBLE, AttackSpec, Job
-from mat_dist.threats import clip_to_box, make_threat
+from mat_dist.core.threats import clip_to_box, make_threat
 
 SHARDS_DIR = "shards"
 

@@ -14,7 +14,7 @@ A suite is a YAML mapping (see ``mat_dist/suites/quick.yaml``)::
     curves: {attacks: [pgd_linf], steps: [1, 5, 20], eps_scale: [0.5, 1, 2], examples: 200}
     sanity: {black_box_margin: 0.01, max_final_accuracy: 0.1}
 
-The file's schema is ``SuiteFile`` (``mat_dist.schema``); ``key.sub=value``
+The file's schema is ``SuiteFile`` (``mat_dist.plumbing.schema``); ``key.sub=value``
 overrides (``eps.linf=0.3``, ``attacks.pgd_linf.params.steps=50``,
 ``curves.steps.0=2``) change single fields, as for training configs. An empty
 file, unknown keys, attacks, norms or parameters are refused with one line.
@@ -32,12 +32,12 @@ from typing import Annotated, Any, Mapping, Sequence
 import pydantic
 from pydantic import BaseModel
 
-from mat_dist import schema
-from mat_dist.errors import UserError
+from mat_dist.plumbing import schema
+from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.registry import ATTACKS, COMMON_DEFAULTS, attack_kind
-from mat_dist.paths import resolve_yaml
-from mat_dist.schema import FORBID, Count, Int, NonNegative, NonNegInt, Num, Positive, Str, must
-from mat_dist.threats import Norm, radius_unit_problem
+from mat_dist.plumbing.paths import resolve_yaml
+from mat_dist.plumbing.schema import FORBID, Count, Int, NonNegative, NonNegInt, Num, Positive, Str, must
+from mat_dist.core.threats import Norm, radius_unit_problem
 
 SHIPPED_SUITES = Path(__file__).resolve().parent.parent / "suites"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")

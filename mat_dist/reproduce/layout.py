@@ -3,7 +3,7 @@
     preset.json        the preset as data; a re-run must match it
     parent_run.json    the MLflow parent run's id (a re-run logs into the same run)
     invocations.jsonl  one line per call that trained or evaluated: its wall time (s)
-    runs/<label>/      one training run folder per method and seed (mat_dist.training.run_folder's layout)
+    runs/<label>/      one training run folder per method and seed (mat_dist.core.run_folder's layout)
     evals/<label>/     one evaluation folder per method and seed (mat_dist.evaluate's layout)
     report.md, *.png   the report (``--report-dir`` puts these elsewhere)
 

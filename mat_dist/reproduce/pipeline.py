@@ -23,14 +23,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from mat_dist.atomic import append_jsonl, read_jsonl, write_atomic
-from mat_dist.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, read_yaml, \
+from mat_dist.plumbing.atomic import append_jsonl, read_jsonl, write_atomic
+from mat_dist.core.run_config import RunConfig, apply_run_overrides, config_from_dict, config_to_dict, read_yaml, \
     resolve_config_path
-from mat_dist.console import plural
-from mat_dist.errors import UserError
+from mat_dist.plumbing.console import plural
+from mat_dist.plumbing.errors import UserError
 from mat_dist.reproduce.layout import EVALS, INVOCATIONS_FILE, PARENT_RUN_FILE, PRESET_FILE, RUNS, run_label
 from mat_dist.reproduce.presets import MethodSpec, Preset
-from mat_dist.training.run_folder import RunFolder, check_writable
+from mat_dist.core.run_folder import RunFolder, check_writable
 
 Log = Callable[[str], None]
 
@@ -90,7 +90,7 @@ def method_config(preset: Preset, spec: MethodSpec, *, overrides: list[str] | tu
     if not tracking:
         items.append("tracking.enabled=false")
     try:
-        return config_from_dict(apply_overrides(raw, items))
+        return config_from_dict(apply_run_overrides(raw, items))
     except UserError as err:
         raise UserError(f"preset {preset.name}, method {spec.name}: {err}") from None
 
@@ -165,7 +165,7 @@ def _record_invocation(output: Path, outcomes: list[MethodOutcome], wall_s: floa
 # ---------------------------------------------------------------- MLflow
 
 def _parent_tracker(output: Path, preset: Preset, *, uri: str | None, experiment: str, enabled: bool):
-    from mat_dist.tracking import NullTracker, Tracker, git_commit
+    from mat_dist.plumbing.tracking import NullTracker, Tracker, git_commit
 
     if not enabled:
         return NullTracker()
@@ -191,7 +191,7 @@ def _nest_training_run(cfg: RunConfig, run_dir: Path, *, parent_run_id: str | No
     The runner resumes the run named in ``run.json``; creating it here is how
     it gets its ``mlflow.parentRunId`` without the runner knowing of parents.
     """
-    from mat_dist.tracking import Tracker, git_commit
+    from mat_dist.plumbing.tracking import Tracker, git_commit
 
     run = RunFolder(run_dir)
     if parent_run_id is None or not cfg.tracking.enabled or run.run_record.is_file():
@@ -431,7 +431,7 @@ def write_reports(plan: ReproducePlan, outcomes: list[MethodOutcome], *, target:
                   parent: Any) -> tuple[Path, list[Path]]:
     """This call's wall time recorded; the paper-shaped report (not with --only: it needs every method) and a
     study preset's study, into ``target``, logged to the parent run; returns (report, figures)."""
-    from mat_dist.reproduce.report import flat_metrics, write_report
+    from mat_dist.reproduce.reproduction_report import flat_metrics, write_report
 
     invocations = _record_invocation(plan.output, outcomes, wall_s)
     report, figures = None, []

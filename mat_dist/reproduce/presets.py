@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
-from mat_dist.errors import UserError
-from mat_dist.threats import Norm
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.threats import Norm
 
 # The paper's radii (appendix C), per dataset of paper_tables.csv.
 PAPER_RADII: dict[str, dict[Norm, float]] = {
@@ -36,7 +36,7 @@ class MethodSpec:
     """One trained model of a preset: a report name and the config overrides that make it."""
 
     name: str                       # report name; that of paper_tables.csv where the paper has the method
-    method: str                     # key of mat_dist.methods.METHODS
+    method: str                     # key of mat_dist.core.methods.METHODS
     overrides: tuple[str, ...]      # key.sub=value on top of the preset's base config
     paper_name: str | None = None   # method name in paper_tables.csv Tables 4/5 (None: not in the paper)
     table7_name: str | None = None  # method name in paper_tables.csv Table 7 (training minutes)

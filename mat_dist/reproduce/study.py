@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mat_dist.atomic import read_jsonl, write_atomic
-from mat_dist.errors import UserError
+from mat_dist.plumbing.atomic import read_jsonl, write_atomic
+from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.metrics import wilson_interval
 from mat_dist.evaluate.paired import PairedDifference, paired_difference
 from mat_dist.reproduce.layout import EVALS, RUNS, run_label
@@ -91,7 +91,7 @@ def _training(run_dir: Path) -> tuple[float, float] | None:
     return float(lines[-1].get("train/passes", 0.0)), float(sum(r.get("epoch_time_s", 0.0) for r in lines))
 
 
-def collect(preset: Preset, output: Path, seeds: int) -> list[Row]:
+def collect_rows(preset: Preset, output: Path, seeds: int) -> list[Row]:
     """Every method with at least one seed trained and evaluated, in the preset's order."""
     rows: list[Row] = []
     ids: np.ndarray | None = None
@@ -133,7 +133,7 @@ def collect(preset: Preset, output: Path, seeds: int) -> list[Row]:
     return rows
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+def cost_front(points: list[tuple[float, float]]) -> list[bool]:
     """Which (cost, accuracy) points no other point beats: as cheap or cheaper and at least as accurate, one of
     the two strictly."""
     return [not any((c2 <= c and a2 >= a) and (c2 < c or a2 > a) for c2, a2 in points) for c, a in points]
@@ -207,11 +207,11 @@ def _plot(rows: list[Row], path: Path, keys: tuple[str, ...], title: str) -> Non
     fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         points = [(r.passes, r.accuracy(key)) for r in rows]
-        front = pareto_front(points)
+        front = cost_front(points)
         for r, on_front in zip(rows, front):
             lo, hi = r.interval(key)
             acc = r.accuracy(key)
-            ax.errorbar(r.passes, 100 * acc, yerr=[[100 * (acc - lo)], [100 * (hi - acc)]], fmt="o",
+            ax.errorbar(r.passes, 100 * acc, yerr=[[100 * max(acc - lo, 0.0)], [100 * max(hi - acc, 0.0)]], fmt="o",
                         color="tab:red" if on_front else "tab:blue", capsize=3, alpha=0.9)
             ax.annotate(r.name, (r.passes, 100 * acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
         line = sorted(p for p, f in zip(points, front) if f)
@@ -231,9 +231,9 @@ def _plot(rows: list[Row], path: Path, keys: tuple[str, ...], title: str) -> Non
 def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
                 machine: str | None = None) -> StudyReport:
     """Write study.md, study.json and the two figures for the finished methods of ``output`` into ``target``."""
-    rows = collect(preset, output, seeds)
+    rows = collect_rows(preset, output, seeds)
     by_name = {r.name: r for r in rows}
-    for r, on_front in zip(rows, pareto_front([(r.passes, r.accuracy()) for r in rows])):
+    for r, on_front in zip(rows, cost_front([(r.passes, r.accuracy()) for r in rows])):
         r.front = on_front
         r.vs_reference = _paired(by_name, r.name, REFERENCE) if r.name != REFERENCE else None
     target.mkdir(parents=True, exist_ok=True)

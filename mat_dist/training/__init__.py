@@ -10,7 +10,7 @@
 - ``ray_job``: the driver of a Ray Train job (checks, run folder, MLflow run, ``TorchTrainer``);
 - ``ray_worker``: one DDP rank of that job (``WorkerArgs``, ``train_worker``).
 
-The loop itself is ``mat_dist.train`` (``Trainer``), which knows nothing of Ray or MLflow.
+The loop itself is ``mat_dist.core.trainer`` (``Trainer``), which knows nothing of Ray or MLflow.
 Nothing here imports Ray at import time.
 """
 
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from mat_dist.cluster.files import ClusterConfig
-    from mat_dist.config import RunConfig
+    from mat_dist.core.run_config import RunConfig
     from mat_dist.data import DataSplits
-    from mat_dist.training.run_folder import RunResult
+    from mat_dist.core.run_folder import RunResult
 
 __all__ = ["train"]
 

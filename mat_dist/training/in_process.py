@@ -1,6 +1,6 @@
 """Training in this process, no Ray (``matd train --cluster none``, ``mat_dist.training.train(cfg, output)``).
 
-The core loop (``mat_dist.train.Trainer``) behind the run folder
+The core loop (``mat_dist.core.trainer.Trainer``) behind the run folder
 (``run_folder``): data and the MLflow store are checked before config.yaml
 is written, ``--resume`` loads the newest whole checkpoint and cuts
 metrics.jsonl back to it, each epoch goes through the ``EpochRecorder``, and
@@ -12,15 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from mat_dist.checkpoint import load_latest_checkpoint, save_weights
-from mat_dist.config import RunConfig
+from mat_dist.core.checkpoint import load_latest_checkpoint, save_weights
+from mat_dist.core.run_config import RunConfig
 from mat_dist.data import DataSplits, load_splits
-from mat_dist.errors import UserError
-from mat_dist.tracking import check_store
-from mat_dist.init_from import check_init_source
-from mat_dist.train import BatchCallback, Trainer, model_spec, resolve_device, set_threads
+from mat_dist.plumbing.errors import UserError
+from mat_dist.plumbing.tracking import check_store
+from mat_dist.core.init_from import check_init_source
+from mat_dist.core.trainer import BatchCallback, Trainer, model_spec, resolve_device, set_threads
 from mat_dist.training.recorder import EpochRecorder, start_tracker
-from mat_dist.training.run_folder import RAY_RUN_FILE, RunFolder, RunResult, check_writable
+from mat_dist.core.run_folder import RAY_RUN_FILE, RunFolder, RunResult, check_writable
 
 
 def train_in_process(cfg: RunConfig, output: Path, *, resume: bool = False, tracking_uri: str | None = None,

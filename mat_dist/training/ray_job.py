@@ -34,21 +34,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from mat_dist.atomic import read_jsonl, write_atomic
-from mat_dist.checkpoint import copy_checkpoint, save_final_model
+from mat_dist.plumbing.atomic import read_jsonl, write_atomic
+from mat_dist.core.checkpoint import copy_checkpoint, save_final_model
 from mat_dist.cluster.files import ClusterConfig, is_uri
 from mat_dist.cluster.runtime import check_reachable, check_storage, connect
-from mat_dist.config import RunConfig
-from mat_dist.console import plural
-from mat_dist.data import MimoBatches, load_splits
-from mat_dist.init_from import check_init_source
-from mat_dist.train import model_spec
-from mat_dist.environ import scoped_env
-from mat_dist.errors import UserError
-from mat_dist.tracking import check_store
+from mat_dist.core.run_config import RunConfig
+from mat_dist.plumbing.console import plural
+from mat_dist.data import load_splits
+from mat_dist.core.mimo_batches import MimoBatches
+from mat_dist.core.init_from import check_init_source
+from mat_dist.core.trainer import model_spec
+from mat_dist.plumbing.environ import scoped_env
+from mat_dist.plumbing.errors import UserError
+from mat_dist.plumbing.tracking import check_store
 from mat_dist.training.ray_worker import WorkerArgs, train_worker
 from mat_dist.training.recorder import log_missing_epochs, start_tracker
-from mat_dist.training.run_folder import METRICS_FILE, RAY_RUN_FILE, RunFolder, RunResult
+from mat_dist.core.run_folder import METRICS_FILE, RAY_RUN_FILE, RunFolder, RunResult
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
@@ -77,10 +78,10 @@ def check_job(cfg: RunConfig, cluster: ClusterConfig) -> None:
         raise UserError(f"train.device=cpu but {cluster.source} reserves GPUs for each worker; "
                         f"set train.device=auto or workers.gpus: 0")
     if cluster.is_local:
-        check_data(cfg, cluster)
+        check_data_on_cluster(cfg, cluster)
 
 
-def check_data(cfg: RunConfig, cluster: ClusterConfig) -> None:
+def check_data_on_cluster(cfg: RunConfig, cluster: ClusterConfig) -> None:
     """Load the data and cut one epoch's batches in the driver, as the workers will.
 
     On a local runtime the driver sees the workers' files, so a missing or
@@ -191,7 +192,7 @@ def train_ray(cfg: RunConfig, output: Path, cluster: ClusterConfig, *, resume: b
     """Train ``cfg`` as a Ray Train DDP job on ``cluster``; ``output`` ends up as after ``train_in_process``."""
     started = time.perf_counter()
     output = Path(output).expanduser().resolve()
-    check_job(cfg, cluster)  # on a local runtime also the data (check_data), before config.yaml is written
+    check_job(cfg, cluster)  # on a local runtime also the data (check_data_on_cluster), before config.yaml is written
     if cfg.tracking.enabled:  # an unreachable store fails here, before Ray starts or config.yaml is written
         check_store(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment)
     check_reachable(cluster)  # an unreachable address: one line before the storage folder is probed

@@ -1,7 +1,7 @@
 """The per-worker function of the Ray Train job: build the core ``Trainer``, resume, train, report.
 
 One rank of the DDP group runs ``train_worker``. It is thin on purpose: the
-training loop is ``mat_dist.train.Trainer`` unchanged; this module only adds
+training loop is ``mat_dist.core.trainer.Trainer`` unchanged; this module only adds
 what being one rank of a Ray job needs:
 
 - DDP: the Trainer's network wrapped in ``DistributedDataParallel`` (the
@@ -40,14 +40,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mat_dist.checkpoint import load_checkpoint
+from mat_dist.core.checkpoint import load_checkpoint
 from mat_dist.cluster.files import ClusterConfig
-from mat_dist.config import RunConfig, config_from_dict, config_to_dict
-from mat_dist.console import OWN_MARKER, plural
+from mat_dist.core.run_config import RunConfig, config_from_dict, config_to_dict
+from mat_dist.plumbing.console import OWN_MARKER, plural
 from mat_dist.data import load_splits
-from mat_dist.train import Trainer, set_threads
+from mat_dist.core.trainer import Trainer, set_threads
 from mat_dist.training.recorder import EpochRecorder
-from mat_dist.training.run_folder import RunFolder, upto_checkpoint
+from mat_dist.core.run_folder import RunFolder, upto_checkpoint
 
 RANK_RNG = "rank_rng.pt"  # list of every rank's attack-RNG state, index = rank
 
@@ -155,7 +155,7 @@ def _restore(trainer: Trainer, checkpoint: Any, rank: int) -> list[dict[str, Any
 
 def _rank0_tracker(args: WorkerArgs):
     """Rank 0's MLflow view of the run the driver created (nothing when the driver made none)."""
-    from mat_dist.tracking import NullTracker, Tracker
+    from mat_dist.plumbing.tracking import NullTracker, Tracker
 
     if not args.tracking_run_id:
         return NullTracker()

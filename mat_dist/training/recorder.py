@@ -28,12 +28,12 @@ from typing import Any, Callable
 
 import yaml
 
-from mat_dist.atomic import jsonl_text, write_atomic
-from mat_dist.checkpoint import save_checkpoint
-from mat_dist.config import RunConfig, config_to_dict
-from mat_dist.tracking import NullTracker, Tracker, git_commit, redact
-from mat_dist.training.run_folder import CONFIG_FILE, RunFolder
-from mat_dist.train import Trainer
+from mat_dist.plumbing.atomic import jsonl_text, write_atomic
+from mat_dist.core.checkpoint import save_checkpoint
+from mat_dist.core.run_config import RunConfig, config_to_dict
+from mat_dist.plumbing.tracking import NullTracker, Tracker, git_commit, redact
+from mat_dist.core.run_folder import CONFIG_FILE, RunFolder
+from mat_dist.core.trainer import Trainer
 
 Row = dict[str, Any]
 

@@ -42,7 +42,7 @@ def tuned_overrides(output: Path, trial_id: str, keys: list[str]) -> tuple[str, 
     """``key=value`` overrides that turn the full-budget base into the best trial's config: each searched key's
     whole value (a list for ``attack.eps.0``), read back from the trial's config.yaml, and the trial's
     per-epoch schedule when it has one (a PBT trial's: phases at the same epochs)."""
-    from mat_dist.config import read_yaml
+    from mat_dist.core.run_config import read_yaml
     from mat_dist.tune.space import get_key, list_key
 
     raw = read_yaml(trial_folder(output, trial_id) / "config.yaml")
@@ -62,9 +62,9 @@ def _yaml_value(value: Any) -> str:
 def confirm_preset(*, output: Path, space: Any, best: dict[str, Any], full_raw: dict, suite: str | Mapping[str, Any],
                    examples: int | None):
     """The two-method preset: base and tuned at the full budget, the suite at the base's eval radii."""
-    from mat_dist.config import config_from_dict, config_to_yaml
+    from mat_dist.core.run_config import config_from_dict, config_to_yaml
     from mat_dist.reproduce.presets import MethodSpec, Preset
-    from mat_dist.atomic import write_atomic
+    from mat_dist.plumbing.atomic import write_atomic
 
     cfg = config_from_dict(full_raw)
     folder = output / CONFIRM_DIR
@@ -100,10 +100,10 @@ def _evaluated_at_eval_radii(cfg: Any, suite: str | Mapping[str, Any], examples:
 def run_confirm(*, output: Path, space: Any, best: dict[str, Any], full_raw: dict, seeds: int,
                 suite: str | Mapping[str, Any], examples: int | None, cluster: str | None, tracking_uri: str | None,
                 log: Callable[[str], None]) -> ConfirmResult:
-    from mat_dist.config import load_config
+    from mat_dist.core.run_config import load_config
     from mat_dist.reproduce.pipeline import reproduce
-    from mat_dist.reproduce.report import collect
-    from mat_dist.atomic import write_atomic
+    from mat_dist.reproduce.reproduction_report import collect
+    from mat_dist.plumbing.atomic import write_atomic
 
     preset = confirm_preset(output=output, space=space, best=best, full_raw=full_raw, suite=suite,
                             examples=examples)
@@ -132,7 +132,7 @@ def confirm_table(data: Mapping[str, Any], *, suite_name: str, names: tuple[str,
     (mat_dist.evaluate.paired), and the verdict reads that: a difference counts when its interval excludes 0.
     Without them, a difference counts only when the two configs' intervals do not overlap."""
     from mat_dist.evaluate.paired import paired_difference
-    from mat_dist.reproduce.report import Table, cell, separated
+    from mat_dist.reproduce.reproduction_report import Table, cell, separated
 
     paired = unions is not None
     delta_column = f"all_attacks minus {reference} [95%]"
@@ -201,7 +201,7 @@ def compare_preset(*, base_file: Path, sweeps: Mapping[str, Path], suite: str | 
                    examples: int | None, reference: str = "hand-picked"):
     """A preset of the base config (``reference``) and the best config of each sweep folder, all at the base's
     budget: the searches compared on the test images (scripts/compare_searches.py)."""
-    from mat_dist.config import load_config
+    from mat_dist.core.run_config import load_config
     from mat_dist.reproduce.presets import MethodSpec, Preset
 
     cfg = load_config(base_file)
@@ -210,7 +210,7 @@ def compare_preset(*, base_file: Path, sweeps: Mapping[str, Path], suite: str | 
         saved = json.loads((folder / "sweep.json").read_text())
         summary = json.loads((folder / "summary.json").read_text())
         if summary.get("best") is None:
-            from mat_dist.errors import UserError
+            from mat_dist.plumbing.errors import UserError
 
             raise UserError(f"{folder} has no best trial (summary.json); finish that sweep first")
         keys = list(saved["space"]["params"])

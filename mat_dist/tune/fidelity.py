@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 from mat_dist.tune.objective import CLEAN, COST_PASSES, COST_SECONDS, OBJECTIVE, ROBUST_ALL, SOURCE, trial_folder
 
 FIDELITY_DIR = "fidelity"
@@ -82,15 +82,15 @@ def full_budget_base(proxy_raw: dict, budget_raw: dict, *, overrides: dict[str, 
                      source: str) -> dict:
     """The sweep's base (``proxy_raw``: the space's overrides applied) with the budget keys the space
     overrides back at the base config's values (``budget_raw``), then ``full`` (``fidelity.full``) applied."""
-    from mat_dist.config import config_from_dict
-    from mat_dist.tune.space import get_key, set_key
+    from mat_dist.core.run_config import config_from_dict
+    from mat_dist.tune.space import get_key, set_space_key
 
     raw = copy.deepcopy(proxy_raw)
     for key in BUDGET_KEYS:
         if key in overrides:
-            set_key(raw, key, get_key(budget_raw, key), where=f"{source}: the full budget's {key}")
+            set_space_key(raw, key, get_key(budget_raw, key), where=f"{source}: the full budget's {key}")
     for key, value in full.items():
-        set_key(raw, key, value, where=f"{source}: fidelity.full.{key}")
+        set_space_key(raw, key, value, where=f"{source}: fidelity.full.{key}")
     config_from_dict(raw)  # UserError naming the key
     return raw
 
@@ -98,7 +98,7 @@ def full_budget_base(proxy_raw: dict, budget_raw: dict, *, overrides: dict[str, 
 def searched_values(output: Path, trial_id: str, keys: Sequence[str]) -> dict[str, Any]:
     """The values a sweep trial searched, read back from its config.yaml, with its per-epoch schedule when it has
     one (a PBT trial: what it learned is the schedule, not its last values)."""
-    from mat_dist.config import read_yaml
+    from mat_dist.core.run_config import read_yaml
     from mat_dist.tune.objective import SCHEDULE
     from mat_dist.tune.space import get_key
 
@@ -117,7 +117,7 @@ def planned_top(output: Path) -> int | None:
 
 
 def _plan(output: Path, plan: dict[str, Any]) -> None:
-    from mat_dist.atomic import write_atomic
+    from mat_dist.plumbing.atomic import write_atomic
 
     path = output / FIDELITY_DIR / PLAN_FILE
     if path.is_file():
@@ -178,7 +178,7 @@ def run_fidelity(*, output: Path, space: Any, ranked: Sequence[dict[str, Any]], 
 
 
 def _last(folder: Path, trial_id: str) -> dict[str, Any]:
-    from mat_dist.atomic import read_jsonl
+    from mat_dist.plumbing.atomic import read_jsonl
 
     history = read_jsonl(trial_folder(folder, trial_id) / "metrics.jsonl")
     return history[-1] if history else {}
@@ -213,7 +213,7 @@ def fidelity_rows(proxy: Sequence[dict[str, Any]], full: dict[str, dict[str, Any
 
 def write_fidelity(output: Path, rows: Sequence[dict[str, Any]], *, rho: float, p: float, plan: dict[str, Any],
                    full_raw: dict, space: Any, interrupted: bool) -> None:
-    from mat_dist.atomic import write_atomic
+    from mat_dist.plumbing.atomic import write_atomic
     from mat_dist.tune.space import get_key
 
     columns = ["trial_id", "picked", "proxy_epochs", "proxy_objective", "proxy_rank", "full_epochs",

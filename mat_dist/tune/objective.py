@@ -80,7 +80,7 @@ def cost_metrics(metrics: dict[str, Any], history: list[dict[str, Any]]) -> dict
 
 def scored(metrics: dict[str, Any], folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
     """One epoch's line as the trial records and reports it: the metrics, the cost so far and the objective."""
-    from mat_dist.atomic import read_jsonl
+    from mat_dist.plumbing.atomic import read_jsonl
 
     row = {**metrics, **cost_metrics(metrics, read_jsonl(folder / "metrics.jsonl"))}
     row.update(objective_metrics(row, spec.get("min_clean_acc"), spec.get("max_cost")))
@@ -103,8 +103,8 @@ def _prepare_trial(spec: dict[str, Any], params: dict[str, Any]):
     """Trial id, its folder and its config (base + sampled values, eval untouched)."""
     from ray import tune
 
-    from mat_dist.config import config_to_yaml
-    from mat_dist.atomic import write_atomic
+    from mat_dist.core.run_config import config_to_yaml
+    from mat_dist.plumbing.atomic import write_atomic
     from mat_dist.tune.space import trial_config
 
     trial_id = tune.get_context().get_trial_id()
@@ -121,7 +121,7 @@ def _prepare_trial(spec: dict[str, Any], params: dict[str, Any]):
 
 def _history_upto(folder: Path, epoch: int) -> list[dict[str, Any]]:
     """The trial's metrics lines up to ``epoch`` (lines past a restored checkpoint are dropped)."""
-    from mat_dist.training.run_folder import RunFolder
+    from mat_dist.core.run_folder import RunFolder
 
     return RunFolder(folder).resume_metrics(epoch)
 
@@ -137,9 +137,9 @@ def train_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     """
     from ray import tune
 
-    from mat_dist.checkpoint import check_same_model, load_checkpoint
+    from mat_dist.core.checkpoint import check_same_model, load_checkpoint
     from mat_dist.data import load_splits
-    from mat_dist.train import Trainer, resolve_device, set_threads
+    from mat_dist.core.trainer import Trainer, resolve_device, set_threads
     from mat_dist.training.recorder import EpochRecorder
 
     # One INFO line per checkpoint ("Checkpoint successfully created") is noise at one checkpoint per epoch.
@@ -186,7 +186,7 @@ def _objective_report_callback(spec: dict[str, Any], folder: Path):
     """A ``TuneReportCallback`` that adds the cost and the objective to rank 0's metrics before Tune sees them."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mat_dist.atomic import append_jsonl
+    from mat_dist.plumbing.atomic import append_jsonl
 
     class ObjectiveReportCallback(TuneReportCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:

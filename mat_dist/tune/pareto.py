@@ -61,7 +61,7 @@ def within_cost(row: dict[str, Any], max_cost: float | None) -> bool:
 def write_pareto(output: Path, rows: Sequence[dict[str, Any]], *, keys: Sequence[str],
                  max_cost: float | None, title: str) -> list[dict[str, Any]]:
     """Write pareto.csv and pareto.png into ``output``; returns the front."""
-    from mat_dist.atomic import write_atomic
+    from mat_dist.plumbing.atomic import write_atomic
 
     front = pareto_front(rows)
     columns = ["trial_id", "status", "epochs", ROBUST_ALL, CLEAN, OBJECTIVE, COST_PASSES, COST_SECONDS,

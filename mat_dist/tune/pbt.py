@@ -41,10 +41,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from mat_dist.atomic import append_jsonl, jsonl_text, read_jsonl, write_atomic
-from mat_dist.config import RunConfig, config_from_dict, config_to_yaml
-from mat_dist.errors import UserError
-from mat_dist.tune.space import Dist, SearchSpace, list_key, set_key
+from mat_dist.plumbing.atomic import append_jsonl, jsonl_text, read_jsonl, write_atomic
+from mat_dist.core.run_config import RunConfig, config_from_dict, config_to_yaml
+from mat_dist.plumbing.errors import UserError
+from mat_dist.tune.space import Dist, SearchSpace, list_key, set_space_key
 
 EXPLOITS_FILE = "exploits.jsonl"
 # RunConfig.schedule's name for each schedulable key
@@ -95,11 +95,11 @@ def scheduled_lists(keys: list[str]) -> list[str]:
 
 def _current_lists(base_raw: dict, params: dict[str, Any], lists: list[str]) -> tuple[dict, dict[str, list]]:
     """The base with the trial's current values set, and those values as whole lists."""
-    from mat_dist.config import scheduled_values
+    from mat_dist.core.run_config import scheduled_values
 
     raw = copy.deepcopy(base_raw)
     for key, value in params.items():
-        set_key(raw, key, value, where=f"trial parameter {key}")
+        set_space_key(raw, key, value, where=f"trial parameter {key}")
     raw["schedule"] = []  # the trial's values alone; its lineage's phases are added by the caller
     values = scheduled_values(config_from_dict(raw), 0)
     return raw, {k: list(getattr(values, PHASE_FIELD[k])) for k in lists}

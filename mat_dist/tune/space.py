@@ -40,7 +40,7 @@ Distributions: ``choice`` and ``grid`` take a list of values (grid runs every
 value, each ``trials`` times); ``uniform``, ``loguniform`` and ``randint``
 take ``[low, high]`` with low < high. The file's schema is ``SpaceFile``; its
 keys are checked against the RunConfig schema, in the override syntax of
-``matd train`` (``mat_dist.schema.set_key``): an integer part indexes a list
+``matd train`` (``mat_dist.plumbing.schema.set_key``): an integer part indexes a list
 (``attack.eps.2``: sub-model 2's radius). ``eval.*``, ``seed`` and the
 validation data cannot be searched: the evaluation radii and the validation
 split define the objective, and a search that could move them would reward
@@ -73,11 +73,11 @@ import pydantic
 from annotated_types import Gt, Le
 from pydantic import BaseModel
 
-from mat_dist import schema
-from mat_dist.config import RunConfig, config_from_dict
-from mat_dist.errors import UserError
-from mat_dist.paths import resolve_yaml, shipped_names
-from mat_dist.schema import FORBID, Bool, Count, NonNegInt, Num, Positive, Share, Str, bare, key_type, must
+from mat_dist.plumbing import schema
+from mat_dist.core.run_config import RunConfig, config_from_dict
+from mat_dist.plumbing.errors import UserError
+from mat_dist.plumbing.paths import resolve_yaml, shipped_names
+from mat_dist.plumbing.schema import FORBID, Bool, Count, NonNegInt, Num, Positive, Share, Str, bare, key_type, must
 
 # The shipped spaces: the repository's tune_spaces/ folder, installed as the package
 # mat_dist.tune_spaces (pyproject.toml), like clusters/.
@@ -226,12 +226,12 @@ class SearchSpace:
 
     def base_raw(self, base: RunConfig | dict, extra_overrides: list[str] | None = None) -> dict:
         """The base config as plain data with the space's overrides (then ``extra_overrides``) applied, validated."""
-        from mat_dist.config import apply_overrides, config_to_dict
+        from mat_dist.core.run_config import apply_run_overrides, config_to_dict
 
         raw = copy.deepcopy(base if isinstance(base, dict) else config_to_dict(base))
         for key, value in self.overrides.items():
-            set_key(raw, key, value, where=f"{self.source}: overrides.{key}")
-        raw = apply_overrides(raw, list(extra_overrides or []))
+            set_space_key(raw, key, value, where=f"{self.source}: overrides.{key}")
+        raw = apply_run_overrides(raw, list(extra_overrides or []))
         config_from_dict(raw)  # UserError naming the key
         return raw
 
@@ -241,7 +241,7 @@ class SearchSpace:
             for value in p.candidates():
                 raw = copy.deepcopy(base_raw)
                 where = f"{self.source}: params.{p.key}"
-                set_key(raw, p.key, value, where=where)
+                set_space_key(raw, p.key, value, where=where)
                 try:
                     config_from_dict(raw)
                 except UserError as err:
@@ -249,13 +249,13 @@ class SearchSpace:
                                     f"change the {p.dist.value}") from None
         raw = copy.deepcopy(base_raw)
         for key, value in self.fidelity.full.items():
-            set_key(raw, key, value, where=f"{self.source}: fidelity.full.{key}")
+            set_space_key(raw, key, value, where=f"{self.source}: fidelity.full.{key}")
         config_from_dict(raw)
 
 
 # ---------------------------------------------------------------- dotted keys
 
-def set_key(raw: dict, key: str, value: Any, *, where: str) -> None:
+def set_space_key(raw: dict, key: str, value: Any, *, where: str) -> None:
     """Set dotted config ``key`` in plain config data: the override syntax of ``matd train``."""
     schema.set_key(raw, key, value, model=RunConfig, voice=schema.RUN, where=where)
 
@@ -456,13 +456,13 @@ def trial_config(base_raw: dict, params: dict[str, Any], *, name: str | None = N
     for key, value in params.items():
         if _forbidden(key):  # the space refused it already; a hand-built param dict gets the same rule
             raise UserError(f"trial parameter {key} cannot be searched ({_forbidden(key)})")
-        set_key(raw, key, value, where=f"trial parameter {key}")
+        set_space_key(raw, key, value, where=f"trial parameter {key}")
     if schedule is not None:
         raw["schedule"] = copy.deepcopy(schedule)
     if name is not None:
         raw["name"] = name
     cfg = config_from_dict(raw)
     base_eval = config_from_dict(base_raw).eval
-    if cfg.eval != base_eval:  # cannot happen through set_key on allowed keys; the objective depends on it
+    if cfg.eval != base_eval:  # cannot happen through set_space_key on allowed keys; the objective depends on it
         raise AssertionError("a trial's evaluation settings differ from the base config's")
     return cfg

@@ -8,7 +8,7 @@
 - ``prepare``: space x base config (every candidate value validated) -> cluster file -> the sweep folder
   (``sweep.json``; ``--resume`` reads it back); then Ray is connected, the trials sized and their concurrency
   set from the cluster's resources, and the MLflow parent run created before any trial starts;
-- ``fit``: ``Tuner.fit()`` (or ``Tuner.restore(..., resume_errored=True).fit()``; the searcher, random or
+- ``fit_trials``: ``Tuner.fit()`` (or ``Tuner.restore(..., resume_errored=True).fit()``; the searcher, random or
   TPE, is restored with it);
 - ``tabulate``: the table of all trials, the plot of the objective against each searched value, the Pareto
   front of robustness against training cost, and the best trial's config (the best eligible: complete,
@@ -17,7 +17,7 @@
   and the proxy's rank correlation (``mat_dist.tune.fidelity``);
 - ``confirm_best``: with ``confirm``, the best config and the base config trained with N seeds at the full
   budget and evaluated with a suite on the test images (``mat_dist.tune.confirm``);
-- ``write_report``: ``report.md`` (``mat_dist.tune.report``).
+- ``report_sweep``: ``report.md`` (``mat_dist.tune.sweep_report``).
 
 The trial plumbing (a trial's shape, the trial function, Ray's run settings, the saved statuses) is
 ``mat_dist.tune.trials``, which the fidelity step shares.
@@ -52,9 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from mat_dist.config import RunConfig, apply_overrides, config_to_dict, config_to_yaml, load_config
-from mat_dist.errors import UserError
-from mat_dist.atomic import read_jsonl, write_atomic
+from mat_dist.core.run_config import RunConfig, apply_run_overrides, config_to_dict, config_to_yaml, load_config
+from mat_dist.plumbing.errors import UserError
+from mat_dist.plumbing.atomic import read_jsonl, write_atomic
 from mat_dist.tune.objective import (CLEAN, COST_PASSES, COST_SECONDS, FEASIBLE, OBJECTIVE, ROBUST_ALL, STARTS_FILE,
                                      trial_folder)
 from mat_dist.tune.pareto import PARETO_PLOT, PARETO_TABLE, within_cost, write_pareto
@@ -168,13 +168,13 @@ def run_sweep(space: SearchSpace | None, settings: SweepSettings) -> SweepResult
         concurrency = max_concurrent(plan.shape, runtime.resources, plan.space.max_concurrent,
                                      source=plan.cluster.source)
         parent = _open_parent(plan, settings.tracking_uri)
-        spent = fit(plan, settings, concurrency=concurrency, parent=parent)
+        spent = fit_trials(plan, settings, concurrency=concurrency, parent=parent)
         table = tabulate(plan, spent=spent, started=started)
         fid = measure_fidelity(plan, settings, table, concurrency=concurrency, parent=parent)
         interrupted = fid.interrupted if fid is not None else table.interrupted
         _log_tabulated(parent, plan.output, table, fid)
     conf = confirm_best(plan, settings, table.best, parent=parent) if not interrupted else None
-    report = write_report(plan, table, interrupted=interrupted, wall_s=time.perf_counter() - started)
+    report = report_sweep(plan, table, interrupted=interrupted, wall_s=time.perf_counter() - started)
     _close_parent(parent, plan.output, report, interrupted=interrupted)
     return SweepResult(output=plan.output, rows=table.rows, best=table.best, best_config=table.best_config,
                        interrupted=interrupted, wall_s=time.perf_counter() - started,
@@ -253,7 +253,7 @@ def _started(space: SearchSpace | None, settings: SweepSettings,
     output.mkdir(parents=True, exist_ok=True)
     saved = {"space": space_to_dict(space), "space_source": space.source, "base": base_raw,
              # the base before the space's overrides: the full budget of the fidelity step and --confirm
-             "budget_base": _absolute_data_root(apply_overrides(config_to_dict(base_cfg), list(settings.overrides))),
+             "budget_base": _absolute_data_root(apply_run_overrides(config_to_dict(base_cfg), list(settings.overrides))),
              "cluster": cluster_to_dict(cluster), "cluster_source": cluster.source,
              "trials": trials, "parent_run_id": None}
     _save(output, saved)
@@ -325,7 +325,7 @@ def _open_parent(plan: SweepPlan, tracking_uri: str | None):
     cfg, saved, space = plan.base_cfg, plan.saved, plan.space
     if not cfg.tracking.enabled:
         return None
-    from mat_dist.tracking import Tracker, git_commit
+    from mat_dist.plumbing.tracking import Tracker, git_commit
 
     tracker = Tracker.start(uri=tracking_uri or cfg.tracking.uri, experiment=cfg.tracking.experiment,
                             run_name=f"tune-{Path(space.source).stem}", run_id=saved.get("parent_run_id"),
@@ -372,9 +372,9 @@ def _close_parent(parent: Any, output: Path, report: Path, *, interrupted: bool)
         parent.end("FINISHED")  # an interrupted sweep's parent stays RUNNING until --resume ends it
 
 
-# ---------------------------------------------------------------- fit
+# ---------------------------------------------------------------- fit_trials
 
-def fit(plan: SweepPlan, settings: SweepSettings, *, concurrency: int, parent: Any) -> bool:
+def fit_trials(plan: SweepPlan, settings: SweepSettings, *, concurrency: int, parent: Any) -> bool:
     """Run (or continue) the sweep's trials; returns whether the wall-clock budget is spent.
 
     At space.time_budget_s Tune stops: the trials it cut or never started are the budget's, not a crash's.
@@ -450,7 +450,7 @@ def tabulate(plan: SweepPlan, *, spent: bool, started: float) -> Tabulated:
     best = best_row(rows, space.objective.max_cost)
     best_path = export_best(output, plan.base_raw, best, space) if best is not None and not interrupted else None
     front = _write_outputs(output, space, rows, best, wall_s=time.perf_counter() - started, interrupted=interrupted)
-    return Tabulated(rows=rows, ranked=ranked(rows, space.objective.max_cost), best=best, best_config=best_path,
+    return Tabulated(rows=rows, ranked=ranked_trials(rows, space.objective.max_cost), best=best, best_config=best_path,
                      front=front, interrupted=interrupted)
 
 
@@ -484,9 +484,9 @@ def confirm_best(plan: SweepPlan, settings: SweepSettings, best: dict[str, Any] 
                        log=settings.say)
 
 
-def write_report(plan: SweepPlan, table: Tabulated, *, interrupted: bool, wall_s: float) -> Path:
+def report_sweep(plan: SweepPlan, table: Tabulated, *, interrupted: bool, wall_s: float) -> Path:
     """report.md from what the steps left in the sweep folder."""
-    from mat_dist.tune.report import write_sweep_report
+    from mat_dist.tune.sweep_report import write_sweep_report
 
     return write_sweep_report(plan.output, space=plan.space, base_raw=plan.base_raw, rows=table.rows,
                               best=table.best, front=table.front, max_cost=plan.space.objective.max_cost,
@@ -505,7 +505,7 @@ def _value_text(value: Any) -> str:
 
 def trial_rows(output: Path, space: SearchSpace, statuses: dict[str, str], *, max_epochs: int) -> list[dict]:
     """One row per trial from its folder: searched values, status, epochs, early stop, final and best objective."""
-    from mat_dist.config import read_yaml
+    from mat_dist.core.run_config import read_yaml
     from mat_dist.tune.space import get_key
 
     rows = []
@@ -535,7 +535,7 @@ def trial_rows(output: Path, space: SearchSpace, statuses: dict[str, str], *, ma
     return rows
 
 
-def ranked(rows: list[dict[str, Any]], max_cost: float | None = None) -> list[dict[str, Any]]:
+def ranked_trials(rows: list[dict[str, Any]], max_cost: float | None = None) -> list[dict[str, Any]]:
     """The trials with an objective, best first: those within ``max_cost`` before those over it, then those that
     ran all their epochs before those stopped early or cut, then by final objective and clean accuracy."""
     scored = [r for r in rows if not math.isnan(r[OBJECTIVE]) and r["status"] != "ERROR"]
@@ -547,13 +547,13 @@ def ranked(rows: list[dict[str, Any]], max_cost: float | None = None) -> list[di
 def best_row(rows: list[dict[str, Any]], max_cost: float | None = None) -> dict[str, Any] | None:
     """The best trial: highest final objective among trials that ran all their epochs, else among all with one;
     a trial over ``max_cost`` (training passes) is never the best."""
-    order = ranked(rows, max_cost)
+    order = ranked_trials(rows, max_cost)
     return order[0] if order and within_cost(order[0], max_cost) else None
 
 
 def export_best(output: Path, base_raw: dict, best: dict[str, Any], space: SearchSpace) -> Path:
     """Write the best trial's config as a YAML ``matd train --config`` accepts as it is."""
-    from mat_dist.config import config_from_dict, read_yaml
+    from mat_dist.core.run_config import config_from_dict, read_yaml
 
     cfg = config_from_dict(read_yaml(trial_folder(output, best["trial_id"]) / "config.yaml"))
     cfg = dataclasses.replace(cfg, name=f"{base_raw['name']}-tuned")

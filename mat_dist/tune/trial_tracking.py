@@ -51,9 +51,9 @@ class TrialTrackingHooks:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def _tracker(self, trial: Any) -> Any:
-        from mat_dist.config import config_to_dict
-        from mat_dist.atomic import write_atomic
-        from mat_dist.tracking import Tracker
+        from mat_dist.core.run_config import config_to_dict
+        from mat_dist.plumbing.atomic import write_atomic
+        from mat_dist.plumbing.tracking import Tracker
         from mat_dist.tune.objective import SCHEDULE, SOURCE
         from mat_dist.tune.space import trial_config
 

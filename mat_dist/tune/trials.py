@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 from mat_dist.tune.space import Scheduler, SearchSpace
 
 

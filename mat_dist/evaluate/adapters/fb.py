@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from mat_dist.threats import Norm
+from mat_dist.core.threats import Norm
 
 FB_PGD_DEFAULTS: dict[str, Any] = {"steps": 20, "rel_stepsize": 0.1, "random_start": True}
 CW_DEFAULTS: dict[str, Any] = {"binary_search_steps": 9, "steps": 1000, "stepsize": 0.01,

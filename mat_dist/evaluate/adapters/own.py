@@ -1,4 +1,4 @@
-"""mat-dist's own PGD (the one loop of ``mat_dist.attacks``) against a deployed model."""
+"""mat-dist's own PGD (the one loop of ``mat_dist.core.attacks``) against a deployed model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mat_dist.attacks import SlotAttack, perturb
-from mat_dist.threats import Norm, make_threat
+from mat_dist.core.attacks import SlotAttack, perturb
+from mat_dist.core.threats import Norm, make_threat
 
 PGD_DEFAULTS: dict[str, Any] = {
     "steps": 20,

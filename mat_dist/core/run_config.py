@@ -1,9 +1,9 @@
 """Typed, validated run configs: YAML in, YAML out.
 
 A config is a tree of frozen dataclasses, and they are its schema: pydantic
-dataclasses (``mat_dist.schema``: unknown keys, wrong types and impossible
+dataclasses (``mat_dist.plumbing.schema``: unknown keys, wrong types and impossible
 values are refused with one ``UserError`` line naming the key), with the
-rules across fields in ``validate``. ``load_config`` reads YAML with the safe
+rules across fields in ``check_run_config``. ``load_config`` reads YAML with the safe
 loader and applies ``key.sub=value`` overrides (``attack.eps.0=5``: one
 element of a list). ``config_to_dict`` gives back plain YAML-able data, so a
 resolved config can be written out and read back unchanged.
@@ -23,20 +23,20 @@ from annotated_types import Ge, Le, Lt
 from pydantic import BeforeValidator
 from pydantic.dataclasses import dataclass
 
-from mat_dist import schema
-from mat_dist.attacks import GradientMode
+from mat_dist.plumbing import schema
+from mat_dist.core.attacks import GradientMode
 from mat_dist.data import DatasetName
-from mat_dist.errors import UserError
-from mat_dist.methods import METHODS, OuterLoss
-from mat_dist.models import BACKBONES, EnsembleOutput, ModelKind
-from mat_dist.paths import resolve_yaml, shipped_names
-from mat_dist.schema import (FORBID, Bool, Count, Hint, Int, NonNegative, NonNegInt, Num, Positive, Share, Str, must,
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.methods import METHODS, OuterLoss
+from mat_dist.core.models import BACKBONES, EnsembleOutput, ModelKind
+from mat_dist.plumbing.paths import resolve_yaml, shipped_names
+from mat_dist.plumbing.schema import (FORBID, Bool, Count, Hint, Int, NonNegative, NonNegInt, Num, Positive, Share, Str, must,
                              one_of)
-from mat_dist.schema import read_yaml  # noqa: F401  (callers read a run folder's config.yaml through mat_dist.config)
-from mat_dist.threats import Norm, radius_unit_problem
-from mat_dist.validation import Selection, ValidationAttack
+from mat_dist.plumbing.schema import read_yaml  # noqa: F401  (callers read a run folder's config.yaml through mat_dist.core.run_config)
+from mat_dist.core.threats import Norm, radius_unit_problem
+from mat_dist.core.epoch_check import Selection, ValidationAttack
 
-SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+SHIPPED_CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 class OptimizerName(str, enum.Enum):
@@ -45,7 +45,7 @@ class OptimizerName(str, enum.Enum):
 
 
 class Precision(str, enum.Enum):
-    """``train.precision``: the fast path's (mat_dist.fastpath) forward passes in fp32 or under bf16 autocast."""
+    """``train.precision``: the fast path's (mat_dist.core.fast_path) forward passes in fp32 or under bf16 autocast."""
 
     FP32 = "fp32"
     BF16 = "bf16"  # autocast around the forward passes; weights, optimiser state and loss stay fp32
@@ -105,7 +105,7 @@ class AttackConfig:
     """Training attack. PGD methods give sub-model m the m-th threat model;
     MSD methods give every sub-model all of them as candidates."""
 
-    steps: Int = 10                   # K (at least 1 for a method that attacks: ``validate``)
+    steps: Int = 10                   # K (at least 1 for a method that attacks: ``check_run_config``)
     norms: list[Norm] = field(default_factory=lambda: [Norm.L1, Norm.L2, Norm.LINF])
     eps: list[Num] = field(default_factory=lambda: [10.0, 2.0, 0.3])         # pixel units; checked per norm
     alpha: list[Positive] = field(default_factory=lambda: [0.8, 0.1, 0.01])  # step size per step
@@ -161,19 +161,19 @@ class TrainConfig:
     checkpoints_kept: Count = 2       # whole checkpoints kept on disk (the newest ones)
     diagnostics: Bool = False         # per epoch, on the first batch: cross-gradient ratio and step
                                       # disagreement of MAT's ensemble gradient (paper Figs. 1, 4)
-    # The fast path (mat_dist.fastpath): each switch alone is timed by ``bench_switches``.
+    # The fast path (mat_dist.core.fast_path): each switch alone is timed by ``bench_switches``.
     precision: Precision = Precision.FP32  # bf16: autocast around the training forwards; weights stay fp32
     channels_last: Bool = False       # conv weights, hence activations, in NHWC
     compile: Bool = False             # torch.compile the network training calls (first batch compiles)
     # Fine-tuning: start from these weights (a run folder or model file of ours, or a plain state dict of a
     # shipped backbone: safetensors, or .pt read with weights_only=True). One network into M sub-models:
-    # mat_dist.init_from.
+    # mat_dist.core.init_from.
     init_from: Str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, config=FORBID)
 class EvalConfig:
-    """The per-epoch check on the validation slice: clean and robust accuracy per norm (mat_dist.validation)."""
+    """The per-epoch check on the validation slice: clean and robust accuracy per norm (mat_dist.core.epoch_check)."""
 
     examples: Count = 200
     steps: Count = 20                 # PGD steps, or APGD iterations per sub-attack
@@ -206,7 +206,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
-        validate(self)
+        check_run_config(self)
 
 
 # ---------------------------------------------------------------- rules across fields
@@ -224,7 +224,7 @@ def _check_radius(norm: Norm, eps: float, key: str, norms: Sequence[Norm] = ()) 
     _require(problem is None, f"{key}: {problem}{order}")
 
 
-def validate(cfg: RunConfig) -> None:
+def check_run_config(cfg: RunConfig) -> None:
     """The rules across fields; each field's own type and bounds are the schema's (the dataclasses above)."""
     m, a = cfg.model, cfg.attack
     method = METHODS[cfg.method.name]
@@ -324,7 +324,7 @@ def config_to_yaml(cfg: RunConfig) -> str:
 
 # ------------------------------------------------------------ files, overrides
 
-def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+def apply_run_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     """Apply ``key.sub=value`` overrides (values parsed as YAML; ``attack.eps.0=5`` sets one element) to a
     parsed config, in place."""
     return schema.apply_overrides(raw, overrides, model=RunConfig, voice=schema.RUN)
@@ -342,5 +342,5 @@ def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = N
     raw = schema.load_yaml(path, "run config", RunConfig, shipped_names(SHIPPED_CONFIGS))
     overrides = list(overrides or [])
     if isinstance(raw, dict):
-        apply_overrides(raw, overrides)
+        apply_run_overrides(raw, overrides)
     return config_from_dict(raw, source=str(path), overrides=overrides)

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mat_dist.attacks import SlotAttack, perturb
-from mat_dist.models.mimo import DeployedEnsemble, ensemble_scores
-from mat_dist.threats import Norm, ThreatModel, make_threat
+from mat_dist.core.attacks import SlotAttack, perturb
+from mat_dist.core.models.mimo import DeployedEnsemble, ensemble_scores
+from mat_dist.core.threats import Norm, ThreatModel, make_threat
 
 
 class ValidationAttack(str, enum.Enum):
@@ -62,7 +62,7 @@ def apgd_attack(deployed: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Nor
     AutoAttack seeds torch's global generator; the caller's random state (the
     training data order of later epochs, a resumed run's) is kept as it was.
     """
-    from mat_dist.evaluate.adapters.aa import AUTOATTACK_DEFAULTS, autoattack
+    from mat_dist.core.autoattack import AUTOATTACK_DEFAULTS, autoattack
 
     params = {**AUTOATTACK_DEFAULTS, "version": "custom", "attacks": ["apgd-ce", "apgd-t"],
               "n_iter": steps, "n_target_classes": targets}

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 _TINY = 1e-12  # guards divisions by a zero gradient norm
 

@@ -1,4 +1,5 @@
-"""AutoAttack (pyautoattack 0.2) behind the adapter signature.
+"""AutoAttack (pyautoattack 0.2) behind the evaluator's adapter signature; the per-epoch check
+(``epoch_check``) runs its APGD too, which is why it stands with the method and not with the evaluator.
 
 The original research code ran AutoAttack at the library's default radius
 (0.3) instead of the evaluated one; here the radius is passed explicitly and
@@ -16,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from mat_dist.threats import Norm
+from mat_dist.core.threats import Norm
 
 AA_NORMS: dict[Norm, str] = {Norm.LINF: "Linf", Norm.L2: "L2", Norm.L1: "L1"}
 # APGD's large-radius schedule, which "Mind the box" (Croce & Hein 2021) uses for l_1 only.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 
 def find_yaml(name_or_path: str | os.PathLike, shipped: Path) -> Path | None:

@@ -17,11 +17,11 @@ from typing import Any, Callable
 
 import torch
 
-from mat_dist.config import Precision, TrainConfig
-from mat_dist.fastpath import prepare_model
-from mat_dist.methods import METHODS, OuterLoss, adversarial_loss, per_member_ce
-from mat_dist.models import ModelKind, ModelSpec, build_model
-from mat_dist.threats import Norm, ThreatModel, make_threat
+from mat_dist.core.run_config import Precision, TrainConfig
+from mat_dist.core.fast_path import prepare_model
+from mat_dist.core.methods import METHODS, OuterLoss, adversarial_loss, per_member_ce
+from mat_dist.core.models import ModelKind, ModelSpec, build_model
+from mat_dist.core.threats import Norm, ThreatModel, make_threat
 
 BENCH_METHODS = ("standard", "at", "ensemble_at", "mimo_at", "mat", "msd", "mat_msd")
 # `at` attacks in l_inf (a sign step); AT in the other norms pays the same threat-model work as MAT's
@@ -31,7 +31,7 @@ AT_OTHER_NORMS = ("at_l2", "at_l1")
 # except through the l_1 projection's sort, which runs at any radius.
 THREAT_TABLE = {Norm.L1: (5.0, 1.0), Norm.L2: (1.0, 0.25), Norm.LINF: (0.1, 0.025)}
 NORM_ORDER = (Norm.L1, Norm.L2, Norm.LINF)
-# The fast path's switches, each alone (mat_dist.fastpath); "baseline" is every switch off.
+# The fast path's switches, each alone (mat_dist.core.fast_path); "baseline" is every switch off.
 SWITCHES = {
     "baseline": TrainConfig(),
     "bf16": TrainConfig(precision=Precision.BF16),

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 
 from mat_dist.data.datasets import ImageDataset
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 _SEED_STRIDE = 1_000_003  # a prime: (seed, epoch) pairs map to distinct generator seeds
 _SEED_MODULUS = 2**63  # torch.Generator.manual_seed takes at most 64 bits

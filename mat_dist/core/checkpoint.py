@@ -26,15 +26,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from mat_dist.atomic import atomic_path
-from mat_dist.errors import UserError
-from mat_dist.models.mimo import DeployedEnsemble, ModelSpec, build_model
+from mat_dist.plumbing.atomic import atomic_path
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.models.mimo import DeployedEnsemble, ModelSpec, build_model
 
 SPEC_KEY = "mat_dist.model_spec"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 PREFIX = "epoch-"
-CHECKPOINTS_DIR = "checkpoints"  # where a run folder keeps its epoch-NNNN checkpoints (mat_dist.training.run_folder)
+CHECKPOINTS_DIR = "checkpoints"  # where a run folder keeps its epoch-NNNN checkpoints (mat_dist.core.run_folder)
 
 
 def save_weights(net: nn.Module, path: Path, *, extra: dict[str, str] | None = None) -> None:

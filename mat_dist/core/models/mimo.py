@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from mat_dist.errors import UserError
-from mat_dist.models.backbones import BACKBONES
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.models.backbones import BACKBONES
 
 
 class ModelKind(str, enum.Enum):

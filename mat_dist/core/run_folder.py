@@ -4,7 +4,7 @@
     metrics.jsonl      one JSON object per finished epoch, each epoch once, keys sorted
     run.json           the MLflow run id, so --resume logs into the same run
     ray_run.json       a Ray run's name and storage path (Ray runs only), so --resume finds its checkpoints
-    checkpoints/       epoch-NNNN/ folders (``mat_dist.checkpoint``), the newest ``train.checkpoints_kept``
+    checkpoints/       epoch-NNNN/ folders (``mat_dist.core.checkpoint``), the newest ``train.checkpoints_kept``
     model.safetensors  the final model (load with ``mat_dist.load_model``)
     report.md          the per-epoch figures (``epoch_report``)
 
@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mat_dist.atomic import jsonl_text, probe_writable, read_jsonl, write_atomic
-from mat_dist.checkpoint import CHECKPOINTS_DIR, WEIGHTS
-from mat_dist.config import RunConfig, config_from_dict, config_to_dict, config_to_yaml, read_yaml
-from mat_dist.errors import UserError
-from mat_dist.schema import differing_leaves
-from mat_dist.validation import describe_check
+from mat_dist.plumbing.atomic import jsonl_text, probe_writable, read_jsonl, write_atomic
+from mat_dist.core.checkpoint import CHECKPOINTS_DIR, WEIGHTS
+from mat_dist.core.run_config import RunConfig, config_from_dict, config_to_dict, config_to_yaml, read_yaml
+from mat_dist.plumbing.errors import UserError
+from mat_dist.plumbing.schema import differing_leaves
+from mat_dist.core.epoch_check import describe_check
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"

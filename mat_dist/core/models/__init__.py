@@ -1,7 +1,7 @@
 """MIMO ensembles and their backbones."""
 
-from mat_dist.models.backbones import BACKBONES, BackboneSpec
-from mat_dist.models.mimo import (
+from mat_dist.core.models.backbones import BACKBONES, BackboneSpec
+from mat_dist.core.models.mimo import (
     DeployedEnsemble,
     EnsembleOutput,
     ModelKind,

@@ -7,8 +7,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from mat_dist.paths import as_given
-from mat_dist.threats import Norm
+from mat_dist.plumbing.paths import as_given
+from mat_dist.core.threats import Norm
 
 PAPER_TABLES = Path(__file__).resolve().parent.parent / "reference" / "paper_tables.csv"
 NORM_LABEL = {Norm.LINF.value: "l_inf", Norm.L2.value: "l_2", Norm.L1.value: "l_1"}

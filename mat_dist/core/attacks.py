@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from mat_dist.threats import ThreatModel
+from mat_dist.core.threats import ThreatModel
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]  # x_adv (B, M, C, H, W) -> losses (B, M)
 

@@ -22,17 +22,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mat_dist.attacks import TiedRows, cross_gradient_diagnostics
-from mat_dist.config import OptimizerName, RunConfig, scheduled_values
-from mat_dist.data import DataSplits, MimoBatches
-from mat_dist.errors import UserError
-from mat_dist.fastpath import prepare_model
-from mat_dist.init_from import initial_state
-from mat_dist.methods import METHODS, Method, adversarial_loss, per_member_ce
-from mat_dist.models.mimo import ModelSpec, build_model
-from mat_dist.norm_sampling import NormRule, NormSampler
-from mat_dist.threats import ThreatModel, make_threat
-from mat_dist.validation import Selection, robust_counts
+from mat_dist.core.attacks import TiedRows, cross_gradient_diagnostics
+from mat_dist.core.run_config import OptimizerName, RunConfig, scheduled_values
+from mat_dist.data import DataSplits
+from mat_dist.core.mimo_batches import MimoBatches
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.fast_path import prepare_model
+from mat_dist.core.init_from import initial_state
+from mat_dist.core.methods import METHODS, Method, adversarial_loss, per_member_ce
+from mat_dist.core.models.mimo import ModelSpec, build_model
+from mat_dist.core.norm_sampling import NormRule, NormSampler
+from mat_dist.core.threats import ThreatModel, make_threat
+from mat_dist.core.epoch_check import Selection, robust_counts
 
 
 class TrainingDiverged(UserError):
@@ -336,7 +337,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Clean and robust accuracy of the deployed ensemble on this rank's share of the validation slice,
-        summed across ranks (``mat_dist.validation``)."""
+        summed across ranks (``mat_dist.core.epoch_check``)."""
         cfg = self.cfg.eval
         val = self.splits.val
         n = min(cfg.examples, len(val))

@@ -3,7 +3,7 @@
 The five kinds are pydantic 2 models (``extra="forbid"``, strict scalars)
 written with the small vocabulary below, next to the types they build:
 
-    run config     mat_dist.config.RunConfig                 (frozen pydantic dataclasses)
+    run config     mat_dist.core.run_config.RunConfig                 (frozen pydantic dataclasses)
     cluster file   mat_dist.cluster.files.ClusterConfig
     suite          mat_dist.evaluate.suite.SuiteFile         (-> Suite)
     search space   mat_dist.tune.space.SpaceFile             (-> SearchSpace)
@@ -38,7 +38,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
-from mat_dist.errors import UserError
+from mat_dist.plumbing.errors import UserError
 
 T = TypeVar("T")
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mat_dist.atomic import read_jsonl, write_atomic
+from mat_dist.plumbing.atomic import read_jsonl, write_atomic
 from mat_dist.evaluate.metrics import separated
 from mat_dist.reproduce.presets import PAPER_SETUP, Preset
-from mat_dist.threats import Norm
+from mat_dist.core.threats import Norm
 
 PAPER_TABLES = Path(__file__).resolve().parent.parent / "reference" / "paper_tables.csv"
 MAIN_TABLE = {"mnist": "MAT paper Table 4", "cifar10": "MAT paper Table 5"}
@@ -244,7 +244,7 @@ def submodel_tables(preset: Preset, data: list[MethodData], paper: dict) -> list
     return tables
 
 
-def transfer_tables(data: list[MethodData]) -> list[Table]:
+def transfer_sections(data: list[MethodData]) -> list[Table]:
     """Paper Tables 1, 2, 9-12 shape: n_ij (r_ij) per attack, for every method with several sub-models."""
     tables = []
     for d in data:
@@ -314,7 +314,7 @@ def diag_table(series: dict[str, list[tuple[int, float]]], title: str) -> Table 
 
 def cost_table(preset: Preset, data: list[MethodData], paper: dict) -> Table:
     """Paper Tables 6-7: passes per batch (the code's invariants) and measured time per method."""
-    from mat_dist.bench.methods import table6_passes
+    from mat_dist.bench.method_costs import table6_passes
 
     table = Table("Training cost: passes per batch (paper Table 6) and measured time (paper Table 7)",
                   ["method", "networks x heads", "K", "fwd / bwd (formula)", "fwd", "bwd", "epochs",
@@ -518,7 +518,7 @@ def _versions() -> str:
 
 
 def _machine() -> str:
-    from mat_dist.evaluate.report import machine
+    from mat_dist.evaluate.eval_report import machine
 
     text = machine()
     try:
@@ -589,7 +589,7 @@ def write_report(preset: Preset, outcomes: Sequence[Any], *, configs: Mapping[st
 def report_tables(preset: Preset, data: list[MethodData], paper: dict,
                   series: Mapping[str, dict[str, list[tuple[int, float]]]]) -> ReportTables:
     return ReportTables(main=main_table(preset, data, paper), same_norm=same_norm_table(data),
-                        submodel=submodel_tables(preset, data, paper), transfer=transfer_tables(data),
+                        submodel=submodel_tables(preset, data, paper), transfer=transfer_sections(data),
                         curves=curve_tables(data),
                         diagnostics={key: diag_table(series[key], title) for key, title, _, _ in DIAGNOSTICS},
                         cost=cost_table(preset, data, paper))

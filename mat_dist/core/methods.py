@@ -9,7 +9,7 @@ theta steps on sum_m w_m CE_m (default) or on max_m CE_m.
 
 The field's one-network methods choose norms per batch instead of per slot:
 SAT and E-AT attack each batch in one norm drawn from ``attack.norms``
-(uniformly, or by E-AT's rule: ``mat_dist.norm_sampling``), AVG and MAX attack
+(uniformly, or by E-AT's rule: ``mat_dist.core.norm_sampling``), AVG and MAX attack
 it in every norm and average the N adversarial losses, or keep per example the
 norm whose loss is highest (Tramer and Boneh 2019).
 
@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mat_dist.attacks import GradientMode, SlotAttack, TiedRows, perturb
-from mat_dist.errors import UserError
-from mat_dist.models.mimo import ModelKind
-from mat_dist.norm_sampling import NormRule
-from mat_dist.threats import Norm, ThreatModel
+from mat_dist.core.attacks import GradientMode, SlotAttack, TiedRows, perturb
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.models.mimo import ModelKind
+from mat_dist.core.norm_sampling import NormRule
+from mat_dist.core.threats import Norm, ThreatModel
 
 
 class OuterLoss(str, enum.Enum):

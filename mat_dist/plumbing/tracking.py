@@ -31,8 +31,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mat_dist.environ import scoped_env
-from mat_dist.errors import UserError
+from mat_dist.plumbing.environ import scoped_env
+from mat_dist.plumbing.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # in the working directory
 

@@ -37,10 +37,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from mat_dist.checkpoint import SPEC_KEY, describe, find_weights
-from mat_dist.errors import UserError
-from mat_dist.models.backbones import BACKBONES
-from mat_dist.models.mimo import ModelKind, ModelSpec, build_model
+from mat_dist.core.checkpoint import SPEC_KEY, describe, find_weights
+from mat_dist.plumbing.errors import UserError
+from mat_dist.core.models.backbones import BACKBONES
+from mat_dist.core.models.mimo import ModelKind, ModelSpec, build_model
 
 StateDict = dict[str, torch.Tensor]
 

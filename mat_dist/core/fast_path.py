@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mat_dist.config import Precision, TrainConfig
-from mat_dist.errors import UserError
+from mat_dist.core.run_config import Precision, TrainConfig
+from mat_dist.plumbing.errors import UserError
 
 
 class AutocastForward(nn.Module):

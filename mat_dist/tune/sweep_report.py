@@ -37,7 +37,7 @@ def write_sweep_report(output: Path, *, space: Any, base_raw: dict, rows: Sequen
                        interrupted: bool, wall_s: float) -> Path:
     """report.md: what was searched, the best trial, PBT's exploits, the Pareto front, the proxy's fidelity and
     the confirmation, each section from what its step left in ``output``."""
-    from mat_dist.atomic import write_atomic
+    from mat_dist.plumbing.atomic import write_atomic
 
     lines = _setup_section(space, base_raw, rows, max_cost=max_cost, interrupted=interrupted, wall_s=wall_s)
     lines += _best_section(space, best, max_cost)
@@ -54,9 +54,9 @@ def write_sweep_report(output: Path, *, space: Any, base_raw: dict, rows: Sequen
 def _setup_section(space: Any, base_raw: dict, rows: Sequence[dict[str, Any]], *, max_cost: float | None,
                    interrupted: bool, wall_s: float) -> list[str]:
     """The title and how the sweep ran: base and overrides, searcher and scheduler, objective, wall time."""
-    from mat_dist.config import config_from_dict
-    from mat_dist.console import plural
-    from mat_dist.validation import describe_check
+    from mat_dist.core.run_config import config_from_dict
+    from mat_dist.plumbing.console import plural
+    from mat_dist.core.epoch_check import describe_check
 
     cfg = config_from_dict(base_raw)
     radii = ", ".join(f"{n.value} {e:g}" for n, e in cfg.eval.eps.items())
@@ -81,7 +81,7 @@ def _setup_section(space: Any, base_raw: dict, rows: Sequence[dict[str, Any]], *
 
 def _scheduler_text(space: Any) -> str:
     """The scheduler's settings in parentheses (ASHA's and PBT's; FIFO has none)."""
-    from mat_dist.console import plural
+    from mat_dist.plumbing.console import plural
 
     sched = space.scheduler
     if sched.name.value == "asha":
@@ -94,7 +94,7 @@ def _scheduler_text(space: Any) -> str:
 
 
 def _best_section(space: Any, best: dict[str, Any] | None, max_cost: float | None) -> list[str]:
-    from mat_dist.console import plural
+    from mat_dist.plumbing.console import plural
 
     if best is None:
         return ["## Best trial", "", "None eligible (no trial reported an objective"
@@ -167,7 +167,7 @@ def _confirm_section(output: Path) -> list[str]:
 
 def _pbt_section(output: Path, rows: Sequence[dict[str, Any]], best: dict[str, Any] | None) -> list[str]:
     """The exploits of every trial, and the best trial's schedule: what ``best_config.yaml`` replays."""
-    from mat_dist.config import load_config
+    from mat_dist.core.run_config import load_config
     from mat_dist.tune.objective import trial_folder
     from mat_dist.tune.pbt import exploits
 

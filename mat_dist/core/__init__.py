@@ -1,0 +1,1 @@
+"""The method itself: threat models, attacks, training methods, MIMO models, the run config, the Trainer, the per-epoch check, checkpoints and the run folder. Imports torch, plumbing and data only: never Ray, MLflow, the runners or the studies."""

@@ -21,8 +21,8 @@ parameters, so the optimiser steps one set of weights, kept in fp32.
 turns bf16 and channels_last on where the training device computes in bf16
 natively (``supports_fast_path``): a CPU with AVX512-BF16 or AMX, a CUDA
 device of compute capability 8.0 or later. There they pay (BENCHMARKS.md:
-the pair at about 0.6x of MAT's fp32 batch time on an AVX512-BF16 EPYC);
-elsewhere bf16 is emulated and slower, so ``auto`` means fp32 there.
+the pair at 0.48x of MAT's fp32 batch time on an AVX512-BF16 EPYC);
+elsewhere bf16 is emulated and does not pay, so ``auto`` means fp32 there.
 ``resolve_fast_path`` turns a config into the ``FastPath`` used, which the
 trainer records in every metrics line (``fast_path/*``). Evaluation and the
 per-epoch check attack the plain fp32 network whatever the switches.

@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
 
     suite = load_suite(args.suite, [f"shard_size={args.shard_size}", *args.overrides])
-    source = parse_model(args.run)
+    source = parse_model(str(args.run))
     net = source.load()
     images, labels = load_test_images("mnist5k", None, args.examples, net.spec)
     jobs = plan_jobs(suite, num_members=net.spec.num_members, examples=args.examples)

@@ -73,8 +73,10 @@ def run_bench(*, output: Path | None, parts: str, device: str, backbone: str, ba
             if "error" in row:
                 typer.echo(f"switch {name:14s} failed: {row['error']}")
             else:
+                used = f"  ({row['fast_path']})" if "fast_path" in row else ""
                 typer.echo(f"switch {name:14s} {1000 * row['median_s']:9.1f} ms/batch  "
-                           f"x{row['ratio_to_baseline']:.3f} of baseline")
+                           f"x{row['ratio_to_baseline']:.3f} of baseline{used}")
+        result["ratios"].update(result["switches"].get("ratios", {}))
     if "projection" in chosen:
         from mat_dist.bench.projection import bench_l1_projection
 

@@ -45,10 +45,11 @@ def _inside(x: torch.Tensor, delta: torch.Tensor) -> None:
         assert (threat.norm(delta[:, m]) <= threat.eps * (1 + TOL)).all(), threat.label
 
 
-@pytest.mark.parametrize("precision", [Precision.FP32, Precision.BF16])
-def test_mat_training_step_on_cuda_keeps_radii_and_box_and_learns(precision):
+@pytest.mark.parametrize("precision, channels_last", [(Precision.FP32, False), (Precision.BF16, False),
+                                                      (Precision.AUTO, "auto")])  # the default: both on with bf16
+def test_mat_training_step_on_cuda_keeps_radii_and_box_and_learns(precision, channels_last):
     net = _model()
-    fast = prepare_model(net, TrainConfig(precision=precision), CUDA)
+    fast = prepare_model(net, TrainConfig(precision=precision, channels_last=channels_last), CUDA)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator(device=CUDA).manual_seed(0)
     x = torch.rand(64, 3, 1, 28, 28, device=CUDA, generator=gen)

@@ -265,3 +265,52 @@ def test_the_study_preset_has_every_registry_method_and_the_fine_tuned_rows():
     for spec in study.methods:  # a fine-tuned row runs after its source, whose weights it reads
         if spec.init_from:
             assert order.index(spec.init_from) < order.index(spec.name)
+
+
+# ---------------------------------------------------------------- committed results and the auto fast path
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = Path("reports") / "mnist5k-study"  # relative, as its run.sh calls matd reproduce (fine-tuning sources too)
+
+
+def test_the_committed_study_rows_still_count_as_done_under_the_auto_default(monkeypatch):
+    """train.precision and train.channels_last default to auto (bf16 and channels_last on a machine with native
+    bf16); the study's rows were trained in fp32 without channels_last, so its preset pins those, and matd
+    reproduce still finds every committed row done (the whole config, its metrics and its evaluation)."""
+    from mat_dist.core.run_config import Precision, config_from_dict, read_yaml
+    from mat_dist.reproduce.pipeline import _recorded, evaluation_fingerprint, preset_suite, run_configs
+
+    monkeypatch.chdir(REPO)
+    preset = PRESETS["mnist5k-study"]
+    committed = sorted(p.name for p in (STUDY / "runs").iterdir() if (p / "config.yaml").is_file())
+    assert {"at_linf", "mat_rotate"} <= set(committed)
+    configs = run_configs(preset, [(preset.method(name), 0) for name in committed], output=STUDY, overrides=[],
+                          tracking=False)
+    fingerprint = evaluation_fingerprint(configs, preset_suite(preset), preset.examples)
+    for name in committed:
+        on_disk = config_from_dict(read_yaml(STUDY / "runs" / name / "config.yaml"))
+        assert (on_disk.train.precision, on_disk.train.channels_last) == (Precision.FP32, False), name
+        assert configs[name] == on_disk, name  # every key, the switches included
+        assert _recorded(configs[name], STUDY / "runs" / name, STUDY / "evals" / name, fingerprint), name
+
+
+def test_a_folder_begun_before_the_auto_default_goes_on_only_where_the_preset_pins_fp32(tmp_path):
+    from mat_dist.plumbing.errors import UserError
+    from mat_dist.reproduce.pipeline import PRESET_FILE, _check_preset_file
+    from mat_dist.reproduce.presets import FP32_SWITCHES
+
+    study = PRESETS["mnist5k-study"]
+    assert study.switches == FP32_SWITCHES
+    assert all(PRESETS[name].switches == FP32_SWITCHES for name in ("mnist5k-cpu", "mnist5k-paper-radii"))
+    old = json.loads((REPO / STUDY / PRESET_FILE).read_text())
+    assert "switches" not in old["preset"]  # written when every run trained in fp32
+    (tmp_path / PRESET_FILE).write_text(json.dumps(old))
+    _check_preset_file(tmp_path, study, [], partial=True)  # accepted, and now says what it pins
+    assert json.loads((tmp_path / PRESET_FILE).read_text())["preset"]["switches"] == list(FP32_SWITCHES)
+    # The same old folder under a preset that leaves the switches to the machine: other settings.
+    unpinned = replace(study, switches=())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / PRESET_FILE).write_text(json.dumps(old))
+    with pytest.raises(UserError, match="with other settings"):
+        _check_preset_file(other, unpinned, [], partial=True)

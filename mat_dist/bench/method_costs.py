@@ -12,13 +12,13 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
 
 from mat_dist.core.run_config import Precision, TrainConfig
-from mat_dist.core.fast_path import prepare_model
+from mat_dist.core.fast_path import prepare_model, resolve_fast_path
 from mat_dist.core.methods import METHODS, OuterLoss, adversarial_loss, per_member_ce
 from mat_dist.core.models import ModelKind, ModelSpec, build_model
 from mat_dist.core.threats import Norm, ThreatModel, make_threat
@@ -31,12 +31,16 @@ AT_OTHER_NORMS = ("at_l2", "at_l1")
 # except through the l_1 projection's sort, which runs at any radius.
 THREAT_TABLE = {Norm.L1: (5.0, 1.0), Norm.L2: (1.0, 0.25), Norm.LINF: (0.1, 0.025)}
 NORM_ORDER = (Norm.L1, Norm.L2, Norm.LINF)
-# The fast path's switches, each alone (mat_dist.core.fast_path); "baseline" is every switch off.
+# The fast path's switches, each alone (mat_dist.core.fast_path); "baseline" is every switch off (fp32), and
+# "default" is what train.* defaults to on this machine (auto: bf16 and channels_last where the device
+# computes in bf16 natively, else the baseline again): default / baseline is ``fast_path_over_fp32``.
+_FP32 = TrainConfig(precision=Precision.FP32, channels_last=False)
 SWITCHES = {
-    "baseline": TrainConfig(),
-    "bf16": TrainConfig(precision=Precision.BF16),
-    "channels_last": TrainConfig(channels_last=True),
-    "compile": TrainConfig(compile=True),
+    "baseline": _FP32,
+    "bf16": replace(_FP32, precision=Precision.BF16),
+    "channels_last": replace(_FP32, channels_last=True),
+    "compile": replace(_FP32, compile=True),
+    "default": TrainConfig(),
 }
 
 
@@ -251,4 +255,9 @@ def bench_switches(s: BenchSettings, switches: tuple[str, ...] = tuple(SWITCHES)
         row = summary_stats(times[name])
         row["ratio_to_baseline"] = row["median_s"] / baseline if baseline else None
         rows[name] = row
-    return {"settings": s.__dict__, "machine": machine_info(s.device), "switches": rows}
+    result = {"settings": s.__dict__, "machine": machine_info(s.device), "switches": rows}
+    if "default" in rows:  # what auto chose here, and what it buys over fp32
+        used = resolve_fast_path(SWITCHES["default"], torch.device(s.device))
+        rows["default"]["fast_path"] = used.describe()
+        result["ratios"] = {"fast_path_over_fp32": rows["default"].get("ratio_to_baseline")}
+    return result

@@ -16,12 +16,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, field, fields, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from annotated_types import Ge, Le, Lt
 from pydantic import BeforeValidator
 from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 from mat_dist.plumbing import schema
 from mat_dist.core.attacks import GradientMode
@@ -47,8 +48,22 @@ class OptimizerName(str, enum.Enum):
 class Precision(str, enum.Enum):
     """``train.precision``: the fast path's (mat_dist.core.fast_path) forward passes in fp32 or under bf16 autocast."""
 
+    AUTO = "auto"  # bf16 where the training device computes in bf16 natively (mat_dist.core.fast_path), else fp32
     FP32 = "fp32"
     BF16 = "bf16"  # autocast around the forward passes; weights, optimiser state and loss stay fp32
+
+
+AUTO = "auto"  # a switch's value that leaves the choice to the machine (mat_dist.core.fast_path.resolve_fast_path)
+
+
+def _true_false_or_auto(value: Any) -> Any:
+    if isinstance(value, bool) or value == AUTO:
+        return value
+    raise PydanticCustomError("check", "{message}", {"message": "{key}: expected true, false or auto"})
+
+
+# A switch the machine may decide: true, false, or "auto" (kept as the string in config.yaml).
+AutoBool = Annotated[bool | Literal["auto"], BeforeValidator(_true_false_or_auto)]
 
 
 def _is_schedule(points: list[list[float]]) -> bool:
@@ -162,8 +177,10 @@ class TrainConfig:
     diagnostics: Bool = False         # per epoch, on the first batch: cross-gradient ratio and step
                                       # disagreement of MAT's ensemble gradient (paper Figs. 1, 4)
     # The fast path (mat_dist.core.fast_path): each switch alone is timed by ``bench_switches``.
-    precision: Precision = Precision.FP32  # bf16: autocast around the training forwards; weights stay fp32
-    channels_last: Bool = False       # conv weights, hence activations, in NHWC
+    # auto (both): on where the training device computes in bf16 natively (mat_dist.core.fast_path); every metrics
+    # line records what ran (fast_path/*). Results committed from fp32 runs pin fp32 and false.
+    precision: Precision = Precision.AUTO  # bf16: autocast around the training forwards; weights stay fp32
+    channels_last: AutoBool = AUTO    # conv weights, hence activations, in NHWC
     compile: Bool = False             # torch.compile the network training calls (first batch compiles)
     # Fine-tuning: start from these weights (a run folder or model file of ours, or a plain state dict of a
     # shipped backbone: safetensors, or .pt read with weights_only=True). One network into M sub-models:

@@ -29,6 +29,7 @@ from mat_dist.plumbing.atomic import jsonl_text, probe_writable, read_jsonl, wri
 from mat_dist.core.checkpoint import CHECKPOINTS_DIR, WEIGHTS
 from mat_dist.core.run_config import RunConfig, config_from_dict, config_to_dict, config_to_yaml, read_yaml
 from mat_dist.plumbing.errors import UserError
+from mat_dist.core.fast_path import FastPath
 from mat_dist.plumbing.schema import differing_leaves
 from mat_dist.core.epoch_check import describe_check
 
@@ -155,6 +156,7 @@ def epoch_report(cfg: RunConfig, rows: list[dict[str, Any]]) -> str:
     lines = [
         f"# {cfg.name}: {cfg.method.name}, {cfg.model.backbone}, M={cfg.model.num_members}, {cfg.data.name.value}",
         "",
+        *_fast_path_lines(cfg, rows),
         f"Per-epoch check on the first {cfg.eval.examples} validation images (held out of the training set), "
         f"deployed ensemble, {check} at radii "
         + ", ".join(f"{n.value} {e:g}" for n, e in cfg.eval.eps.items()) + ".",
@@ -173,3 +175,18 @@ def epoch_report(cfg: RunConfig, rows: list[dict[str, Any]]) -> str:
     lines += ["", "Sub-models, clean accuracy at the last epoch: "
               + ", ".join(f"m{k[-1]} {100 * last[k]:.1f}%" for k in sorted(members)), ""]
     return "\n".join(lines)
+
+
+def _fast_path_lines(cfg: RunConfig, rows: list[dict[str, Any]]) -> list[str]:
+    """What the training forwards ran with, from the metrics lines' ``fast_path/*`` (a run from before they were
+    recorded has none: no line), beside the config's ask (``auto`` is decided per machine)."""
+    used = {f for f in map(FastPath.from_record, rows) if f is not None}
+    if not used:
+        return []
+    ran = " / ".join(sorted(f.describe() for f in used))
+    if len(used) > 1:  # resumed on a machine that resolved auto otherwise
+        ran += " (not the same in every epoch: fast_path/* in metrics.jsonl)"
+    t = cfg.train
+    asked = (f"train.precision={t.precision.value}, train.channels_last={str(t.channels_last).lower()}, "
+             f"train.compile={str(t.compile).lower()}")
+    return [f"Training forwards: {ran} ({asked}); the per-epoch check attacks the fp32 network.", ""]

@@ -27,7 +27,7 @@ from mat_dist.core.run_config import OptimizerName, RunConfig, scheduled_values
 from mat_dist.data import DataSplits
 from mat_dist.core.mimo_batches import MimoBatches
 from mat_dist.plumbing.errors import UserError
-from mat_dist.core.fast_path import prepare_model
+from mat_dist.core.fast_path import prepare_model, resolve_fast_path
 from mat_dist.core.init_from import initial_state
 from mat_dist.core.methods import METHODS, Method, adversarial_loss, per_member_ce
 from mat_dist.core.models.mimo import ModelSpec, build_model
@@ -166,7 +166,9 @@ class Trainer:
             self.net.load_state_dict(initial_state(cfg.train.init_from, self.spec))
         self.net = self.net.to(self.device)
         # What the attack and the outer step call: ``net`` behind the train.* fast-path switches, same parameters.
-        self.fast_net = prepare_model(self.net, cfg.train, self.device)
+        # ``auto`` is resolved here, on the device that trains (a Ray worker's, not the driver's).
+        self.fast_path = resolve_fast_path(cfg.train, self.device)
+        self.fast_net = prepare_model(self.net, self.fast_path, self.device)
         self.train_net = wrap(self.fast_net) if wrap else self.fast_net  # the DDP wrapper, when distributed
         self.optimizer = self._make_optimizer()
         self.batches = MimoBatches(splits.train, num_members=self.spec.num_members,
@@ -244,6 +246,7 @@ class Trainer:
             self._track_best(metrics)
             metrics["epoch_time_s"] = time.perf_counter() - start
             metrics["train/passes"] = float(self.progress.step * self.passes_per_batch)  # since epoch 0
+            metrics.update(self.fast_path.record())  # what this epoch ran with (train.* auto resolved)
             sink(metrics, self)
 
     def _current_threats(self, assigned: list[int] | None = None) -> list[ThreatModel]:

@@ -29,7 +29,7 @@ from mat_dist.core.run_config import RunConfig, apply_run_overrides, config_from
 from mat_dist.plumbing.console import plural
 from mat_dist.plumbing.errors import UserError
 from mat_dist.reproduce.layout import EVALS, INVOCATIONS_FILE, PARENT_RUN_FILE, PRESET_FILE, RUNS, run_label
-from mat_dist.reproduce.presets import MethodSpec, Preset
+from mat_dist.reproduce.presets import FP32_SWITCHES, MethodSpec, Preset
 from mat_dist.core.run_folder import RunFolder, check_writable
 
 Log = Callable[[str], None]
@@ -86,7 +86,8 @@ def method_config(preset: Preset, spec: MethodSpec, *, overrides: list[str] | tu
                   tracking: bool = True) -> RunConfig:
     """The run config of one method: base config + preset overrides + method overrides + the user's."""
     raw = read_yaml(resolve_config_path(preset.base_config)) or {}
-    items = [*preset.base_overrides, *spec.overrides, f"name={preset.name}-{spec.name}", *overrides]
+    items = [*preset.base_overrides, *preset.switches, *spec.overrides, f"name={preset.name}-{spec.name}",
+             *overrides]
     if not tracking:
         items.append("tracking.enabled=false")
     try:
@@ -110,8 +111,13 @@ _DESCRIPTIVE = ("description", "budget", "data_note")
 
 
 def _core(fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """A folder's fingerprint without its seed count, method list and descriptive text."""
+    """A folder's fingerprint without its seed count, method list and descriptive text.
+
+    A fingerprint written before presets had ``switches`` was trained when train.* defaulted to fp32 without
+    channels_last: its missing key reads as those pins (``FP32_SWITCHES``), so a folder of a preset that pins
+    them goes on, and one of a preset that leaves them to the machine (auto) is refused as other settings."""
     preset = {k: v for k, v in fingerprint.get("preset", {}).items() if k not in (*_DESCRIPTIVE, "methods")}
+    preset.setdefault("switches", list(FP32_SWITCHES))
     return {**{k: v for k, v in fingerprint.items() if k != "seeds"}, "preset": preset}
 
 
@@ -303,6 +309,18 @@ def _source_override(preset: Preset, spec: MethodSpec, seed: int, output: Path) 
     return (f"train.init_from={output / RUNS / run_label(spec.init_from, seed)}",)
 
 
+def run_configs(preset: Preset, runs: list[tuple[MethodSpec, int]], *, output: Path, overrides: list[str],
+                tracking: bool) -> dict[str, RunConfig]:
+    """The run config of every (method, seed) of a reproduction into ``output``, keyed by run label."""
+    return {run_label(spec.name, seed): _seed_config(preset, spec, seed, output, overrides, tracking)
+            for spec, seed in runs}
+
+
+def evaluation_fingerprint(configs: Mapping[str, RunConfig], suite: Any, examples: int) -> dict[str, Any]:
+    """What a committed evaluation must match to count as done (``_recorded``): data, images and suite."""
+    return {"dataset": next(iter(configs.values())).data.name.value, "examples": examples, "suite": suite.to_dict()}
+
+
 def _selected(preset: Preset, only: list[str] | None) -> list[MethodSpec]:
     """The preset's methods to run (``--only``: those named, with the methods they are fine-tuned from)."""
     if not only:
@@ -350,8 +368,7 @@ def plan_runs(preset: Preset, output: Path, *, overrides: list[str], tracking: b
     if seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
     runs = [(spec, seed) for spec in _selected(preset, only) for seed in range(seeds)]
-    configs = {run_label(spec.name, seed): _seed_config(preset, spec, seed, output, overrides, tracking)
-               for spec, seed in runs}
+    configs = run_configs(preset, runs, output=output, overrides=overrides, tracking=tracking)
     suite = preset_suite(preset)
     folder_seeds = _check_preset_file(output, preset, overrides, seeds, partial=bool(only))
     examples = preset.examples if preset.examples is not None else suite.examples
@@ -359,7 +376,7 @@ def plan_runs(preset: Preset, output: Path, *, overrides: list[str], tracking: b
     if n_workers < 0:
         raise UserError(f"--workers {n_workers} must be 0 (in this process) or more")
     first = next(iter(configs.values()))
-    fingerprint = {"dataset": first.data.name.value, "examples": examples, "suite": suite.to_dict()}
+    fingerprint = evaluation_fingerprint(configs, suite, examples)
     recorded = {label for label in configs
                 if _recorded(configs[label], output / RUNS / label, output / EVALS / label, fingerprint)}
     return ReproducePlan(preset=preset, output=output, runs=runs, configs=configs, suite=suite, seeds=seeds,

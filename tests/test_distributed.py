@@ -74,7 +74,8 @@ def _mlflow_steps(cfg: RunConfig, output: Path, key: str = "val/clean_acc") -> l
 # starts at zero (no per-rank random start) and the l_1 step always moves k=10 coordinates (no drawn k); the
 # MSD CNN has no BatchNorm (no per-rank statistics). SGD, not Adam: Adam divides the gradient by its own
 # scale, so ranks that summed instead of averaging their gradients would take the same step under Adam.
-DETERMINISTIC = ["attack.random_start=false", "attack.l1_topk=[10,10]", "optim.name=sgd", "optim.lr=0.05"]
+DETERMINISTIC = ["attack.random_start=false", "attack.l1_topk=[10,10]", "optim.name=sgd", "optim.lr=0.05",
+                 "train.precision=fp32", "train.channels_last=false"]  # bf16 rounds half batches differently
 
 
 def _weights(run: Path) -> dict:

@@ -26,6 +26,14 @@ from mat_dist.core.models import build_model
 from mat_dist.core.trainer import Trainer
 
 FP32 = {"precision": "fp32", "channels_last": False}  # every switch off, whatever auto would choose here
+
+
+@pytest.fixture
+def tiny_raw(tiny_raw):
+    """conftest's tiny config with the switches at their default, auto (conftest pins them to fp32)."""
+    for key in FP32:
+        tiny_raw["train"].pop(key)
+    return tiny_raw
 BF16_RTOL = 5e-3  # one step's loss, bf16 vs fp32 (measured 1.4e-4 on the tiny config; bf16 keeps 8 mantissa bits)
 
 

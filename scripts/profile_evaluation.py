@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mat_dist.evaluate.evaluator import load_test_images
-from mat_dist.evaluate.model_source import parse as parse_model
+from mat_dist.evaluate.model_source import parse_source as parse_model
 from mat_dist.evaluate.shards import plan_shards, run_shard
 from mat_dist.evaluate.suite import load_suite, plan_jobs
 

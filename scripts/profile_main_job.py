@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from mat_dist.core import attacks, methods, threats
-from mat_dist.core.run_config import apply_overrides, config_from_dict, read_yaml, resolve_config_path
+from mat_dist.core.run_config import apply_run_overrides, config_from_dict, read_yaml, resolve_config_path
 from mat_dist.data import load_splits
 from mat_dist.core.trainer import Trainer, set_threads
 from mat_dist.training.recorder import EpochRecorder
@@ -78,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
 
     raw = read_yaml(resolve_config_path("mnist5k-paper-mat"))
-    cfg = config_from_dict(apply_overrides(raw, [f"data.limit_train={args.train_images}",
+    cfg = config_from_dict(apply_run_overrides(raw, [f"data.limit_train={args.train_images}",
                                                  f"train.epochs={args.epochs}", "tracking.enabled=false",
                                                  *args.overrides]))
     threads = set_threads(args.threads or cfg.train.threads)

@@ -153,3 +153,41 @@ def test_an_output_folder_of_another_evaluation_is_refused():
         run(out, workers=0)
     with pytest.raises(UserError, match="holds another evaluation \\(suite.seed 3 there, 4 now\\)"):
         run(out, workers=0, suite=small_suite(seed=4))
+
+
+def test_nhwc_conv_weights_give_the_verdicts_of_contiguous_ones():
+    """resources.channels_last changes the memory layout only: every verdict is the same, the perturbation
+    norms equal up to summation order."""
+    resources = {"num_cpus": 1, "max_retries": 1}
+    nchw, nhwc = workdir() / "layout-nchw", workdir() / "layout-nhwc"
+    run(nchw, workers=0, suite=small_suite(resources={**resources, "channels_last": False}, transfer={},
+                                           curves={}))
+    run(nhwc, workers=0, suite=small_suite(resources={**resources, "channels_last": True}, transfer={},
+                                           curves={}))
+    a, b = rows(nchw / "results.parquet"), rows(nhwc / "results.parquet")
+    assert len(a) == len(b) == N * 4
+    verdict = ("example_id", "job", "success", "pred_adv", "within_radius", "in_box")
+    assert [tuple(r[k] for k in verdict) for r in a] == [tuple(r[k] for k in verdict) for r in b]
+    assert [r["perturbation_norm"] for r in b] == pytest.approx([r["perturbation_norm"] for r in a], rel=1e-4,
+                                                                 abs=1e-5)
+
+
+@pytest.mark.parametrize("setting, device, expected", [
+    ("auto", "cpu", True), ("auto", "cuda", False), (True, "cuda", True), (False, "cpu", False)])
+def test_the_evaluation_layout_follows_the_suite_and_auto_means_cpu(setting, device, expected):
+    import torch
+
+    from mat_dist.core.fast_path import evaluation_channels_last
+    from mat_dist.evaluate.model_source import parse_source
+    from mat_dist.evaluate.shards import models_for
+
+    assert evaluation_channels_last(setting, torch.device(device)) is expected
+    models = models_for(parse_source(str(tiny_model_path())), ("ensemble", "m0"), torch.device("cpu"),
+                        channels_last=expected)
+    convs = [m.weight for m in models["m0"].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) is expected for w in convs)
+
+
+def test_a_suite_refuses_a_channels_last_that_is_not_a_switch():
+    with pytest.raises(UserError, match="channels_last"):
+        small_suite(resources={"num_cpus": 1, "channels_last": "fast"})

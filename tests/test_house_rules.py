@@ -121,3 +121,37 @@ def test_only_threat_models_ask_which_threat_model_they_hold() -> None:
                 if any(getattr(k, "id", None) in THREAT_CLASSES for k in kinds):
                     offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert offenders == []
+
+
+def _missing_names(path: Path) -> list[str]:
+    """The ``from mat_dist... import X`` and ``import mat_dist...`` of ``path`` that do not resolve."""
+    import importlib
+
+    missing = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mat_dist"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                submodule = hasattr(module, "__path__") and importlib.util.find_spec(f"{node.module}.{alias.name}")
+                if not hasattr(module, alias.name) and not submodule:
+                    missing.append(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            missing += [a.name for a in node.names if a.name.startswith("mat_dist") and _spec(a.name) is None]
+    return missing
+
+
+def _spec(name: str):
+    try:
+        return importlib.util.find_spec(name)
+    except ModuleNotFoundError:  # a parent is missing
+        return None
+
+
+def test_every_script_imports_names_that_exist(tmp_path: Path) -> None:
+    """The scripts (profiles, the study's helpers) run outside the tests: a rename must not leave them behind."""
+    scripts = sorted((ROOT / "scripts").glob("*.py"))
+    assert scripts
+    assert {s.name: m for s in scripts if (m := _missing_names(s))} == {}
+    stale = tmp_path / "stale.py"
+    stale.write_text("from mat_dist.core.run_config import apply_overrides\nimport mat_dist.nowhere\n")
+    assert _missing_names(stale) == ["mat_dist.core.run_config.apply_overrides", "mat_dist.nowhere"]

@@ -104,8 +104,9 @@ def worker_speedup(weights: Path, suite, images: torch.Tensor, labels: torch.Ten
             for c in concurrency:
                 with tempfile.TemporaryDirectory(prefix="mat-dist-bench-eval-") as out:
                     start = time.perf_counter()
-                    refs = [task.options(num_cpus=cpus / c).remote(s, model, images_ref, labels_ref, out,
-                                                                    suite.seed, 1, False, None) for s in shards]
+                    refs = [task.options(num_cpus=cpus / c).remote(
+                        s, model, images_ref, labels_ref, out, suite.seed, 1, False, suite.resources.channels_last,
+                        None) for s in shards]
                     ray.get(refs)
                     walls[c].append(time.perf_counter() - start)
     out: dict[str, Any] = {"shards": len(shards), "shard_size": suite.shard_size,

@@ -5,15 +5,15 @@ a pydantic dataclass of the one schema (``mat_dist.plumbing.schema``): an empty 
 unknown keys, wrong types and impossible values are refused with one
 ``UserError`` line that names the file and the key. ``ClusterConfig()`` (all
 defaults) *is* the embedded default, ``clusters/local.yaml``: a local Ray
-runtime started for the job, one worker with one CPU, checkpoints inside the
-run folder.
+runtime started for the job, one worker with all of the machine's CPUs,
+checkpoints inside the run folder.
 
     address: null            # null: start a local runtime; "auto"; "HOST:PORT" (GCS); "ray://HOST:10001"
     autoscaling: false       # true: the cluster adds nodes on demand; a resource shortfall only warns
     workers:
       num: 1                 # DDP ranks; the config's global batch is split across them
       min: null              # elastic: run with any count in [min, num] (Ray resizes after a node loss)
-      cpus: 1                # CPUs per worker; also its torch threads
+      cpus: null             # CPUs per worker, also its torch threads (null: the local CPUs / num)
       gpus: 0                # GPUs per worker (> 0: nccl, else gloo)
       placement: PACK        # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     local:                   # only used when address is null

@@ -44,13 +44,13 @@ class ShardsFailed(UserError):
 
 
 def _shard_task(shard: Shard, model: ModelSource, images: torch.Tensor, labels: torch.Tensor, out_dir: str,
-                base_seed: int, threads: int, use_gpu: bool, chaos: Chaos | None) -> str:
+                base_seed: int, threads: int, use_gpu: bool, channels_last: bool | str, chaos: Chaos | None) -> str:
     if chaos is not None and shard.name == chaos.shard_name and not os.path.exists(chaos.marker):
         Path(chaos.marker).touch()
         os.kill(os.getpid(), signal.SIGKILL)
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     return run_shard(shard, model=model, images=images, labels=labels, out_dir=out_dir,
-                     base_seed=base_seed, threads=threads, device=device)
+                     base_seed=base_seed, threads=threads, device=device, channels_last=channels_last)
 
 
 @contextlib.contextmanager
@@ -90,7 +90,8 @@ def run_shards(shards: list[Shard], *, model: ModelSource, images: torch.Tensor,
         # The suite's resources.num_gpus > 0 asks for the GPU here as it does of a Ray task (_shard_task).
         device = "cuda" if resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         for shard in todo:
-            run_shard(shard, images=images, labels=labels, threads=threads, device=device, **args)
+            run_shard(shard, images=images, labels=labels, threads=threads, device=device,
+                      channels_last=resources.channels_last, **args)
             done += 1
             if on_progress is not None:
                 on_progress(done, len(shards), shard.name)
@@ -111,7 +112,7 @@ def _run_on_ray(todo: list[Shard], *, images, labels, threads, resources: Resour
         images_ref, labels_ref = ray.put(images), ray.put(labels)
         model_ref = ray.put(model)  # once, not per task (an in-memory module may be large)
         refs = {task.remote(s, model_ref, images_ref, labels_ref, out_dir, base_seed, threads,
-                            resources.num_gpus > 0, chaos): s for s in todo}
+                            resources.num_gpus > 0, resources.channels_last, chaos): s for s in todo}
         failures: list[tuple[Shard, BaseException]] = []
         pending = list(refs)
         try:

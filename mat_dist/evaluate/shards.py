@@ -25,6 +25,7 @@ from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.gate import GateResult, gate, predict
 from mat_dist.evaluate.model_source import ModelSource
 from mat_dist.evaluate.suite import ENSEMBLE, AttackSpec, Job
+from mat_dist.core.fast_path import evaluation_channels_last, to_channels_last
 from mat_dist.core.threats import clip_to_box, make_threat
 
 SHARDS_DIR = "shards"
@@ -105,9 +106,13 @@ def _raw_or_projected(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: to
 
 # ------------------------------------------------------------------ the shard function
 
-def models_for(model: ModelSource, targets: tuple[str, ...], device: torch.device) -> dict[str, nn.Module]:
-    """The deployed model and the sub-models named in ``targets`` ("ensemble", "m0", "m1", ...)."""
+def models_for(model: ModelSource, targets: tuple[str, ...], device: torch.device, *,
+               channels_last: bool = False) -> dict[str, nn.Module]:
+    """The deployed model and the sub-models named in ``targets`` ("ensemble", "m0", "m1", ...); with
+    ``channels_last``, their conv weights in NHWC (the sub-models share the ensemble's weights)."""
     ensemble = model.load(device)
+    if channels_last:
+        to_channels_last(ensemble)
     for p in ensemble.parameters():
         p.requires_grad_(False)  # attacks need input gradients only
     out: dict[str, nn.Module] = {}
@@ -117,12 +122,14 @@ def models_for(model: ModelSource, targets: tuple[str, ...], device: torch.devic
 
 
 def run_shard(shard: Shard, *, model: ModelSource, images: torch.Tensor, labels: torch.Tensor, out_dir: str,
-              base_seed: int, threads: int = 1, device: str = "cpu") -> str:
-    """Attack the shard's examples, gate, score on every target, write the rows; return the file path."""
+              base_seed: int, threads: int = 1, device: str = "cpu", channels_last: bool | str = "auto") -> str:
+    """Attack the shard's examples, gate, score on every target, write the rows; return the file path.
+    ``channels_last``: the suite's ``resources.channels_last`` (true, false or auto)."""
     torch.set_num_threads(max(1, threads))
     job = shard.job
     dev = torch.device(device)
-    models = models_for(model, tuple(dict.fromkeys((job.source, *job.targets))), dev)
+    models = models_for(model, tuple(dict.fromkeys((job.source, *job.targets))), dev,
+                        channels_last=evaluation_channels_last(channels_last, dev))
     x = images[shard.start:shard.end].to(dev)
     y = labels[shard.start:shard.end].to(dev)
     seed = shard_seed(base_seed, shard)

@@ -37,6 +37,7 @@ from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.registry import ATTACKS, COMMON_DEFAULTS, attack_kind
 from mat_dist.plumbing.paths import resolve_yaml
 from mat_dist.plumbing.schema import FORBID, Count, Int, NonNegative, NonNegInt, Num, Positive, Str, must
+from mat_dist.core.run_config import AUTO, AutoBool
 from mat_dist.core.threats import Norm, radius_unit_problem
 
 SHIPPED_SUITES = Path(__file__).resolve().parent.parent / "suites"
@@ -70,6 +71,9 @@ class Resources:
     num_cpus: Positive = 1.0
     num_gpus: NonNegative = 0.0
     max_retries: NonNegInt = 2  # a shard whose worker dies is retried this many times
+    # The attacked network's conv weights in NHWC, fp32 either way (auto: on a CPU, where it is faster;
+    # mat_dist.core.fast_path.evaluation_channels_last). Not part of the fingerprint: the math is the same.
+    channels_last: AutoBool = AUTO
 
 
 @pydantic.dataclasses.dataclass(frozen=True, kw_only=True, config=FORBID)

@@ -8,6 +8,7 @@ A suite is a YAML mapping (see ``mat_dist/suites/quick.yaml``)::
     seed: 0
     eps: {linf: 0.1, l2: 1.0, l1: 5.0}       # default radius per norm (pixel units)
     resources: {num_cpus: 1, num_gpus: 0, max_retries: 2}   # per shard
+    # resources.channels_last (true, false, auto): NHWC conv weights; auto = on a CPU (same verdicts, faster)
     attacks:                  # name -> attack of the registry, norm, optional eps, params
       pgd_linf: {attack: pgd, norm: linf, params: {steps: 20}}
     transfer: {attacks: [pgd_linf], examples: 200}          # sub-model analysis

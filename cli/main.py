@@ -235,7 +235,12 @@ def reproduce_command(
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow (one parent run)."),
-    list_presets: bool = typer.Option(False, "--list", help="List the presets and exit."),
+    list_presets: bool = typer.Option(False, "--list", help="List the presets and exit; with --close, print the "
+                                      "close set's methods (one a line; their unions on stderr) and exit."),
+    close: bool = typer.Option(False, "--close", help="A study's second stage: the methods within the preset's "
+                               "close_margin points of the best first-seed union (and mat_rotate) get seeds "
+                               "0..close_seeds-1, every one evaluated on close_examples images into "
+                               "<output>/evals-<N>; needs every method's first seed finished in --output."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated methods of the preset to train and "
                                        "evaluate now (with the ones they are fine-tuned from); a study's report "
                                        "covers every finished method."),
@@ -247,7 +252,7 @@ def reproduce_command(
 
     run_reproduce(preset=preset, output=output, cluster=cluster, workers=workers, report_dir=report_dir,
                   tracking_uri=tracking_uri, tracking=tracking, list_presets=list_presets,
-                  overrides=list(overrides or []), seeds=seeds,
+                  overrides=list(overrides or []), seeds=seeds, close=close,
                   only=[m.strip() for m in only.split(",") if m.strip()] if only else None)
 
 

@@ -5,6 +5,8 @@
     invocations.jsonl  one line per call that trained or evaluated: its wall time (s)
     runs/<label>/      one training run folder per method and seed (mat_dist.core.run_folder's layout)
     evals/<label>/     one evaluation folder per method and seed (mat_dist.evaluate's layout)
+    evals-<N>/<label>/ a study's second stage (``--close``): the close set's every seed on N test images
+    close.json         the close set, its margin and every method's first-seed union (what --close computed)
     report.md, *.png   the report (``--report-dir`` puts these elsewhere)
 
 ``<label>`` is ``run_label(method, seed)``.
@@ -17,6 +19,13 @@ PARENT_RUN_FILE = "parent_run.json"
 INVOCATIONS_FILE = "invocations.jsonl"
 RUNS = "runs"
 EVALS = "evals"
+CLOSE_FILE = "close.json"
+
+
+def close_evals(examples: int) -> str:
+    """Folder of the second stage's evaluations on ``examples`` images: beside ``evals``, so that the first
+    stage's evaluations stay as they are and keep matching their fingerprints."""
+    return f"{EVALS}-{examples}"
 
 
 def run_label(method: str, seed: int) -> str:

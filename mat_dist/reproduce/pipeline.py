@@ -78,6 +78,7 @@ class ReproducePlan:
     recorded: set[str]                  # run labels whose results are on disk without weights: skipped
     experiment: str                     # MLflow experiment and tracking URI of every run
     uri: str | None
+    evals: str = EVALS                  # the evaluations' folder under output (a study's second stage: evals-<N>)
 
 
 # ---------------------------------------------------------------- configs and suite
@@ -108,15 +109,19 @@ def preset_suite(preset: Preset):
 
 # Text that may change without changing what runs (a preset that gained a method describes itself anew).
 _DESCRIPTIVE = ("description", "budget", "data_note")
+# A study's second stage: it adds seeds and evaluations beside the first stage's and changes none of its runs,
+# so a folder written before presets had it (or with another margin) goes on.
+_SECOND_STAGE = ("close_margin", "close_examples", "close_seeds")
 
 
 def _core(fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """A folder's fingerprint without its seed count, method list and descriptive text.
+    """A folder's fingerprint without its seed count, method list, descriptive text and second stage.
 
     A fingerprint written before presets had ``switches`` was trained when train.* defaulted to fp32 without
     channels_last: its missing key reads as those pins (``FP32_SWITCHES``), so a folder of a preset that pins
     them goes on, and one of a preset that leaves them to the machine (auto) is refused as other settings."""
-    preset = {k: v for k, v in fingerprint.get("preset", {}).items() if k not in (*_DESCRIPTIVE, "methods")}
+    preset = {k: v for k, v in fingerprint.get("preset", {}).items()
+              if k not in (*_DESCRIPTIVE, *_SECOND_STAGE, "methods")}
     preset.setdefault("switches", list(FP32_SWITCHES))
     return {**{k: v for k, v in fingerprint.items() if k != "seeds"}, "preset": preset}
 
@@ -348,13 +353,24 @@ def reproduce(preset: Preset, *, output: Path, cluster: str | None = None, overr
     started = time.perf_counter()
     plan = plan_runs(preset, output, overrides=list(overrides or []), tracking=tracking, tracking_uri=tracking_uri,
                      workers=workers, seeds=seeds, only=only)
-    parent = _parent_tracker(output, preset, uri=plan.uri, experiment=plan.experiment, enabled=tracking)
+    return run_plans(plan, plan, started=started, cluster=cluster, tracking=tracking, report_dir=report_dir, log=log)
+
+
+def run_plans(training: ReproducePlan, evaluation: ReproducePlan, *, started: float, cluster: str | None,
+              tracking: bool, report_dir: Path | None, log: Log) -> ReproduceResult:
+    """Train ``training``'s runs, evaluate ``evaluation``'s (each of them among the trained), write the reports,
+    all under one MLflow parent run. One plan for both in the first stage; a study's second stage trains the
+    sources of its fine-tuned runs too, without evaluating them."""
+    output = evaluation.output
+    parent = _parent_tracker(output, evaluation.preset, uri=evaluation.uri, experiment=evaluation.experiment,
+                             enabled=tracking)
     with parent:
-        trained = train_all(plan, parent_run_id=parent.run_id, cluster=cluster, log=log)
-        outcomes = evaluate_all(plan, trained, parent_run_id=parent.run_id, cluster=cluster, tracking=tracking,
+        trained = train_all(training, parent_run_id=parent.run_id, cluster=cluster, log=log)
+        outcomes = evaluate_all(evaluation, trained, parent_run_id=parent.run_id, cluster=cluster, tracking=tracking,
                                 log=log)
         wall = time.perf_counter() - started
-        report, figures = write_reports(plan, outcomes, target=report_dir or output, wall_s=wall, parent=parent)
+        report, figures = write_reports(evaluation, outcomes, target=report_dir or output, wall_s=wall,
+                                        parent=parent)
     log(f"report: {report}")
     return ReproduceResult(output=output, report=report, methods=outcomes, wall_s=wall,
                            parent_run_id=parent.run_id, figures=figures)
@@ -424,7 +440,7 @@ def evaluate_all(plan: ReproducePlan, trained: Mapping[str, tuple[str, float]], 
     with (ray_runtime(workers=plan.workers, cluster=cluster) if needs_ray else contextlib.nullcontext()):
         for i, (spec, seed) in enumerate(plan.runs, 1):
             label = run_label(spec.name, seed)
-            cfg, run_dir, eval_dir = plan.configs[label], plan.output / RUNS / label, plan.output / EVALS / label
+            cfg, run_dir, eval_dir = plan.configs[label], plan.output / RUNS / label, plan.output / plan.evals / label
             options = TrackingOptions(enabled=tracking, uri=plan.uri, experiment=plan.experiment,
                                       parent_run_id=parent_run_id,
                                       extra_tags={"mat_dist.preset": plan.preset.name,

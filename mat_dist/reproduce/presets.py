@@ -64,6 +64,13 @@ class Preset:
     # auto default (bf16 and channels_last where the machine computes in bf16 natively) does not change
     # what a continued reproduction trains, nor which committed rows count as done.
     switches: tuple[str, ...] = ()
+    # A study's second stage (``matd reproduce --close``): the methods whose first-seed union is within
+    # close_margin points of the best (and the reference, mat_rotate) get seeds 0..close_seeds-1, each evaluated
+    # on close_examples test images. None: no second stage. They change no run of the first stage, so a
+    # folder's fingerprint leaves them out (pipeline._core).
+    close_margin: float | None = None
+    close_examples: int | None = None
+    close_seeds: int | None = None
 
     def paper_radii(self) -> dict[Norm, float]:
         return dict(PAPER_RADII[self.paper_dataset])
@@ -378,6 +385,9 @@ MNIST5K_STUDY = Preset(
     budget="about 14 hours of training and 3 of evaluation on 2 idle CPU cores; minutes on a GPU",
     study=True,
     switches=FP32_SWITCHES,  # results committed (reports/mnist5k-study)
+    close_margin=10.0,
+    close_examples=1000,  # every test image of MNIST-5k
+    close_seeds=3,
 )
 
 
@@ -404,6 +414,9 @@ TINY_STUDY = Preset(
               "the study's machinery, its numbers say nothing about the methods",
     budget="about 2 minutes on 2 idle CPU cores",
     study=True,
+    close_margin=5.0,
+    close_examples=60,  # a few more than the first stage's 40
+    close_seeds=2,
 )
 
 

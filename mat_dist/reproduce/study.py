@@ -6,14 +6,18 @@ Reads a reproduction folder (``runs/<label>/metrics.jsonl``, ``evals/<label>/sum
     study.md             one row per method (seeds pooled): clean, union and per-norm robust accuracy with
                          95% intervals, training passes (paper Table 6 counts times the batches trained; a
                          fine-tuned method adds its source's) and training seconds; the Pareto front of union
-                         against passes; every difference to MAT (rotated) paired on the same test images;
-                         and the paper's claims, one by one, each with its paired difference and a verdict
+                         against passes; every difference to MAT (rotated) paired on the test images and seeds
+                         both have; and the paper's claims, one by one, each with its paired difference and a
+                         verdict
     study.json           the same figures as data
     study_cost.png       union against training passes, the Pareto front marked
     study_cost_norms.png the same per norm
 
 A difference counts only when its 95% interval (bootstrap over images and seeds, ``evaluate.paired``)
 excludes 0; otherwise the report calls it a tie.
+
+A method of the close set with second-stage evaluations (``matd reproduce --close``: ``evals-<N>/``, more
+seeds on more images) is reported from those; the others from their first-stage ones (``evals/``).
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mat_dist.plumbing.atomic import read_jsonl, write_atomic
+from mat_dist.plumbing.console import plural
 from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.metrics import wilson_interval
 from mat_dist.evaluate.paired import PairedDifference, paired_difference
-from mat_dist.reproduce.layout import EVALS, RUNS, run_label
+from mat_dist.reproduce.layout import CLOSE_FILE, EVALS, RUNS, close_evals, run_label
 from mat_dist.reproduce.presets import Preset
 
 REFERENCE = "mat_rotate"  # every row's paired difference is against MAT with rotated norms
@@ -49,6 +55,8 @@ class Row:
     seconds: float       # training wall seconds (sum of epoch times), the source's included
     own_seconds: float   # this run's alone
     images: int
+    ids: np.ndarray | None = None  # the test images' ids, the same for every seed (pairing matches them)
+    close: bool = False            # from the second stage's evaluations (evals-<N>)
     source: str | None = None
     front: bool = False
     vs_reference: PairedDifference | None = None
@@ -91,45 +99,59 @@ def _training(run_dir: Path) -> tuple[float, float] | None:
     return float(lines[-1].get("train/passes", 0.0)), float(sum(r.get("epoch_time_s", 0.0) for r in lines))
 
 
+def _evaluated_seeds(preset: Preset, output: Path, name: str, seeds: int) -> tuple[Path, list[int], bool]:
+    """(evaluations folder, seeds evaluated there, second stage?) of one method: the second stage's when it has
+    evaluated any seed of it, else the first stage's."""
+    candidates = [(output / EVALS, seeds, False)]
+    if preset.close_examples is not None and preset.close_seeds is not None:
+        candidates.insert(0, (output / close_evals(preset.close_examples), preset.close_seeds, True))
+    for folder, count, second in candidates:
+        done = [seed for seed in range(count) if (folder / run_label(name, seed) / "results.parquet").is_file()
+                and _training(output / RUNS / run_label(name, seed)) is not None]
+        if done:
+            return folder, done, second
+    return output / EVALS, [], False
+
+
+def _cost(preset: Preset, output: Path, name: str, seed: int) -> tuple[float, float, float, float]:
+    """(passes, seconds, own passes, own seconds) of one run; fine-tuning costs its source's training too."""
+    label = run_label(name, seed)
+    own_passes, own_seconds = _training(output / RUNS / label)
+    passes, seconds = own_passes, own_seconds
+    for source in preset.sources(name):
+        source_cost = _training(output / RUNS / run_label(source, seed))
+        if source_cost is None:
+            raise UserError(f"{output / RUNS / label} was fine-tuned from {source}, whose run folder "
+                            f"{output / RUNS / run_label(source, seed)} has no metrics: its cost is unknown")
+        passes, seconds = passes + source_cost[0], seconds + source_cost[1]
+    return passes, seconds, own_passes, own_seconds
+
+
 def collect_rows(preset: Preset, output: Path, seeds: int) -> list[Row]:
-    """Every method with at least one seed trained and evaluated, in the preset's order."""
+    """Every method with at least one seed trained and evaluated, in the preset's order; a method with
+    second-stage evaluations from those."""
     rows: list[Row] = []
-    ids: np.ndarray | None = None
     for spec in preset.methods:
+        folder, done, second = _evaluated_seeds(preset, output, spec.name, seeds)
         per_image: dict[str, list[np.ndarray]] = {k: [] for k in ("all", *NORMS)}
-        done, clean, passes, own, seconds, own_seconds = [], [], [], [], [], []
-        for seed in range(seeds):
-            label = run_label(spec.name, seed)
-            eval_dir, cost = output / EVALS / label, _training(output / RUNS / label)
-            if cost is None or not (eval_dir / "results.parquet").is_file():
-                continue
-            total_passes, total_seconds = cost
-            for source in preset.sources(spec.name):  # fine-tuning costs its source's training too
-                source_cost = _training(output / RUNS / run_label(source, seed))
-                if source_cost is None:
-                    raise UserError(f"{output / RUNS / label} was fine-tuned from {source}, whose run folder "
-                                    f"{output / RUNS / run_label(source, seed)} has no metrics: its cost is unknown")
-                total_passes, total_seconds = total_passes + source_cost[0], total_seconds + source_cost[1]
+        ids: np.ndarray | None = None
+        clean, costs = [], []
+        for seed in done:
+            eval_dir = folder / run_label(spec.name, seed)
             examples, robust = _per_image(eval_dir)
             if ids is None:
                 ids = examples
             elif not np.array_equal(ids, examples):
-                raise UserError(f"{eval_dir} was evaluated on other test images than the study's first method")
+                raise UserError(f"{eval_dir} was evaluated on other test images than seed {done[0]} of {spec.name}")
             for key, values in robust.items():
                 per_image[key].append(values)
-            summary = json.loads((eval_dir / "summary.json").read_text())
-            done.append(seed)
-            clean.append(float(summary["clean"]))
-            passes.append(total_passes)
-            own.append(cost[0])
-            seconds.append(total_seconds)
-            own_seconds.append(cost[1])
+            clean.append(float(json.loads((eval_dir / "summary.json").read_text())["clean"]))
+            costs.append(_cost(preset, output, spec.name, seed))
         if done:
+            passes, seconds, own, own_seconds = (float(np.mean(column)) for column in zip(*costs))
             rows.append(Row(name=spec.name, method=spec.method, seeds=done, per_image=per_image, clean=clean,
-                            passes=float(np.mean(passes)), own_passes=float(np.mean(own)),
-                            seconds=float(np.mean(seconds)), own_seconds=float(np.mean(own_seconds)),
-                            images=len(per_image["all"][0]),
-                            source=spec.init_from))
+                            passes=passes, own_passes=own, seconds=seconds, own_seconds=own_seconds,
+                            images=len(per_image["all"][0]), ids=ids, close=second, source=spec.init_from))
     return rows
 
 
@@ -182,13 +204,60 @@ def verdict(d: PairedDifference) -> str:
     return "above" if d.difference > 0 else "below"
 
 
+def paired_rows(a: Row, b: Row, key: str = "all") -> PairedDifference | None:
+    """a - b on the test images and seeds both have (a second-stage row against a first-stage one: seed 0 on
+    the first stage's images); each row's seeds when they share none. None without a common image."""
+    common = sorted(set(a.seeds) & set(b.seeds))
+    seeds_a, seeds_b = (common, common) if common else (a.seeds, b.seeds)
+    ids_a = a.ids if a.ids is not None else np.arange(a.images)
+    ids_b = b.ids if b.ids is not None else np.arange(b.images)
+    _, in_a, in_b = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
+    if in_a.size == 0:
+        return None
+    return paired_difference([a.per_image[key][a.seeds.index(s)][in_a] for s in seeds_a],
+                             [b.per_image[key][b.seeds.index(s)][in_b] for s in seeds_b])
+
+
 def _paired(rows: dict[str, Row], a: str, b: str, key: str = "all") -> PairedDifference | None:
     if a not in rows or b not in rows:
         return None
-    return paired_difference(rows[a].per_image[key], rows[b].per_image[key])
+    return paired_rows(rows[a], rows[b], key)
 
 
 # ---------------------------------------------------------------- writing
+
+def read_close_set(output: Path) -> dict[str, Any] | None:
+    """The close set the second stage recorded (``close.json``: margin, members, first-seed unions), if any."""
+    path = output / CLOSE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def seed_span(seeds: list[int]) -> str:
+    """``0-2`` for consecutive seeds, else the list (``0,2``); one seed as itself."""
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def evaluated_on(rows: list[Row], close: dict[str, Any] | None) -> str:
+    """The sentence on what each row rests on: which methods on how many images and seeds; with a second
+    stage, the close set and its margin."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for r in rows:
+        groups.setdefault((r.images, len(r.seeds)), []).append(r.name)
+    if close is None and len(groups) == 1:
+        return f"Test images per method: {rows[0].images}."
+    parts = [f"{images:,} test images x {plural(n, 'seed')}: {', '.join(names)}"
+             for (images, n), names in sorted(groups.items(), reverse=True)]
+    text = "Evaluated on " + "; on ".join(parts) + "."
+    if close is not None:
+        unions = close["unions"]
+        best = max(unions, key=unions.get)
+        text += (f" The close set (second stage, `--close`): the methods whose first-seed union on "
+                 f"{close['examples']:,} images is within {close['margin']:g} points of the best ({best}, "
+                 f"{_pct(unions[best])}%), and {REFERENCE} always: {', '.join(close['members'])}.")
+    return text
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
@@ -232,6 +301,7 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
                 machine: str | None = None) -> StudyReport:
     """Write study.md, study.json and the two figures for the finished methods of ``output`` into ``target``."""
     rows = collect_rows(preset, output, seeds)
+    close = read_close_set(output)
     by_name = {r.name: r for r in rows}
     for r, on_front in zip(rows, cost_front([(r.passes, r.accuracy()) for r in rows])):
         r.front = on_front
@@ -250,8 +320,8 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
              f"over the pooled images of the seeds. Passes: forward + backward passes of the network "
              f"(paper Table 6 per batch, times the batches trained; a fine-tuned method adds its source's). "
              f"Seconds: training wall time (sum of epoch times, per-epoch check included). Paired: the "
-             f"difference to {REFERENCE} on the same test images, 95% bootstrap over images and seeds; a "
-             f"difference whose interval holds 0 is a tie.", ""]
+             f"difference to {REFERENCE} on the test images and seeds both have, 95% bootstrap over images and "
+             f"seeds; a difference whose interval holds 0 is a tie.", ""]
     if not rows:
         lines += ["No method is finished yet."]
     else:
@@ -260,21 +330,23 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
         for r in rows:
             name = r.name + (f" (from {r.source})" if r.source else "")
             paired = r.vs_reference.text() + f" {verdict(r.vs_reference)}" if r.vs_reference else "-"
-            lines.append(f"| {name} | {','.join(map(str, r.seeds))} | {_pct(np.mean(r.clean))} | "
+            lines.append(f"| {name} | {seed_span(r.seeds)} | {_pct(np.mean(r.clean))} | "
                          f"{_pct(r.accuracy())} {_ci(r.interval())} | " +
                          " | ".join(_pct(r.accuracy(n)) for n in NORMS) +
                          f" | {r.passes:,.0f} | {r.seconds:,.0f} | {'yes' if r.front else ''} | {paired} |")
-        lines += ["", f"Test images per method: {rows[0].images}.", ""]
+        lines += ["", evaluated_on(rows, close), ""]
     tuned = [r for r in rows if r.source in by_name]
     if tuned:
         lines += ["## Fine-tuning against its source", "",
-                  "Each fine-tuned model beside the model it started from, paired on the same test images; the "
-                  "extra cost is the fine-tuning's alone.", "",
+                  "Each fine-tuned model beside the model it started from, paired on the test images and seeds "
+                  "both have; the extra cost is the fine-tuning's alone.", "",
                   "| method | source | union | source's union | paired difference [95%] | verdict | extra passes | "
                   "extra seconds | share of the source's passes |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
         for r in tuned:
             src = by_name[r.source]
-            d = paired_difference(r.per_image["all"], src.per_image["all"])
+            d = paired_rows(r, src)
+            if d is None:  # evaluated on no common test image: nothing to pair
+                continue
             lines.append(f"| {r.name} | {src.name} | {_pct(r.accuracy())} {_ci(r.interval())} | "
                          f"{_pct(src.accuracy())} {_ci(src.interval())} | {d.text()} | {verdict(d)} | "
                          f"{r.own_passes:,.0f} | {r.own_seconds:,.0f} | "
@@ -293,18 +365,20 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
         holds = _holds(c, v)
         lines.append(f"| {c.text} | {c.better} - {c.other} | {d.text()} | {v} | {holds} |")
         claim_data.append({"claim": c.text, "measured": True, "difference": d.difference, "interval": d.interval,
-                           "verdict": v, "holds": holds})
+                           "verdict": v, "holds": holds, "images": d.images, "seeds": list(d.seeds)})
     if missing:
         lines += ["", f"Not finished yet ({len(missing)}): {', '.join(missing)}."]
     write_atomic(target / "study.md", "\n".join(lines) + "\n")
     data = {"preset": preset.name, "rows": [{
-        "name": r.name, "method": r.method, "seeds": r.seeds, "images": r.images, "clean": float(np.mean(r.clean)),
+        "name": r.name, "method": r.method, "seeds": r.seeds, "images": r.images, "close": r.close,
+        "clean": float(np.mean(r.clean)),
         "union": r.accuracy(), "union_interval": r.interval(),
         **{f"all_{n}": r.accuracy(n) for n in NORMS}, "passes": r.passes, "own_passes": r.own_passes,
         "seconds": r.seconds, "own_seconds": r.own_seconds, "source": r.source, "pareto": r.front,
         "paired_vs_reference": None if r.vs_reference is None else
-        {"difference": r.vs_reference.difference, "interval": r.vs_reference.interval}} for r in rows],
-        "claims": claim_data, "missing": missing}
+        {"difference": r.vs_reference.difference, "interval": r.vs_reference.interval,
+         "images": r.vs_reference.images, "seeds": list(r.vs_reference.seeds)}} for r in rows],
+        "claims": claim_data, "missing": missing, "close_set": close}
     write_atomic(target / "study.json", json.dumps(data, indent=1))
     return StudyReport(report=target / "study.md", figures=figures, rows=rows)
 

@@ -16,7 +16,7 @@ TINY = {
     "attack": {"steps": 2, "norms": ["l2", "linf"], "eps": [1.0, 0.1], "alpha": [0.5, 0.05]},
     "optim": {"name": "adam", "lr": 0.001, "schedule": [[0.0, 1.0], [1.0, 1.0]]},
     # fp32 pinned: the fast path's auto default turns bf16 on where the CPU has it, which changes the
-    # trajectories these tests were written against and is slower than fp32 on 8x8 images; tests of auto unpin it
+    # trajectories these tests were written against (not their speed: BENCHMARKS.md); tests of auto unpin it
     "train": {"epochs": 3, "threads": 1, "precision": "fp32", "channels_last": False},
     "eval": {"examples": 40, "steps": 3, "eps": {"linf": 0.1, "l2": 1.0, "l1": 3.0}},
     "tracking": {"enabled": False},

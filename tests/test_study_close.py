@@ -210,3 +210,81 @@ def test_close_list_prints_the_close_set_one_method_a_line(second_stage):
     assert proc.stdout.split() == list(found.members) and "mat_rotate" in found.members
     assert proc.stderr.strip() == found.describe()
     assert _snapshot(out) == before  # a dry run: nothing written
+
+
+def test_the_first_stage_run_again_after_the_second_redoes_nothing(second_stage):
+    """Review check: matd reproduce without --close (one seed) after the second stage trains and evaluates
+    nothing, leaves runs/, evals/ and evals-60/ as they are, and the close set (from evals/, seed 0) is the same."""
+    out, preset, first_evals, _ = second_stage
+    before = {d: _snapshot(out / d) for d in ("runs", "evals", "evals-60")}
+    close_before = close_set(preset, out, tracking=False)
+    again = reproduce(PRESET, output=out, tracking=False, workers=0)
+    assert {(o.training, o.evaluation) for o in again.methods} == {("skipped", "skipped")}
+    assert sorted(o.label for o in again.methods) == sorted(m.name for m in PRESET.methods)  # seed 0 only
+    assert {d: _snapshot(out / d) for d in before} == before and before["evals"] == first_evals
+    assert close_set(preset, out, tracking=False) == close_before
+    rows = {r["name"]: r for r in json.loads((out / "study.json").read_text())["rows"]}
+    assert (rows["mat_rotate"]["images"], rows["mat_rotate"]["seeds"]) == (60, [0, 1])
+
+
+# ---------------------------------------------------------------- run.sh CLOSE=1 (matd and python stubbed)
+
+def test_run_sh_close_runs_every_method_of_the_close_set(tmp_path):
+    """``--close --list`` prints the set one method a line; without METHODS, run.sh must run each of them (the
+    newlines of the list are no spaces: a ``case " $SET "`` match on them skipped every method and exited 0)."""
+    here = tmp_path / "reports" / "mnist5k-study"
+    here.mkdir(parents=True)
+    shutil.copy(REPO / "reports" / "mnist5k-study" / "run.sh", here / "run.sh")
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    calls = tmp_path / "calls.txt"
+    (stubs / "matd").write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {calls}\n'
+        'case " $* " in *" --list "*) echo "close set of mnist5k-study: ..." >&2; '
+        "printf 'mat\\nmat_rotate\\nmsd\\n' ;; esac\n")
+    (stubs / "python").write_text("#!/usr/bin/env bash\necho\n")  # the preset's method names: unused by CLOSE=1
+    for stub in ("matd", "python"):
+        (stubs / stub).chmod(0o755)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "activate").write_text(f'export PATH="{stubs}:$PATH"\n')
+
+    def run(**env):
+        calls.write_text("")
+        subprocess.run(["bash", str(here / "run.sh")], check=True, timeout=60,
+                       env={**{k: v for k, v in os.environ.items() if k not in ("METHODS", "SEEDS")},
+                            "CLOSE": "1", **env})
+        return [line.split("--only ")[1] for line in calls.read_text().splitlines() if "--only" in line]
+
+    assert run() == ["mat", "mat_rotate", "msd"]
+    assert run(METHODS="msd mat") == ["mat", "msd"]
+
+
+def test_run_sh_close_publishes_the_second_stage(tmp_path):
+    """CLOSE=1 with a publish clone: the seeds' runs, evals-<N> and close.json are committed there."""
+    here = tmp_path / "reports" / "mnist5k-study"
+    here.mkdir(parents=True)
+    shutil.copy(REPO / "reports" / "mnist5k-study" / "run.sh", here / "run.sh")
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "matd").write_text("#!/usr/bin/env bash\n"
+                                'case " $* " in *" --list "*) echo set >&2; echo mat ;; esac\n')
+    (stubs / "python").write_text("#!/usr/bin/env bash\necho\n")
+    for stub in ("matd", "python"):
+        (stubs / stub).chmod(0o755)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "activate").write_text(f'export PATH="{stubs}:$PATH"\n')
+    (here / "close.json").write_text("{}")
+    files = ["runs/mat/metrics.jsonl", "runs/mat-seed1/metrics.jsonl", "runs/mat-seed2/config.yaml",
+             "evals/mat/summary.json", "evals-1000/mat/results.parquet", "evals-1000/mat-seed2/eval.json"]
+    for f in files:
+        (here / f).parent.mkdir(parents=True, exist_ok=True)
+        (here / f).write_text("x")
+    publish = tmp_path / "publish"
+    subprocess.run(["git", "init", "-q", str(publish)], check=True)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("METHODS", "SEEDS")}, "CLOSE": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["bash", str(here / "run.sh"), str(publish)], check=True, timeout=60, env=env)
+    committed = subprocess.run(["git", "-C", str(publish), "ls-files"], check=True, capture_output=True,
+                               text=True).stdout.split()
+    assert sorted(committed) == sorted(f"reports/mnist5k-study/{f}" for f in [*files, "close.json"])

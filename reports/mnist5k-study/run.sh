@@ -64,8 +64,9 @@ if [ -n "$CLOSE" ]; then  # the second stage: the close set, one method at a tim
     tail -n 1 runs/study.log >&2  # the one-line reason (a method's first seed not finished yet)
     exit 1
   fi
+  WANTED=" $(echo ${METHODS_GIVEN:-$SET}) "  # one space between names: --list prints one a line
   for m in $SET; do
-    case " ${METHODS_GIVEN:-$SET} " in *" $m "*) ;; *) continue ;; esac
+    case "$WANTED" in *" $m "*) ;; *) continue ;; esac
     echo "$(date -u +%FT%TZ) $m (second stage)" >> runs/study.log
     matd reproduce --preset mnist5k-study --output $HERE --no-tracking --close --only "$m" \
         > runs/study-close-$m.log 2>&1

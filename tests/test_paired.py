@@ -119,3 +119,23 @@ def test_the_confirmation_verdict_reads_the_paired_difference():
     _, plain, plain_beats = confirm_table(found, suite_name="field", names=("hand-picked", "search"),
                                           reference="hand-picked")
     assert not plain_beats and "the intervals overlap" in plain  # the unpaired rule calls the same figures a tie
+
+
+def test_the_interval_of_several_seeds_on_the_same_images_is_wider_than_pooling_them():
+    """Three seeds that agree image by image carry no more information than one: the bootstrap over images and
+    seeds keeps one seed's width, where a Wilson interval of the 3 x 300 pooled trials would shrink it."""
+    from mat_dist.evaluate.metrics import wilson_interval
+    from mat_dist.evaluate.paired import accuracy_interval
+
+    rng = np.random.default_rng(1)
+    one = rng.random(300) < 0.3
+    lo, hi = accuracy_interval([one, one, one])
+    pooled = wilson_interval(int(3 * one.sum()), 3 * one.size)
+    single = wilson_interval(int(one.sum()), one.size)
+    assert lo < one.mean() < hi
+    assert hi - lo > 1.3 * (pooled[1] - pooled[0])
+    assert hi - lo == pytest.approx(single[1] - single[0], rel=0.2)
+    # seeds that disagree widen it further: the training randomness counts
+    other = rng.random(300) < 0.5
+    lo2, hi2 = accuracy_interval([one, other, one])
+    assert hi2 - lo2 > hi - lo

@@ -73,6 +73,14 @@ def paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, resam
                             seeds=(ra.shape[0], rb.shape[0]))
 
 
+def accuracy_interval(a: Sequence[np.ndarray], *, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """The 95% interval of one config's seed-mean accuracy with the same two-level bootstrap (test images and
+    seeds resampled): its paired difference to a config robust on no image. Pooling several seeds' images as
+    independent trials (a Wilson interval of seeds x images) would be too narrow: the seeds share the images."""
+    n = len(np.asarray(a[0])) if a else 0
+    return paired_difference(a, [np.zeros(n, dtype=bool)], resamples=resamples, seed=seed).interval
+
+
 def union_per_image(eval_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(example ids, all_attacks robustness per image) of one evaluation folder's results.parquet."""
     import pyarrow.parquet as pq

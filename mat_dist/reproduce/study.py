@@ -33,7 +33,7 @@ from mat_dist.plumbing.atomic import read_jsonl, write_atomic
 from mat_dist.plumbing.console import plural
 from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.metrics import wilson_interval
-from mat_dist.evaluate.paired import PairedDifference, paired_difference
+from mat_dist.evaluate.paired import PairedDifference, accuracy_interval, paired_difference
 from mat_dist.reproduce.layout import CLOSE_FILE, EVALS, RUNS, close_evals, run_label
 from mat_dist.reproduce.presets import Preset
 
@@ -61,14 +61,19 @@ class Row:
     front: bool = False
     vs_reference: PairedDifference | None = None
     per_norm_fronts: dict[str, bool] = field(default_factory=dict)
+    _intervals: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
 
     def accuracy(self, key: str = "all") -> float:
         return float(np.mean([v.mean() for v in self.per_image[key]]))
 
     def interval(self, key: str = "all") -> tuple[float, float]:
-        """The Wilson interval of the pooled images (one seed: that seed's)."""
-        pooled = np.concatenate(self.per_image[key])
-        return wilson_interval(int(pooled.sum()), pooled.size)
+        """95%: one seed's Wilson interval; over several seeds the two-level bootstrap over images and seeds
+        (``evaluate.paired.accuracy_interval``), computed once per key."""
+        if key not in self._intervals:
+            seeds = self.per_image[key]
+            self._intervals[key] = (wilson_interval(int(seeds[0].sum()), seeds[0].size) if len(seeds) == 1
+                                    else accuracy_interval(seeds))
+        return self._intervals[key]
 
 
 @dataclass(frozen=True)
@@ -322,8 +327,9 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
     lines = [f"# Study {preset.name}: union robustness against training cost", "",
              f"{preset.data_note}.", "",
              f"Machine: {machine or _machine()}. Seeds per method: as listed. Robust accuracy is the per-image "
-             f"worst case over the suite's attacks (all norms for the union), in % with 95% Wilson intervals "
-             f"over the pooled images of the seeds. Passes: forward + backward passes of the network "
+             f"worst case over the suite's attacks (all norms for the union), in % with its 95% interval: "
+             f"Wilson for one seed, for several a bootstrap over images and seeds (the seeds share the "
+             f"images, so pooling them as independent trials would be too narrow). Passes: forward + backward passes of the network "
              f"(paper Table 6 per batch, times the batches trained; a fine-tuned method adds its source's). "
              f"Seconds: training wall time, the median epoch's (per-epoch check included) times the epochs, so "
              f"that an epoch paused or crowded out by other work on the shared machine does not count; the "

@@ -122,7 +122,7 @@ def evaluation_channels_last(setting: bool | str, device: torch.device) -> bool:
 
     ``auto`` is on for a CPU: fp32 APGD there runs at 0.85x (l_inf) to 0.92x (l_1) of the contiguous time with
     identical per-example results (BENCHMARKS.md); off on CUDA, where it was not measured."""
-    return device.type == "cpu" if setting == "auto" else bool(setting)
+    return device.type == "cpu" if setting == AUTO else bool(setting)
 
 
 class AutocastForward(nn.Module):

@@ -26,6 +26,7 @@ from mat_dist.evaluate.gate import GateResult, gate, predict
 from mat_dist.evaluate.model_source import ModelSource
 from mat_dist.evaluate.suite import ENSEMBLE, AttackSpec, Job
 from mat_dist.core.fast_path import evaluation_channels_last, to_channels_last
+from mat_dist.core.run_config import AUTO
 from mat_dist.core.threats import clip_to_box, make_threat
 
 SHARDS_DIR = "shards"
@@ -122,7 +123,7 @@ def models_for(model: ModelSource, targets: tuple[str, ...], device: torch.devic
 
 
 def run_shard(shard: Shard, *, model: ModelSource, images: torch.Tensor, labels: torch.Tensor, out_dir: str,
-              base_seed: int, threads: int = 1, device: str = "cpu", channels_last: bool | str = "auto") -> str:
+              base_seed: int, threads: int = 1, device: str = "cpu", channels_last: bool | str = AUTO) -> str:
     """Attack the shard's examples, gate, score on every target, write the rows; return the file path.
     ``channels_last``: the suite's ``resources.channels_last`` (true, false or auto)."""
     torch.set_num_threads(max(1, threads))

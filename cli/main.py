@@ -230,8 +230,11 @@ def reproduce_command(
                                           "(default: the preset's; 0: in this process)."),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Write report.md and the figures here "
                                               "(default: --output)."),
-    seeds: int = typer.Option(1, "--seeds", help="Train and evaluate every method with run seeds 0..N-1; the "
-                              "report gives mean and spread over them. A larger N on a finished --output adds the new seeds."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Train and evaluate every method with run seeds "
+                                        "0..N-1 (default 1); the report gives mean and spread over them. A larger N "
+                                        "on a finished --output adds the new seeds. With --close, the first N of the "
+                                        "preset's close_seeds now (default all), e.g. 1 to evaluate the first "
+                                        "stage's weights before training new seeds."),
     tracking_uri: Optional[str] = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."),
     tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow (one parent run)."),

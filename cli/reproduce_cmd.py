@@ -11,7 +11,7 @@ from mat_dist.plumbing.console import plural
 
 def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | None, workers: int | None,
                   report_dir: Path | None, tracking_uri: str | None, tracking: bool, list_presets: bool,
-                  overrides: list[str], seeds: int = 1, only: list[str] | None = None, close: bool = False) -> None:
+                  overrides: list[str], seeds: int | None = None, only: list[str] | None = None, close: bool = False) -> None:
     from mat_dist.reproduce.presets import PRESETS, get_preset
 
     if list_presets and not close:
@@ -28,10 +28,8 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
         cluster, workers = None, 0
     if workers is not None and workers < 0:
         raise UserError(f"--workers {workers} must be 0 (in this process) or more")
-    if seeds < 1:
+    if seeds is not None and seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
-    if close and seeds != 1:
-        raise UserError(f"--close trains the preset's close_seeds ({the_preset.close_seeds}); drop --seeds {seeds}")
     if cluster is not None:
         from mat_dist.evaluate.evaluator import check_cluster
 
@@ -44,7 +42,8 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
     if close:
         return _run_close(the_preset, output=output, cluster=cluster, workers=workers, report_dir=report_dir,
                           tracking_uri=tracking_uri, tracking=tracking, overrides=overrides, only=only,
-                          list_only=list_presets)
+                          list_only=list_presets, seeds=seeds)
+    seeds = seeds or 1
     names = [m.name for m in the_preset.methods if not only or m.name in only
              or any(m.name in the_preset.sources(o) for o in only)]
     typer.echo(f"reproducing with preset {the_preset.name}: {plural(len(names), 'method')} x "
@@ -60,22 +59,23 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
 
 def _run_close(preset, *, output: Path, cluster: str | None, workers: int | None, report_dir: Path | None,
                tracking_uri: str | None, tracking: bool, overrides: list[str], only: list[str] | None,
-               list_only: bool) -> None:
+               list_only: bool, seeds: int | None) -> None:
     """``--close``: the study's second stage; with ``--list`` the close set alone, one method a line on stdout
     (what a shell loop reads) and its unions on stderr."""
-    from mat_dist.reproduce.close import close_set, reproduce_close, require_second_stage
+    from mat_dist.reproduce.close import close_set, reproduce_close, require_second_stage, seeds_now
 
-    _, examples, seeds = require_second_stage(preset)  # one line for a preset without one, before anything
+    _, examples, close_seeds = require_second_stage(preset)  # one line for a preset without one, before anything
+    seeds = seeds_now(preset, seeds)
     if list_only:
         found = close_set(preset, output, overrides=overrides, tracking=tracking)
         typer.echo(found.describe(), err=True)
         for name in found.members:
             typer.echo(name)
         return
-    typer.echo(f"second stage of preset {preset.name}: the close set x {plural(seeds, 'seed')} on "
-               f"{examples} images -> {output}")
+    typer.echo(f"second stage of preset {preset.name}: the close set x {plural(seeds, 'seed')}"
+               + (f" (of {close_seeds})" if seeds < close_seeds else "") + f" on {examples} images -> {output}")
     result = reproduce_close(preset, output=output, cluster=cluster, overrides=overrides, tracking=tracking,
                              tracking_uri=tracking_uri, workers=workers, report_dir=report_dir, log=typer.echo,
-                             only=only)
+                             only=only, seeds=seeds)
     typer.echo(f"done in {result.wall_s:.0f} s: {result.report}"
                + (f"; MLflow parent run {result.parent_run_id}" if result.parent_run_id else ""))

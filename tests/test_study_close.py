@@ -80,6 +80,17 @@ def test_close_before_every_first_stage_row_is_one_clear_line(tmp_path):
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written
 
 
+def test_close_with_more_seeds_than_the_second_stage_has_is_one_clear_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "mat_dist.cli.main", "reproduce", "--preset", "tiny-study",
+                           "--output", str(tmp_path / "study"), "--close", "--seeds", "3", "--no-tracking"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == ("matd: error: --close --seeds 3: the second stage of tiny-study has seeds 0..1; "
+                                   "give 1 to 2 (fewer runs the first ones now, the rest later)")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_a_preset_without_a_second_stage_refuses_close(tmp_path):
     with pytest.raises(UserError, match="preset tiny has no second stage"):
         close_set(PRESETS["tiny"], tmp_path)
@@ -170,6 +181,26 @@ def test_a_trained_run_without_its_weights_is_refused_before_anything_trains(sec
     assert not (copy / "runs" / "avg-seed1").exists() and not (copy / "evals-60" / "avg").exists()
 
 
+def test_the_first_seeds_alone_evaluate_the_first_stage_weights_and_train_nothing(second_stage, tmp_path):
+    """``--close --seeds 1``: seed 0's weights are the first stage's, on the machine that trained it only, so
+    the second stage can evaluate them first and leave the new seeds (work any machine can do) for later."""
+    out, preset, _, _ = second_stage
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    first = reproduce_close(preset, output=copy, tracking=False, workers=0, only=["avg"], seeds=1)
+    assert [(o.label, o.training, o.evaluation) for o in first.methods] == [("avg", "skipped", "evaluated")]
+    assert not (copy / "runs" / "avg-seed1").exists() and (copy / "evals-60" / "avg" / "results.parquet").is_file()
+    rows = {r["name"]: r for r in json.loads((copy / "study.json").read_text())["rows"]}
+    assert (rows["avg"]["images"], rows["avg"]["seeds"], rows["avg"]["close"]) == (60, [0], True)
+    rest = reproduce_close(preset, output=copy, tracking=False, workers=0, only=["avg"])  # the rest, later
+    assert {o.label: (o.training, o.evaluation) for o in rest.methods} == {
+        "avg": ("skipped", "skipped"), "avg-seed1": ("trained", "evaluated")}
+    for wrong in (0, 3):
+        with pytest.raises(UserError, match=rf"--close --seeds {wrong}: the second stage of tiny-study has seeds "
+                                            r"0\.\.1; give 1 to 2"):
+            reproduce_close(preset, output=copy, tracking=False, workers=0, only=["avg"], seeds=wrong)
+
+
 def test_the_report_uses_the_second_stage_for_the_close_methods(second_stage):
     out, _, _, _ = second_stage
     study = json.loads((out / "study.json").read_text())
@@ -252,12 +283,14 @@ def test_run_sh_close_runs_every_method_of_the_close_set(tmp_path):
     def run(**env):
         calls.write_text("")
         subprocess.run(["bash", str(here / "run.sh")], check=True, timeout=60,
-                       env={**{k: v for k, v in os.environ.items() if k not in ("METHODS", "SEEDS")},
-                            "CLOSE": "1", **env})
+                       env={**{k: v for k, v in os.environ.items()
+                            if k not in ("METHODS", "SEEDS", "CLOSE_SEEDS")}, "CLOSE": "1", **env})
         return [line.split("--only ")[1] for line in calls.read_text().splitlines() if "--only" in line]
 
     assert run() == ["mat", "mat_rotate", "msd"]
     assert run(METHODS="msd mat") == ["mat", "msd"]
+    assert "--seeds" not in calls.read_text()
+    assert run(CLOSE_SEEDS="1") == ["mat --seeds 1", "mat_rotate --seeds 1", "msd --seeds 1"]
 
 
 def test_run_sh_close_publishes_the_second_stage(tmp_path):

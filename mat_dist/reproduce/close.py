@@ -67,6 +67,17 @@ def require_second_stage(preset: Preset) -> tuple[float, int, int]:
     return preset.close_margin, preset.close_examples, preset.close_seeds
 
 
+def seeds_now(preset: Preset, seeds: int | None) -> int:
+    """How many of the second stage's seeds (0..n-1) to run now: ``seeds``, or all of them; one line past them."""
+    _, _, close_seeds = require_second_stage(preset)
+    if seeds is None:
+        return close_seeds
+    if not 1 <= seeds <= close_seeds:
+        raise UserError(f"--close --seeds {seeds}: the second stage of {preset.name} has seeds 0..{close_seeds - 1}; "
+                        f"give 1 to {close_seeds} (fewer runs the first ones now, the rest later)")
+    return seeds
+
+
 def first_stage_examples(preset: Preset, suite: Any) -> int:
     return preset.examples if preset.examples is not None else suite.examples
 
@@ -152,9 +163,14 @@ def _refuse_finished_without_weights(runs: list[tuple[MethodSpec, int]], configs
 
 
 def plan_close(preset: Preset, output: Path, *, overrides: list[str], tracking: bool, tracking_uri: str | None,
-               workers: int | None, only: list[str] | None, log: Log) -> tuple[ReproducePlan, ReproducePlan]:
-    """The second stage's (training plan, evaluation plan), checked before anything trains; logs the set."""
-    _, examples, seeds = require_second_stage(preset)
+               workers: int | None, only: list[str] | None, log: Log,
+               seeds: int | None = None) -> tuple[ReproducePlan, ReproducePlan]:
+    """The second stage's (training plan, evaluation plan), checked before anything trains; logs the set.
+
+    ``seeds``: the first ones of the preset's ``close_seeds`` only (default all). Seed 0's weights are the first
+    stage's, on this machine only, so evaluating them first (``seeds=1``) leaves work any machine can do."""
+    _, examples, _ = require_second_stage(preset)
+    seeds = seeds_now(preset, seeds)
     found = close_set(preset, output, overrides=overrides, tracking=tracking)
     log(found.describe())
     evaluated = [(spec, seed) for spec in _chosen(preset, found.members, only) for seed in range(seeds)]
@@ -189,12 +205,13 @@ def plan_close(preset: Preset, output: Path, *, overrides: list[str], tracking: 
 def reproduce_close(preset: Preset, *, output: Path, cluster: str | None = None, overrides: list[str] | None = None,
                     tracking: bool = True, tracking_uri: str | None = None, workers: int | None = None,
                     report_dir: Path | None = None, log: Log | None = None,
-                    only: list[str] | None = None) -> ReproduceResult:
+                    only: list[str] | None = None, seeds: int | None = None) -> ReproduceResult:
     """The second stage of a study preset into ``output``: the close set's seeds trained, every one evaluated
     on the preset's ``close_examples`` images, the study rewritten; finished work is skipped."""
     log = log or (lambda _: None)
     started = time.perf_counter()
     training, evaluation = plan_close(preset, output, overrides=list(overrides or []), tracking=tracking,
-                                      tracking_uri=tracking_uri, workers=workers, only=only, log=log)
+                                      tracking_uri=tracking_uri, workers=workers, only=only, log=log,
+                                      seeds=seeds)
     return run_plans(training, evaluation, started=started, cluster=cluster, tracking=tracking,
                      report_dir=report_dir, log=log)

@@ -11,7 +11,9 @@
 # CLOSE=1: the second stage, once every method's first seed is finished: matd reproduce --close --list names the
 # close set (union within 10 points of the best, and mat_rotate), and each of its methods in turn gets seeds 0..2
 # evaluated on all 1,000 test images (evals-1000/), published as above (METHODS="a b" narrows the set). The
-# second stage evaluates seed 0 again, so it runs where the first stage's weights are (weights are not committed).
+# second stage evaluates seed 0 again, so it runs where the first stage's weights are (weights are not committed):
+# CLOSE_SEEDS=1 does that part alone for every close method (--close --seeds 1), before any new seed trains;
+# CLOSE=1 without it then trains and evaluates the rest, which any machine can do.
 # About 14 hours of training and 3 of evaluation on 2 idle CPU cores; minutes on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,6 +23,7 @@ HERE=reports/mnist5k-study
 PUBLISH=${1:-}
 SEEDS=${SEEDS:-1}
 CLOSE=${CLOSE:-}
+CLOSE_SEEDS=${CLOSE_SEEDS:-}
 METHODS_GIVEN=${METHODS:-}
 METHODS=${METHODS:-$(python -c "from mat_dist.reproduce.presets import PRESETS
 print(' '.join(m.name for m in PRESETS['mnist5k-study'].methods))")}
@@ -38,7 +41,7 @@ publish() {  # copy the results of method $1 (every seed; in CLOSE mode its sour
   cp $HERE/preset.json $HERE/invocations.jsonl $HERE/study.md $HERE/study.json $dest/ 2>/dev/null || true
   cp $HERE/study_cost.png $HERE/study_cost_norms.png $dest/ 2>/dev/null || true
   if [ -n "$CLOSE" ]; then
-    what="second stage" runs="$m $(sources "$m")"
+    what="second stage${CLOSE_SEEDS:+, seeds 0..$((CLOSE_SEEDS - 1))}" runs="$m $(sources "$m")"
     cp $HERE/close.json $dest/
   fi
   for r in $runs; do dirs+=($HERE/runs/$r $HERE/runs/$r-seed*); done
@@ -69,7 +72,7 @@ if [ -n "$CLOSE" ]; then  # the second stage: the close set, one method at a tim
     case "$WANTED" in *" $m "*) ;; *) continue ;; esac
     echo "$(date -u +%FT%TZ) $m (second stage)" >> runs/study.log
     matd reproduce --preset mnist5k-study --output $HERE --no-tracking --close --only "$m" \
-        > runs/study-close-$m.log 2>&1
+        ${CLOSE_SEEDS:+--seeds "$CLOSE_SEEDS"} > runs/study-close-$m.log 2>&1
     if [ -n "$PUBLISH" ]; then publish "$m"; fi
   done
   exit 0

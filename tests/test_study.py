@@ -23,6 +23,27 @@ def test_pareto_front_keeps_the_points_nothing_beats():
     assert cost_front(points) == [True, True, False, True, False, True]
 
 
+def test_each_row_stands_on_the_front_or_off_it_against_its_best_rival_at_no_more_cost():
+    def row(name, passes, robust_images):
+        robust = np.zeros(500, dtype=bool)
+        robust[list(robust_images)] = True
+        return Row(name=name, method=name, seeds=[0], per_image={"all": [robust]}, clean=[0.98], passes=passes,
+                   own_passes=passes, seconds=1.0, own_seconds=1.0, images=500)
+
+    rows = [row("cheap", 10, []), row("strong", 100, range(0, 200)), row("twin", 100, range(10, 206)),
+            row("weak", 200, range(0, 100)), row("best", 300, range(0, 300))]
+    checks = {c.name: c for c in study.front_checks(rows)}
+    assert {n: c.rival for n, c in checks.items()} == {"cheap": None, "strong": "twin", "twin": "strong",
+                                                        "weak": "strong", "best": "strong"}
+    assert {n: c.standing for n, c in checks.items()} == {
+        "cheap": "on the front (the cheapest)",
+        "strong": "on the front within its interval (a tie)",  # +0.8: 10 images one way, 6 the other
+        "twin": "on the front within its interval (a tie)",    # off the point-estimate front, tied with strong
+        "weak": "off the front", "best": "on the front"}
+    assert cost_front([(r.passes, r.accuracy()) for r in rows]) == [True, True, False, False, True]
+    assert checks["weak"].difference.difference == pytest.approx(-0.2)
+
+
 def test_a_method_at_zero_union_is_plotted(tmp_path, monkeypatch):
     """A row at 0% (AT in l_2 is at 0.0 union at the field's radii): its interval's lower end may come out a hair
     above 0 in floating point (the closed-form Wilson bound gave 4e-19), which made matplotlib refuse the error bar."""

@@ -175,6 +175,37 @@ def cost_front(points: list[tuple[float, float]]) -> list[bool]:
     return [not any((c2 <= c and a2 >= a) and (c2 < c or a2 > a) for c2, a2 in points) for c, a in points]
 
 
+@dataclass(frozen=True)
+class FrontCheck:
+    """One row against the best row at no more cost: is it on the front once the uncertainty counts?"""
+
+    name: str
+    rival: str | None                    # the highest union among the other rows with no more passes
+    difference: PairedDifference | None  # name - rival, paired
+
+    @property
+    def standing(self) -> str:
+        if self.rival is None:
+            return "on the front (the cheapest)"
+        if self.difference is None:
+            return "unknown (no common test image)"
+        return {"above": "on the front", "tie": "on the front within its interval (a tie)",
+                "below": "off the front"}[verdict(self.difference)]
+
+
+def front_checks(rows: list[Row]) -> list[FrontCheck]:
+    """Each row paired against its rival: the most robust of the other rows that cost no more passes. The
+    point-estimate front (``cost_front``) can hinge on a point of difference; a row tied with its rival is on
+    the front as far as the images and seeds can tell, a row separated below it is not."""
+    checks = []
+    for r in rows:
+        cheaper = [o for o in rows if o is not r and o.passes <= r.passes]
+        rival = max(cheaper, key=lambda o: o.accuracy(), default=None)
+        checks.append(FrontCheck(r.name, rival.name if rival else None,
+                                 paired_rows(r, rival) if rival else None))
+    return checks
+
+
 # ---------------------------------------------------------------- claims
 
 @dataclass(frozen=True)
@@ -370,6 +401,21 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
                          f"{r.own_passes:,.0f} | {r.own_seconds:,.0f} | "
                          f"{100 * r.own_passes / max(src.passes, 1.0):.0f}% |")
         lines.append("")
+    if rows:
+        checks = front_checks(rows)
+        lines += ["## The front, with its uncertainty", "",
+                  "Each method paired against its rival: the most robust of the other methods that cost no more "
+                  "training passes. Above it: on the front; a tie: on the front as far as these images and seeds "
+                  "can tell; below it: off the front.", "",
+                  "| method | passes | union | rival (no more passes) | rival's union | paired difference [95%] | "
+                  "standing |", "|---|---:|---:|---|---:|---:|---|"]
+        for c in checks:
+            r = by_name[c.name]
+            rival = by_name[c.rival] if c.rival else None
+            lines.append(f"| {c.name} | {r.passes:,.0f} | {_pct(r.accuracy())} | {c.rival or '-'} | "
+                         f"{_pct(rival.accuracy()) if rival else '-'} | "
+                         f"{c.difference.text() if c.difference else '-'} | {c.standing} |")
+        lines.append("")
     lines += ["## The claims, one by one", "",
               "| claim | methods | paired difference [95%] | verdict | holds? |", "|---|---|---:|---|---|"]
     claim_data = []
@@ -396,7 +442,11 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
         "paired_vs_reference": None if r.vs_reference is None else
         {"difference": r.vs_reference.difference, "interval": r.vs_reference.interval,
          "images": r.vs_reference.images, "seeds": list(r.vs_reference.seeds)}} for r in rows],
-        "claims": claim_data, "missing": missing, "close_set": close}
+        "claims": claim_data, "missing": missing, "close_set": close,
+        "front": [{"name": c.name, "rival": c.rival, "standing": c.standing,
+                   "difference": None if c.difference is None else c.difference.difference,
+                   "interval": None if c.difference is None else c.difference.interval}
+                  for c in (front_checks(rows) if rows else [])]}
     write_atomic(target / "study.json", json.dumps(data, indent=1))
     return StudyReport(report=target / "study.md", figures=figures, rows=rows)
 

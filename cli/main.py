@@ -244,6 +244,9 @@ def reproduce_command(
                                "close_margin points of the best first-seed union (and mat_rotate) get seeds "
                                "0..close_seeds-1, every one evaluated on close_examples images into "
                                "<output>/evals-<N>; needs every method's first seed finished in --output."),
+    provisional: bool = typer.Option(False, "--provisional", help="With --close: draw the close set from the "
+                                     "methods whose first seed is finished so far (the others may change it later); "
+                                     "seed 0's weights are only where the first stage ran, so evaluate them first."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated methods of the preset to train and "
                                        "evaluate now (with the ones they are fine-tuned from); a study's report "
                                        "covers every finished method."),
@@ -255,7 +258,7 @@ def reproduce_command(
 
     run_reproduce(preset=preset, output=output, cluster=cluster, workers=workers, report_dir=report_dir,
                   tracking_uri=tracking_uri, tracking=tracking, list_presets=list_presets,
-                  overrides=list(overrides or []), seeds=seeds, close=close,
+                  overrides=list(overrides or []), seeds=seeds, close=close, provisional=provisional,
                   only=[m.strip() for m in only.split(",") if m.strip()] if only else None)
 
 

@@ -11,7 +11,8 @@ from mat_dist.plumbing.console import plural
 
 def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | None, workers: int | None,
                   report_dir: Path | None, tracking_uri: str | None, tracking: bool, list_presets: bool,
-                  overrides: list[str], seeds: int | None = None, only: list[str] | None = None, close: bool = False) -> None:
+                  overrides: list[str], seeds: int | None = None, only: list[str] | None = None, close: bool = False,
+                  provisional: bool = False) -> None:
     from mat_dist.reproduce.presets import PRESETS, get_preset
 
     if list_presets and not close:
@@ -30,6 +31,8 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
         raise UserError(f"--workers {workers} must be 0 (in this process) or more")
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
+    if provisional and not close:
+        raise UserError("--provisional draws a provisional close set: it goes with --close")
     if cluster is not None:
         from mat_dist.evaluate.evaluator import check_cluster
 
@@ -42,7 +45,7 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
     if close:
         return _run_close(the_preset, output=output, cluster=cluster, workers=workers, report_dir=report_dir,
                           tracking_uri=tracking_uri, tracking=tracking, overrides=overrides, only=only,
-                          list_only=list_presets, seeds=seeds)
+                          list_only=list_presets, seeds=seeds, provisional=provisional)
     seeds = seeds or 1
     names = [m.name for m in the_preset.methods if not only or m.name in only
              or any(m.name in the_preset.sources(o) for o in only)]
@@ -59,7 +62,7 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
 
 def _run_close(preset, *, output: Path, cluster: str | None, workers: int | None, report_dir: Path | None,
                tracking_uri: str | None, tracking: bool, overrides: list[str], only: list[str] | None,
-               list_only: bool, seeds: int | None) -> None:
+               list_only: bool, seeds: int | None, provisional: bool) -> None:
     """``--close``: the study's second stage; with ``--list`` the close set alone, one method a line on stdout
     (what a shell loop reads) and its unions on stderr."""
     from mat_dist.reproduce.close import close_set, reproduce_close, require_second_stage, seeds_now
@@ -67,7 +70,7 @@ def _run_close(preset, *, output: Path, cluster: str | None, workers: int | None
     _, examples, close_seeds = require_second_stage(preset)  # one line for a preset without one, before anything
     seeds = seeds_now(preset, seeds)
     if list_only:
-        found = close_set(preset, output, overrides=overrides, tracking=tracking)
+        found = close_set(preset, output, overrides=overrides, tracking=tracking, provisional=provisional)
         typer.echo(found.describe(), err=True)
         for name in found.members:
             typer.echo(name)
@@ -76,6 +79,6 @@ def _run_close(preset, *, output: Path, cluster: str | None, workers: int | None
                + (f" (of {close_seeds})" if seeds < close_seeds else "") + f" on {examples} images -> {output}")
     result = reproduce_close(preset, output=output, cluster=cluster, overrides=overrides, tracking=tracking,
                              tracking_uri=tracking_uri, workers=workers, report_dir=report_dir, log=typer.echo,
-                             only=only, seeds=seeds)
+                             only=only, seeds=seeds, provisional=provisional)
     typer.echo(f"done in {result.wall_s:.0f} s: {result.report}"
                + (f"; MLflow parent run {result.parent_run_id}" if result.parent_run_id else ""))

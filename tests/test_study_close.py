@@ -62,6 +62,21 @@ def test_a_first_stage_row_of_other_images_does_not_count(tmp_path):
         close_set(PRESET, tmp_path)
 
 
+def test_a_provisional_close_set_is_drawn_from_the_finished_rows(tmp_path):
+    fingerprint = _first_stage_fingerprint(tmp_path)
+    for name, union in (("at_linf", 0.30), ("mat_rotate", 0.10), ("avg", 0.25)):
+        _finished_row(tmp_path, name, union, fingerprint)
+    found = close_set(replace(PRESET, close_margin=10.0), tmp_path, provisional=True)
+    assert found.members == ("at_linf", "mat_rotate", "avg") and found.unfinished == ("ft_mat_rotate", "e_at")
+    assert found.unions == {"at_linf": 0.30, "mat_rotate": 0.10, "avg": 0.25}
+    assert found.describe().endswith("; provisional, not finished yet: ft_mat_rotate, e_at")
+    assert found.to_dict()["unfinished"] == ["ft_mat_rotate", "e_at"]
+    with pytest.raises(UserError, match="not yet: ft_mat_rotate, e_at"):  # without the flag, as before
+        close_set(PRESET, tmp_path)
+    with pytest.raises(UserError, match="--provisional needs at least one method's first seed finished"):
+        close_set(PRESET, tmp_path / "empty", provisional=True)
+
+
 def test_close_before_every_first_stage_row_is_one_clear_line(tmp_path):
     fingerprint = _first_stage_fingerprint(tmp_path)
     for name in ("at_linf", "mat_rotate", "avg"):
@@ -76,18 +91,21 @@ def test_close_before_every_first_stage_row_is_one_clear_line(tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("matd: error: --close needs every method's first seed") \
         and lines[0].endswith("not yet: ft_mat_rotate, e_at (run matd reproduce --preset tiny-study --output "
-                              f"{tmp_path} first)"), lines[0]
+                              f"{tmp_path} first, or give --provisional)"), lines[0]
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written
 
 
-def test_close_with_more_seeds_than_the_second_stage_has_is_one_clear_line(tmp_path):
+@pytest.mark.parametrize("flags, line", [
+    (["--close", "--seeds", "3"], "--close --seeds 3: the second stage of tiny-study has seeds 0..1; give 1 to 2 "
+                                  "(fewer runs the first ones now, the rest later)"),
+    (["--provisional"], "--provisional draws a provisional close set: it goes with --close")])
+def test_second_stage_flags_out_of_place_are_one_clear_line(tmp_path, flags, line):
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-m", "mat_dist.cli.main", "reproduce", "--preset", "tiny-study",
-                           "--output", str(tmp_path / "study"), "--close", "--seeds", "3", "--no-tracking"],
+                           "--output", str(tmp_path / "study"), *flags, "--no-tracking"],
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == ("matd: error: --close --seeds 3: the second stage of tiny-study has seeds 0..1; "
-                                   "give 1 to 2 (fewer runs the first ones now, the rest later)")
+    assert proc.stderr.strip() == f"matd: error: {line}"
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
@@ -201,6 +219,21 @@ def test_the_first_seeds_alone_evaluate_the_first_stage_weights_and_train_nothin
             reproduce_close(preset, output=copy, tracking=False, workers=0, only=["avg"], seeds=wrong)
 
 
+def test_a_provisional_second_stage_evaluates_seed_0_before_the_last_rows_finish(second_stage, tmp_path):
+    out, preset, _, _ = second_stage
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "evals" / "e_at")  # as if e_at were still training
+    (copy / "close.json").unlink()
+    with pytest.raises(UserError, match=r"not yet: e_at \(run matd reproduce .* or give --provisional\)"):
+        reproduce_close(preset, output=copy, tracking=False, workers=0, only=["avg"], seeds=1)
+    done = reproduce_close(preset, output=copy, tracking=False, workers=0, only=["avg"], seeds=1, provisional=True)
+    assert [(o.label, o.training, o.evaluation) for o in done.methods] == [("avg", "skipped", "evaluated")]
+    assert json.loads((copy / "close.json").read_text())["unfinished"] == ["e_at"]
+    assert "A provisional set (`--provisional`), drawn before the first seed of e_at was finished." \
+        in (copy / "study.md").read_text()
+
+
 def test_the_report_uses_the_second_stage_for_the_close_methods(second_stage):
     out, _, _, _ = second_stage
     study = json.loads((out / "study.json").read_text())
@@ -284,13 +317,17 @@ def test_run_sh_close_runs_every_method_of_the_close_set(tmp_path):
         calls.write_text("")
         subprocess.run(["bash", str(here / "run.sh")], check=True, timeout=60,
                        env={**{k: v for k, v in os.environ.items()
-                            if k not in ("METHODS", "SEEDS", "CLOSE_SEEDS")}, "CLOSE": "1", **env})
+                            if k not in ("METHODS", "SEEDS", "CLOSE_SEEDS", "PROVISIONAL")}, "CLOSE": "1", **env})
         return [line.split("--only ")[1] for line in calls.read_text().splitlines() if "--only" in line]
 
     assert run() == ["mat", "mat_rotate", "msd"]
     assert run(METHODS="msd mat") == ["mat", "msd"]
     assert "--seeds" not in calls.read_text()
     assert run(CLOSE_SEEDS="1") == ["mat --seeds 1", "mat_rotate --seeds 1", "msd --seeds 1"]
+    assert "--provisional" not in calls.read_text()
+    assert run(CLOSE_SEEDS="1", PROVISIONAL="1") == ["mat --seeds 1 --provisional", "mat_rotate --seeds 1 "
+                                                     "--provisional", "msd --seeds 1 --provisional"]
+    assert "--close --list --provisional" in calls.read_text()  # the set itself drawn provisionally too
 
 
 def test_run_sh_close_publishes_the_second_stage(tmp_path):

@@ -40,6 +40,7 @@ class CloseSet:
     examples: int              # the first stage's test images, where the unions come from
     unions: dict[str, float]   # every method's first-seed union (a fraction), in the preset's order
     members: tuple[str, ...]   # the close set, in the preset's order
+    unfinished: tuple[str, ...] = ()  # first-stage rows not finished yet: a provisional set (--provisional)
 
     @property
     def best(self) -> str:
@@ -52,11 +53,12 @@ class CloseSet:
         return (f"close set of {self.preset} (union within {self.margin:g} points of the best, {self.best} "
                 f"{100 * self.unions[self.best]:.1f}%, seed 0 on {self.examples} images; {REFERENCE} always): "
                 f"{inside}" + (f"; outside: {', '.join(f'{m} {100 * self.unions[m]:.1f}' for m in outside)}"
-                               if outside else ""))
+                               if outside else "")
+                + (f"; provisional, not finished yet: {', '.join(self.unfinished)}" if self.unfinished else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "margin": self.margin, "examples": self.examples, "unions": self.unions,
-                "members": list(self.members)}
+                "members": list(self.members), "unfinished": list(self.unfinished)}
 
 
 def require_second_stage(preset: Preset) -> tuple[float, int, int]:
@@ -82,9 +84,11 @@ def first_stage_examples(preset: Preset, suite: Any) -> int:
     return preset.examples if preset.examples is not None else suite.examples
 
 
-def first_stage_unions(preset: Preset, output: Path, *, overrides: list[str], tracking: bool) -> dict[str, float]:
-    """Every method's first-seed union from its finished first-stage evaluation (one that matches the preset's
-    data, images and suite, as a re-run's skip asks); one line naming the methods without one."""
+def first_stage_unions(preset: Preset, output: Path, *, overrides: list[str], tracking: bool,
+                       provisional: bool = False) -> tuple[dict[str, float], list[str]]:
+    """(unions, unfinished): every method's first-seed union from its finished first-stage evaluation (one
+    that matches the preset's data, images and suite, as a re-run's skip asks), and the methods without one:
+    one line naming them, unless ``provisional`` (then the close set is that of the finished rows)."""
     from mat_dist.evaluate.evaluator import FINGERPRINT
 
     suite = preset_suite(preset)
@@ -101,10 +105,13 @@ def first_stage_unions(preset: Preset, output: Path, *, overrides: list[str], tr
             unions[spec.name] = float(json.loads(summary.read_text())["all_attacks"])
         else:
             missing.append(spec.name)
-    if missing:
+    if missing and not provisional:
         raise UserError(f"--close needs every method's first seed trained and evaluated in {output}; not yet: "
-                        f"{', '.join(missing)} (run matd reproduce --preset {preset.name} --output {output} first)")
-    return unions
+                        f"{', '.join(missing)} (run matd reproduce --preset {preset.name} --output {output} first, "
+                        f"or give --provisional)")
+    if not unions:
+        raise UserError(f"--close --provisional needs at least one method's first seed finished in {output}")
+    return unions, missing
 
 
 def close_members(unions: dict[str, float], margin: float) -> tuple[str, ...]:
@@ -115,12 +122,17 @@ def close_members(unions: dict[str, float], margin: float) -> tuple[str, ...]:
 
 
 def close_set(preset: Preset, output: Path, *, overrides: list[str] | None = None,
-              tracking: bool = True) -> CloseSet:
-    """The preset's close set, from the finished first-stage evaluations in ``output``."""
+              tracking: bool = True, provisional: bool = False) -> CloseSet:
+    """The preset's close set, from the finished first-stage evaluations in ``output``.
+
+    ``provisional``: from the rows finished so far. Seed 0's weights live only where the first stage trained,
+    so their evaluation on more images is the part of the second stage to do first; a row that finishes later
+    can raise the best and leave a method outside the set, whose extra evaluations then stay in the report."""
     margin, _, _ = require_second_stage(preset)
-    unions = first_stage_unions(preset, output, overrides=list(overrides or []), tracking=tracking)
+    unions, unfinished = first_stage_unions(preset, output, overrides=list(overrides or []), tracking=tracking,
+                                            provisional=provisional)
     return CloseSet(preset=preset.name, margin=margin, examples=first_stage_examples(preset, preset_suite(preset)),
-                    unions=unions, members=close_members(unions, margin))
+                    unions=unions, members=close_members(unions, margin), unfinished=tuple(unfinished))
 
 
 def _chosen(preset: Preset, members: tuple[str, ...], only: list[str] | None) -> list[MethodSpec]:
@@ -164,14 +176,14 @@ def _refuse_finished_without_weights(runs: list[tuple[MethodSpec, int]], configs
 
 def plan_close(preset: Preset, output: Path, *, overrides: list[str], tracking: bool, tracking_uri: str | None,
                workers: int | None, only: list[str] | None, log: Log,
-               seeds: int | None = None) -> tuple[ReproducePlan, ReproducePlan]:
+               seeds: int | None = None, provisional: bool = False) -> tuple[ReproducePlan, ReproducePlan]:
     """The second stage's (training plan, evaluation plan), checked before anything trains; logs the set.
 
     ``seeds``: the first ones of the preset's ``close_seeds`` only (default all). Seed 0's weights are the first
     stage's, on this machine only, so evaluating them first (``seeds=1``) leaves work any machine can do."""
     _, examples, _ = require_second_stage(preset)
     seeds = seeds_now(preset, seeds)
-    found = close_set(preset, output, overrides=overrides, tracking=tracking)
+    found = close_set(preset, output, overrides=overrides, tracking=tracking, provisional=provisional)
     log(found.describe())
     evaluated = [(spec, seed) for spec in _chosen(preset, found.members, only) for seed in range(seeds)]
     suite = preset_suite(preset)
@@ -205,13 +217,14 @@ def plan_close(preset: Preset, output: Path, *, overrides: list[str], tracking: 
 def reproduce_close(preset: Preset, *, output: Path, cluster: str | None = None, overrides: list[str] | None = None,
                     tracking: bool = True, tracking_uri: str | None = None, workers: int | None = None,
                     report_dir: Path | None = None, log: Log | None = None,
-                    only: list[str] | None = None, seeds: int | None = None) -> ReproduceResult:
+                    only: list[str] | None = None, seeds: int | None = None,
+                    provisional: bool = False) -> ReproduceResult:
     """The second stage of a study preset into ``output``: the close set's seeds trained, every one evaluated
     on the preset's ``close_examples`` images, the study rewritten; finished work is skipped."""
     log = log or (lambda _: None)
     started = time.perf_counter()
     training, evaluation = plan_close(preset, output, overrides=list(overrides or []), tracking=tracking,
                                       tracking_uri=tracking_uri, workers=workers, only=only, log=log,
-                                      seeds=seeds)
+                                      seeds=seeds, provisional=provisional)
     return run_plans(training, evaluation, started=started, cluster=cluster, tracking=tracking,
                      report_dir=report_dir, log=log)

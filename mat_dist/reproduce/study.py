@@ -301,6 +301,9 @@ def evaluated_on(rows: list[Row], close: dict[str, Any] | None) -> str:
         text += (f" The close set (second stage, `--close`): the methods whose first-seed union on "
                  f"{close['examples']:,} images is within {close['margin']:g} points of the best ({best}, "
                  f"{_pct(unions[best])}%), and {REFERENCE} always: {', '.join(close['members'])}.")
+        if close.get("unfinished"):
+            text += (f" A provisional set (`--provisional`), drawn before the first seed of "
+                     f"{', '.join(close['unfinished'])} was finished.")
     return text
 
 

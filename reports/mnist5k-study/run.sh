@@ -13,7 +13,8 @@
 # evaluated on all 1,000 test images (evals-1000/), published as above (METHODS="a b" narrows the set). The
 # second stage evaluates seed 0 again, so it runs where the first stage's weights are (weights are not committed):
 # CLOSE_SEEDS=1 does that part alone for every close method (--close --seeds 1), before any new seed trains;
-# CLOSE=1 without it then trains and evaluates the rest, which any machine can do.
+# CLOSE=1 without it then trains and evaluates the rest, which any machine can do. PROVISIONAL=1 draws the close set
+# from the rows finished so far (--provisional), so that seed 0 is evaluated before the last rows are trained.
 # About 14 hours of training and 3 of evaluation on 2 idle CPU cores; minutes on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,6 +25,7 @@ PUBLISH=${1:-}
 SEEDS=${SEEDS:-1}
 CLOSE=${CLOSE:-}
 CLOSE_SEEDS=${CLOSE_SEEDS:-}
+PROVISIONAL=${PROVISIONAL:+--provisional}
 METHODS_GIVEN=${METHODS:-}
 METHODS=${METHODS:-$(python -c "from mat_dist.reproduce.presets import PRESETS
 print(' '.join(m.name for m in PRESETS['mnist5k-study'].methods))")}
@@ -62,7 +64,8 @@ publish() {  # copy the results of method $1 (every seed; in CLOSE mode its sour
 }
 
 if [ -n "$CLOSE" ]; then  # the second stage: the close set, one method at a time
-  if ! SET=$(matd reproduce --preset mnist5k-study --output $HERE --no-tracking --close --list 2>>runs/study.log)
+  if ! SET=$(matd reproduce --preset mnist5k-study --output $HERE --no-tracking --close --list $PROVISIONAL \
+      2>>runs/study.log)
   then
     tail -n 1 runs/study.log >&2  # the one-line reason (a method's first seed not finished yet)
     exit 1
@@ -72,7 +75,7 @@ if [ -n "$CLOSE" ]; then  # the second stage: the close set, one method at a tim
     case "$WANTED" in *" $m "*) ;; *) continue ;; esac
     echo "$(date -u +%FT%TZ) $m (second stage)" >> runs/study.log
     matd reproduce --preset mnist5k-study --output $HERE --no-tracking --close --only "$m" \
-        ${CLOSE_SEEDS:+--seeds "$CLOSE_SEEDS"} > runs/study-close-$m.log 2>&1
+        ${CLOSE_SEEDS:+--seeds "$CLOSE_SEEDS"} $PROVISIONAL > runs/study-close-$m.log 2>&1
     if [ -n "$PUBLISH" ]; then publish "$m"; fi
   done
   exit 0

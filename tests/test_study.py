@@ -18,6 +18,13 @@ from mat_dist.reproduce.study import Row, cost_front
 PRESET = PRESETS["tiny-study"]
 
 
+def test_a_comparison_without_a_claim_answers_with_its_verdict():
+    c = study.Claim("MAT+MSD against MSD", "mat_msd", "msd", expect="compare")
+    assert [study._holds(c, v) for v in ("above", "tie", "below")] == ["mat_msd above", "a tie", "mat_msd below"]
+    paper = study.Claim("MAT is more robust than AT", "mat", "at_linf")
+    assert [study._holds(paper, v) for v in ("above", "tie", "below")] == ["yes", "not shown (a tie)", "no: reversed"]
+
+
 def test_pareto_front_keeps_the_points_nothing_beats():
     points = [(1, 0.1), (2, 0.3), (3, 0.2), (4, 0.5), (4, 0.4), (2, 0.3)]
     assert cost_front(points) == [True, True, False, True, False, True]

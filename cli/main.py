@@ -243,7 +243,7 @@ def reproduce_command(
     close: bool = typer.Option(False, "--close", help="A study's second stage: the methods within the preset's "
                                "close_margin points of the best first-seed union (and mat_rotate) get seeds "
                                "0..close_seeds-1, every one evaluated on close_examples images into "
-                               "<output>/evals-<N>; needs every method's first seed finished in --output."),
+                               "<output>/evals-<N>; needs every method's first seed finished in --output (or --provisional)."),
     provisional: bool = typer.Option(False, "--provisional", help="With --close: draw the close set from the "
                                      "methods whose first seed is finished so far (the others may change it later); "
                                      "seed 0's weights are only where the first stage ran, so evaluate them first."),

@@ -15,6 +15,10 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
                   provisional: bool = False) -> None:
     from mat_dist.reproduce.presets import PRESETS, get_preset
 
+    if provisional and not close:
+        from mat_dist.plumbing.errors import UserError
+
+        raise UserError("--provisional draws a provisional close set: it goes with --close")
     if list_presets and not close:
         for p in PRESETS.values():
             typer.echo(f"{p.name:14s} {p.description} ({p.budget})")
@@ -31,8 +35,6 @@ def run_reproduce(*, preset: str | None, output: Path | None, cluster: str | Non
         raise UserError(f"--workers {workers} must be 0 (in this process) or more")
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
-    if provisional and not close:
-        raise UserError("--provisional draws a provisional close set: it goes with --close")
     if cluster is not None:
         from mat_dist.evaluate.evaluator import check_cluster
 

@@ -51,6 +51,23 @@ def test_each_row_stands_on_the_front_or_off_it_against_its_best_rival_at_no_mor
     assert checks["weak"].difference.difference == pytest.approx(-0.2)
 
 
+def test_the_rival_is_chosen_on_the_images_both_rows_share():
+    """After the second stage some rows rest on 1,000 images and others on 500: a row's own accuracy is no
+    guide to the rival, the paired difference on the shared images is."""
+    def row(name, passes, ids, robust_ids):
+        return Row(name=name, method=name, seeds=[0], per_image={"all": [np.isin(ids, list(robust_ids))]},
+                   clean=[0.98], passes=passes, own_passes=passes, seconds=1.0, own_seconds=1.0, images=len(ids),
+                   ids=ids)
+
+    first, second = np.arange(500), np.arange(1000)
+    rows = [row("a", 10, first, range(0, 200)),                        # 40% on the first 500
+            row("b", 10, second, [*range(0, 150), *range(500, 1000)]),  # 65% overall, 30% on the first 500
+            row("c", 20, first, range(0, 180))]                         # 36%
+    check = {c.name: c for c in study.front_checks(rows)}["c"]
+    assert check.rival == "a" and check.standing == "off the front"  # c - a = -4.0 on the shared images
+    assert check.difference.difference == pytest.approx(-0.04)
+
+
 def test_a_method_at_zero_union_is_plotted(tmp_path, monkeypatch):
     """A row at 0% (AT in l_2 is at 0.0 union at the field's radii): its interval's lower end may come out a hair
     above 0 in floating point (the closed-form Wilson bound gave 4e-19), which made matplotlib refuse the error bar."""
@@ -122,11 +139,19 @@ def test_a_study_folder_takes_methods_the_preset_gained_but_not_changed_ones(tmp
 
 def test_training_seconds_ignore_epochs_that_ran_paused_or_crowded_out(tmp_path):
     """A study shares its machine for hours: a paused epoch (1,000 s for a 10 s epoch) and a stretch crowded
-    out by other work (more than half the epochs, which moves the median) must not be its cost."""
-    lines = [{"epoch": e, "epoch_time_s": t, "train/passes": 100.0 * e} for e, t in
-             enumerate([10.0, 30.0, 1000.0, 31.0, 9.0], start=1)]
+    out by other work (more than half the epochs, which moves the median) must not be its cost; nor may the
+    ramp's epochs, whose check is cheaper (APGD-T attacks only what APGD-CE left robust)."""
+    times, scales = [7.0, 8.0, 10.0, 30.0, 1000.0, 31.0, 9.0], [0.3, 0.6, 1.0, 1.0, 1.0, 1.0, 1.0]
+    lines = [{"epoch": e, "epoch_time_s": t, "radius_scale": k, "train/passes": 100.0 * e} for e, (t, k) in
+             enumerate(zip(times, scales), start=1)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     passes, seconds = study._training(tmp_path)
-    assert passes == 500.0
-    assert seconds == pytest.approx(9.0 * 5)  # the fastest epoch times the 5 epochs: not the median's 150, nor 1,080
+    assert passes == 700.0
+    assert seconds == pytest.approx(9.0 * 7)  # the fastest full-radius epoch times the 7 epochs: not 7 s x 7,
+    #                                          the median's 10 s x 7, nor the sum 1,095
+    no_ramp = tmp_path / "no_ramp"  # a fine-tuning at the full radii from its first epoch, or an older metrics file
+    no_ramp.mkdir()
+    (no_ramp / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "epoch_time_s": t, "train/passes": 1.0})
+                                                   + "\n" for e, t in ((1, 12.0), (2, 11.0), (3, 40.0))))
+    assert study._training(no_ramp)[1] == pytest.approx(11.0 * 3)
     assert study._training(tmp_path / "nowhere") is None

@@ -109,8 +109,9 @@ def first_stage_unions(preset: Preset, output: Path, *, overrides: list[str], tr
         raise UserError(f"--close needs every method's first seed trained and evaluated in {output}; not yet: "
                         f"{', '.join(missing)} (run matd reproduce --preset {preset.name} --output {output} first, "
                         f"or give --provisional)")
-    if not unions:
-        raise UserError(f"--close --provisional needs at least one method's first seed finished in {output}")
+    if REFERENCE in missing:  # every paired difference of the study is against it: no close set without it
+        raise UserError(f"--close --provisional needs {REFERENCE}'s first seed trained and evaluated in {output}; "
+                        f"not yet")
     return unions, missing
 
 

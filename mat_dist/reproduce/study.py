@@ -99,17 +99,20 @@ def _per_image(eval_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 def _training(run_dir: Path) -> tuple[float, float] | None:
     """(training passes, training seconds) of a finished run folder, from its metrics.
 
-    The seconds are the fastest epoch's times the epochs, not their sum nor the median's: a study shares its
-    machine for hours, and the training work of every epoch is the same (the per-epoch check's APGD-T attacks
-    only the images APGD-CE left robust, so the check varies a little), so a slower epoch mostly measures other
-    load, and the figure is a lower bound of the idle machine's time. An epoch that ran while the process was stopped (SIGSTOP while something else was
-    timed) read 1,245 s for 30 s of work, and standard training, crowded out for 17 of its 30 epochs, had a
-    median of 76 s an epoch against 6 s idle."""
+    The seconds are the fastest full-radius epoch's times the epochs: an estimate of the idle machine's time.
+    Not the sum nor the median: a study shares its machine for hours, and an epoch that ran while the process
+    was stopped (SIGSTOP while something else was timed) read 1,245 s for 30 s of work, and standard training,
+    crowded out for 17 of its 30 epochs, had a median of 76 s an epoch against 6 s idle. Only epochs at the
+    full radii (``radius_scale`` 1) count when there are any: the training work of every epoch is the same,
+    but the per-epoch check's APGD-T attacks only the images APGD-CE left robust, so the ramp's epochs, not
+    yet robust at the full radii, check faster (at_linf 17 s against 20 s). A run whose every epoch was
+    crowded still reads high: the estimate never falls below the idle time, only the crowding lifts it."""
     lines = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     if not lines:
         return None
-    epoch_seconds = [float(r["epoch_time_s"]) for r in lines if r.get("epoch_time_s") is not None]
-    seconds = min(epoch_seconds) * len(epoch_seconds) if epoch_seconds else 0.0
+    timed = [r for r in lines if r.get("epoch_time_s") is not None]
+    full = [r for r in timed if float(r.get("radius_scale", 1.0)) >= 1.0] or timed
+    seconds = min(float(r["epoch_time_s"]) for r in full) * len(timed) if timed else 0.0
     return float(lines[-1].get("train/passes", 0.0)), seconds
 
 
@@ -185,24 +188,27 @@ class FrontCheck:
 
     @property
     def standing(self) -> str:
-        if self.rival is None:
+        if self.rival is None or self.difference is None:
             return "on the front (the cheapest)"
-        if self.difference is None:
-            return "unknown (no common test image)"
         return {"above": "on the front", "tie": "on the front within its interval (a tie)",
                 "below": "off the front"}[verdict(self.difference)]
 
 
 def front_checks(rows: list[Row]) -> list[FrontCheck]:
-    """Each row paired against its rival: the most robust of the other rows that cost no more passes. The
+    """Each row paired against its rival: of the other rows that cost no more passes, the one it falls
+    furthest below (or rises least above) on the test images and seeds the two share, so that rows evaluated
+    on different images and seeds (the second stage's) are compared as their paired difference says. The
     point-estimate front (``cost_front``) can hinge on a point of difference; a row tied with its rival is on
     the front as far as the images and seeds can tell, a row separated below it is not."""
     checks = []
     for r in rows:
-        cheaper = [o for o in rows if o is not r and o.passes <= r.passes]
-        rival = max(cheaper, key=lambda o: o.accuracy(), default=None)
-        checks.append(FrontCheck(r.name, rival.name if rival else None,
-                                 paired_rows(r, rival) if rival else None))
+        paired = [(o, paired_rows(r, o)) for o in rows if o is not r and o.passes <= r.passes]
+        paired = [(o, d) for o, d in paired if d is not None]
+        if not paired:
+            checks.append(FrontCheck(r.name, None, None))
+            continue
+        rival, d = min(paired, key=lambda od: (od[1].difference, od[1].interval[1]))
+        checks.append(FrontCheck(r.name, rival.name, d))
     return checks
 
 
@@ -378,10 +384,11 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
              f"Wilson for one seed, for several a bootstrap over images and seeds (the seeds share the "
              f"images, so pooling them as independent trials would be too narrow). Passes: forward + backward passes of the network "
              f"(paper Table 6 per batch, times the batches trained; a fine-tuned method adds its source's). "
-             f"Seconds: training wall time, the fastest epoch's (per-epoch check included) times the epochs, a lower "
-             f"bound of the idle machine's: the training work of every epoch is the same, so a slower epoch "
-             f"mostly measures other work on the shared machine; the "
-             f"machine was shared, so seconds compare roughly and passes are the cost axis. Paired: the "
+             f"Seconds: training wall time, the fastest epoch at the full radii (per-epoch check included) times "
+             f"the epochs, an estimate of the idle machine's time: the training work of every epoch is the same, "
+             f"so a slower epoch mostly measures other work on the shared machine, and a run crowded in every "
+             f"epoch (a 3-epoch fine-tuning can be) reads high; seconds compare roughly and passes are the cost "
+             f"axis. Paired: the "
              f"difference to {REFERENCE} on the test images and seeds both have, 95% bootstrap over images and "
              f"seeds; a difference whose interval holds 0 is a tie.", ""]
     if not rows:
@@ -414,12 +421,13 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
                          f"{r.own_passes:,.0f} | {r.own_seconds:,.0f} | "
                          f"{100 * r.own_passes / max(src.passes, 1.0):.0f}% |")
         lines.append("")
+    checks = front_checks(rows)
     if rows:
-        checks = front_checks(rows)
         lines += ["## The front, with its uncertainty", "",
-                  "Each method paired against its rival: the most robust of the other methods that cost no more "
-                  "training passes. Above it: on the front; a tie: on the front as far as these images and seeds "
-                  "can tell; below it: off the front.", "",
+                  "Each method paired against its rival: of the other methods that cost no more training passes, "
+                  "the one it falls furthest below on the test images and seeds both have. Above it: on the "
+                  "front; a tie: on the front as far as these images and seeds can tell; below it: off the "
+                  "front.", "",
                   "| method | passes | union | rival (no more passes) | rival's union | paired difference [95%] | "
                   "standing |", "|---|---:|---:|---|---:|---:|---|"]
         for c in checks:
@@ -459,7 +467,7 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
         "front": [{"name": c.name, "rival": c.rival, "standing": c.standing,
                    "difference": None if c.difference is None else c.difference.difference,
                    "interval": None if c.difference is None else c.difference.interval}
-                  for c in (front_checks(rows) if rows else [])]}
+                  for c in checks]}
     write_atomic(target / "study.json", json.dumps(data, indent=1))
     return StudyReport(report=target / "study.md", figures=figures, rows=rows)
 

@@ -25,7 +25,7 @@ PUBLISH=${1:-}
 SEEDS=${SEEDS:-1}
 CLOSE=${CLOSE:-}
 CLOSE_SEEDS=${CLOSE_SEEDS:-}
-PROVISIONAL=${PROVISIONAL:+--provisional}
+PROVISIONAL=${PROVISIONAL:+--provisional}  # any value, as for CLOSE
 METHODS_GIVEN=${METHODS:-}
 METHODS=${METHODS:-$(python -c "from mat_dist.reproduce.presets import PRESETS
 print(' '.join(m.name for m in PRESETS['mnist5k-study'].methods))")}
@@ -43,7 +43,7 @@ publish() {  # copy the results of method $1 (every seed; in CLOSE mode its sour
   cp $HERE/preset.json $HERE/invocations.jsonl $HERE/study.md $HERE/study.json $dest/ 2>/dev/null || true
   cp $HERE/study_cost.png $HERE/study_cost_norms.png $dest/ 2>/dev/null || true
   if [ -n "$CLOSE" ]; then
-    what="second stage${CLOSE_SEEDS:+, seeds 0..$((CLOSE_SEEDS - 1))}" runs="$m $(sources "$m")"
+    what="second stage${CLOSE_SEEDS:+, seed(s) 0 to $((CLOSE_SEEDS - 1))}" runs="$m $(sources "$m")"
     cp $HERE/close.json $dest/
   fi
   for r in $runs; do dirs+=($HERE/runs/$r $HERE/runs/$r-seed*); done
@@ -74,8 +74,13 @@ if [ -n "$CLOSE" ]; then  # the second stage: the close set, one method at a tim
   for m in $SET; do
     case "$WANTED" in *" $m "*) ;; *) continue ;; esac
     echo "$(date -u +%FT%TZ) $m (second stage)" >> runs/study.log
-    matd reproduce --preset mnist5k-study --output $HERE --no-tracking --close --only "$m" \
-        ${CLOSE_SEEDS:+--seeds "$CLOSE_SEEDS"} $PROVISIONAL > runs/study-close-$m.log 2>&1
+    # Each call draws the set again: a provisional set can lose a method when a first-stage row finishes
+    # meanwhile, so a refused method is logged and the loop goes on.
+    if ! matd reproduce --preset mnist5k-study --output $HERE --no-tracking --close --only "$m" \
+        ${CLOSE_SEEDS:+--seeds "$CLOSE_SEEDS"} $PROVISIONAL > runs/study-close-$m.log 2>&1; then
+      echo "$(date -u +%FT%TZ) $m (second stage) failed: $(tail -n 1 runs/study-close-$m.log)" | tee -a runs/study.log >&2
+      continue
+    fi
     if [ -n "$PUBLISH" ]; then publish "$m"; fi
   done
   exit 0

@@ -55,6 +55,7 @@ publish() {  # copy the results of method $1 (every seed; in CLOSE mode its sour
     done
   done
   git -C "$PUBLISH" add -- "$HERE"
+  if git -C "$PUBLISH" diff --cached --quiet -- "$HERE"; then return 0; fi  # a skipped method: nothing new
   for attempt in 1 2 3 4 5; do  # the other clone may be committing at this moment (index.lock)
     git -C "$PUBLISH" commit -q -m "Study mnist5k-study: $m ($what) trained and evaluated (results, not weights)" \
         -- "$HERE" && return 0

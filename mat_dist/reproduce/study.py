@@ -180,15 +180,15 @@ def cost_front(points: list[tuple[float, float]]) -> list[bool]:
 
 @dataclass(frozen=True)
 class FrontCheck:
-    """One row against the best row at no more cost: is it on the front once the uncertainty counts?"""
+    """One row against its rival at no more cost: is it on the front once the uncertainty counts?"""
 
     name: str
-    rival: str | None                    # the highest union among the other rows with no more passes
+    rival: str | None                    # of the other rows with no more passes, the one it falls furthest below
     difference: PairedDifference | None  # name - rival, paired
 
     @property
     def standing(self) -> str:
-        if self.rival is None or self.difference is None:
+        if self.difference is None:  # no other row at no more passes
             return "on the front (the cheapest)"
         return {"above": "on the front", "tie": "on the front within its interval (a tie)",
                 "below": "off the front"}[verdict(self.difference)]

@@ -25,6 +25,10 @@ def test_bench_smoke_pass_counts_equal_table_6():
     assert ratios["mimo_over_single_fwd_bwd"] == floor["fwd_bwd_s"] / floor["fwd_bwd_single_s"]
     assert ratios["mat_over_at_l1"] == med["mat"] / med["at_l1"]
     assert ratios["mat_over_at_norm_mean"] == pytest.approx(med["mat"] / ((med["at"] + med["at_l2"] + med["at_l1"]) / 3))
+    # The field's every-norm methods (AVG, MAX): N(K+1) passes, timed against MAT and against AT in all three norms.
+    assert (result["methods"]["avg"]["forward_passes"], result["methods"]["max"]["backward_passes"]) == (9, 9)
+    assert ratios["mat_over_max"] == med["mat"] / med["max"]
+    assert ratios["avg_over_at_norm_sum"] == pytest.approx(med["avg"] / (med["at"] + med["at_l2"] + med["at_l1"]))
     json.dumps(result)  # the CLI writes it as JSON
 
 

@@ -68,25 +68,6 @@ def test_the_rival_is_chosen_on_the_images_both_rows_share():
     assert check.difference.difference == pytest.approx(-0.04)
 
 
-def test_labels_of_methods_at_one_cost_are_spread_apart_and_stay_near_their_points():
-    assert study.spread_labels([10.0], 2.0) == [10.0]  # alone: at its point
-    assert study.spread_labels([0.0, 10.0], 2.0) == [0.0, 10.0]  # far enough apart already
-    assert study.spread_labels([5.0, 5.0, 5.0], 2.0) == [3.0, 5.0, 7.0]  # a block centred on its points
-    heights = study.spread_labels([0.0, 0.2, 0.4, 30.0, 30.5], 2.0)
-    assert all(b - a >= 2.0 - 1e-9 for a, b in zip(heights, heights[1:]))
-    assert heights[3:] == [29.25, 31.25]  # the far pair is spread on its own, not pushed up by the low three
-    points = [(35_640, 30.0), (35_640, 30.5), (35_640, 31.0), (39_204, 31.5), (3_240, 0.0)]
-    placed = study.label_positions(points, ["a", "b", "c", "d", "standard"], gap=2.0)
-    sides = {item: side for item, side, _, _ in placed}
-    assert sides == {"a": 1, "b": -1, "c": 1, "d": -1, "standard": 1}  # one column alternates, by accuracy
-    xs = {item: x for item, _, x, _ in placed}
-    assert xs["a"] == xs["c"] == pytest.approx(1.12 * 39_204) and xs["b"] == xs["d"] == pytest.approx(0.89 * 35_640)
-    for side in (1, -1):
-        ys = sorted(y for _, s, _, y in placed if s == side)
-        assert all(b - a >= 2.0 - 1e-9 for a, b in zip(ys, ys[1:]))
-    assert placed[4][3] == 0.0
-
-
 def test_a_method_at_zero_union_is_plotted(tmp_path, monkeypatch):
     """A row at 0% (AT in l_2 is at 0.0 union at the field's radii): its interval's lower end may come out a hair
     above 0 in floating point (the closed-form Wilson bound gave 4e-19), which made matplotlib refuse the error bar."""

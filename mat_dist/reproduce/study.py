@@ -34,6 +34,7 @@ from mat_dist.plumbing.console import plural
 from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.metrics import wilson_interval
 from mat_dist.evaluate.paired import PairedDifference, accuracy_interval, paired_difference
+from mat_dist.reproduce.figure_labels import Box, place_labels
 from mat_dist.reproduce.layout import CLOSE_FILE, EVALS, RUNS, close_evals, run_label
 from mat_dist.reproduce.presets import Preset
 
@@ -331,52 +332,6 @@ def _ci(lo_hi: tuple[float, float]) -> str:
     return f"[{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]"
 
 
-def spread_labels(targets: list[float], gap: float) -> list[float]:
-    """Label heights for points at heights ``targets`` (sorted ascending), at least ``gap`` apart and each as
-    near its point as that allows: overlapping labels merge into a block centred on its points' mean."""
-    blocks: list[list[float]] = []  # each: the targets of one run of touching labels
-    for y in targets:
-        blocks.append([y])
-        while len(blocks) > 1:
-            low, high = blocks[-2], blocks[-1]
-            low_top = sum(low) / len(low) + (len(low) - 1) * gap / 2
-            high_bottom = sum(high) / len(high) - (len(high) - 1) * gap / 2
-            if high_bottom - low_top >= gap:
-                break
-            blocks[-2:] = [low + high]
-    heights = []
-    for block in blocks:
-        centre = sum(block) / len(block)
-        heights += [centre + (k - (len(block) - 1) / 2) * gap for k in range(len(block))]
-    return heights
-
-
-def label_positions(points: list[tuple[float, float]], items: list[Any],
-                    gap: float | None = None) -> list[tuple[Any, int, float, float]]:
-    """Where each point's label goes: (item, side, label x, label height). Many methods share one cost (every K+1
-    method trains 35,640 passes, a fine-tuned one 39,204), so points whose costs lie within 15% of each other
-    are one column: their labels alternate sides (+1 right, -1 left) in order of accuracy, and on each side
-    are spread at least ``gap`` apart (default 4.5% of the y span), each as near its point as that allows;
-    a column's labels start beside its cheapest (left) or dearest (right) point, so that they line up."""
-    ys = [y for _, y in points]
-    gap = gap if gap is not None else 0.045 * max(max(ys, default=0.0) - min(ys, default=0.0), 1.0)
-    columns: list[list[int]] = []
-    for i in sorted(range(len(points)), key=lambda i: points[i][0]):
-        if columns and points[i][0] <= 1.15 * points[columns[-1][0]][0]:
-            columns[-1].append(i)
-        else:
-            columns.append([i])
-    placed: dict[int, tuple[Any, int, float, float]] = {}
-    for column in columns:
-        column.sort(key=lambda i: points[i][1])
-        costs = [points[i][0] for i in column]
-        for side, x in ((1, 1.12 * max(costs)), (-1, 0.89 * min(costs))):  # on the log axis: a small step out
-            members = [i for rank, i in enumerate(column) if (1 if rank % 2 == 0 else -1) == side]
-            for i, y in zip(members, spread_labels([points[i][1] for i in members], gap)):
-                placed[i] = (items[i], side, x, y)
-    return [placed[i] for i in range(len(points))]
-
-
 def _plot(rows: list[Row], path: Path, keys: tuple[str, ...], title: str) -> None:
     import matplotlib
 
@@ -384,6 +339,7 @@ def _plot(rows: list[Row], path: Path, keys: tuple[str, ...], title: str) -> Non
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.6), squeeze=False)
+    lines = []  # each panel's front, for its labels to keep off
     for ax, key in zip(axes[0], keys):
         points = [(r.passes, r.accuracy(key)) for r in rows]
         front = cost_front(points)
@@ -392,22 +348,57 @@ def _plot(rows: list[Row], path: Path, keys: tuple[str, ...], title: str) -> Non
             acc = r.accuracy(key)
             ax.errorbar(r.passes, 100 * acc, yerr=[[100 * max(acc - lo, 0.0)], [100 * max(hi - acc, 0.0)]], fmt="o",
                         color="tab:red" if on_front else "tab:blue", capsize=3, alpha=0.9)
-        for r, side, label_x, label_y in label_positions([(r.passes, 100 * r.accuracy(key)) for r in rows], rows):
-            ax.annotate(r.name, (r.passes, 100 * r.accuracy(key)), xytext=(label_x, label_y), textcoords="data",
-                        fontsize=7, ha="left" if side > 0 else "right", va="center",
-                        arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"})
-        line = sorted(p for p, f in zip(points, front) if f)
-        ax.step([p[0] for p in line], [100 * p[1] for p in line], where="post", color="tab:red", lw=1,
+        line = sorted((p, 100 * a) for (p, a), f in zip(points, front) if f)
+        ax.step([p for p, _ in line], [a for _, a in line], where="post", color="tab:red", lw=1,
                 label="Pareto front")
+        lines.append(line)
         ax.set_xscale("log")
         ax.set_xlabel("training passes (forward + backward, log scale)")
         ax.set_ylabel(f"robust accuracy, {'union of all norms' if key == 'all' else key} (%)")
         ax.set_title(f"{title}: {'union' if key == 'all' else key}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
+        ax.margins(x=0.12, y=0.06)  # room beside the outermost points for their labels
     fig.tight_layout()
+    for ax, key, line in zip(axes[0], keys, lines):
+        _label_points(fig, ax, rows, key, line)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _label_points(fig: Any, ax: Any, rows: list[Row], key: str, front: list[tuple[float, float]]) -> None:
+    """Each method's name beside its point, on no other label, marker, error bar, the front's line (``front``:
+    its corners in data units, % accuracy) or the legend (figure_labels)."""
+    ax.set_xlim(ax.get_xlim())  # freeze the limits: the labels are placed in pixels of these axes
+    ax.set_ylim(ax.get_ylim())
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    texts = [ax.text(0, 0, r.name, fontsize=7, va="center") for r in rows]
+    sizes = [(t.get_window_extent(renderer).width, t.get_window_extent(renderer).height) for t in texts]
+    for t in texts:
+        t.remove()
+    points, obstacles = [], []
+    for r in rows:
+        x, y = to_px((r.passes, 100 * r.accuracy(key)))
+        lo, hi = r.interval(key)
+        _, y_lo = to_px((r.passes, 100 * lo))
+        _, y_hi = to_px((r.passes, 100 * hi))
+        points.append((x, y))
+        obstacles += [Box(x - 4, y - 4, x + 4, y + 4), Box(x - 3, y_lo, x + 3, y_hi)]  # marker, error bar and caps
+    corners = [to_px(p) for p in front]
+    for (x0, y0), (x1, y1) in zip(corners, corners[1:]):  # the step line: along, then up
+        obstacles += [Box(x0, y0 - 1, x1, y0 + 1), Box(x1 - 1, min(y0, y1), x1 + 1, max(y0, y1))]
+    legend = ax.get_legend()
+    if legend is not None:
+        extent = legend.get_window_extent(renderer)
+        obstacles.append(Box(extent.x0, extent.y0, extent.x1, extent.y1))
+    frame = ax.get_window_extent(renderer)
+    bounds = Box(frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
+    to_data = ax.transData.inverted().transform
+    for r, spot in zip(rows, place_labels(points, sizes, obstacles, bounds)):
+        ax.annotate(r.name, (r.passes, 100 * r.accuracy(key)), xytext=tuple(to_data((spot.x, spot.y))),
+                    textcoords="data", fontsize=7, ha="left" if spot.side > 0 else "right", va="center",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6", "shrinkA": 0, "shrinkB": 3})
 
 
 def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,

@@ -6,8 +6,8 @@ Reads a reproduction folder (``runs/<label>/metrics.jsonl``, ``evals/<label>/sum
     study.md             one row per method (seeds pooled): clean, union and per-norm robust accuracy with
                          95% intervals, training passes (paper Table 6 counts times the batches trained; a
                          fine-tuned method adds its source's) and training seconds; the Pareto front of union
-                         against passes; every difference to MAT (rotated) paired on the test images and seeds
-                         both have; and the paper's claims, one by one, each with its paired difference and a
+                         against passes; every difference to MAT (rotated) paired on the test images both have
+                         (every seed of each); and the paper's claims, one by one, each with its paired difference and a
                          verdict
     study.json           the same figures as data
     study_cost.png       union against training passes, the Pareto front marked
@@ -267,10 +267,11 @@ def verdict(d: PairedDifference) -> str:
 
 
 def paired_rows(a: Row, b: Row, key: str = "all") -> PairedDifference | None:
-    """a - b on the test images and seeds both have (a second-stage row against a first-stage one: seed 0 on
-    the first stage's images); each row's seeds when they share none. None without a common image."""
-    common = sorted(set(a.seeds) & set(b.seeds))
-    seeds_a, seeds_b = (common, common) if common else (a.seeds, b.seeds)
+    """a - b on the test images both have, every seed of each (a second-stage row against a first-stage one: its
+    three seeds against the one, on the first stage's images). The bootstrap draws each side's seeds on its own,
+    so seeds pair nothing: a seed that only one row has still narrows that row's mean. None without a common
+    image."""
+    seeds_a, seeds_b = a.seeds, b.seeds
     ids_a = a.ids if a.ids is not None else np.arange(a.images)
     ids_b = b.ids if b.ids is not None else np.arange(b.images)
     _, in_a, in_b = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
@@ -428,9 +429,8 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
              f"the epochs, an estimate of the idle machine's time: the training work of every epoch is the same, "
              f"so a slower epoch mostly measures other work on the shared machine, and a run crowded in every "
              f"epoch (a 3-epoch fine-tuning can be) reads high; seconds compare roughly and passes are the cost "
-             f"axis. Paired: the "
-             f"difference to {REFERENCE} on the test images and seeds both have, 95% bootstrap over images and "
-             f"seeds; a difference whose interval holds 0 is a tie.", ""]
+             f"axis. Paired: the difference to {REFERENCE} on the test images both have (every seed of each), "
+             f"95% bootstrap over images and seeds; a difference whose interval holds 0 is a tie.", ""]
     if not rows:
         lines += ["No method is finished yet."]
     else:
@@ -447,8 +447,8 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
     tuned = [r for r in rows if r.source in by_name]
     if tuned:
         lines += ["## Fine-tuning against its source", "",
-                  "Each fine-tuned model beside the model it started from, paired on the test images and seeds "
-                  "both have; the extra cost is the fine-tuning's alone.", "",
+                  "Each fine-tuned model beside the model it started from, paired on the test images both have "
+                  "(every seed of each); the extra cost is the fine-tuning's alone.", "",
                   "| method | source | union | source's union | paired difference [95%] | verdict | extra passes | "
                   "extra seconds | share of the source's passes |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
         for r in tuned:
@@ -465,8 +465,8 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
     if rows:
         lines += ["## The front, with its uncertainty", "",
                   "Each method paired against its rival: of the other methods that cost no more training passes, "
-                  "the one it falls furthest below on the test images and seeds both have. Above it: on the "
-                  "front; a tie: on the front as far as these images and seeds can tell; below it: off the "
+                  "the one it falls furthest below on the test images both have (every seed of each). Above it: on "
+                  "the front; a tie: on the front as far as these images and seeds can tell; below it: off the "
                   "front.", "",
                   "| method | passes | union | rival (no more passes) | rival's union | paired difference [95%] | "
                   "standing |", "|---|---:|---:|---|---:|---:|---|"]

@@ -58,6 +58,19 @@ def test_spread_over_seeds_widens_the_interval():
     assert s.separated and not w.separated  # a seed below the reference makes it a tie
 
 
+def test_matched_seeds_keep_a_fine_tuned_seed_beside_its_source_seed():
+    # Fine-tuned seed s started from source seed s: both swing together from seed to seed (15, 25, 35%), and the
+    # fine-tuning adds the same 5 points to each. Matched, the seed swing cancels; drawn apart, it does not.
+    source = [_robust(300, range(0, 45)), _robust(300, range(0, 75)), _robust(300, range(0, 105))]
+    tuned = [_robust(300, range(0, 60)), _robust(300, range(0, 90)), _robust(300, range(0, 120))]
+    m, apart = paired_difference(tuned, source, matched=True), paired_difference(tuned, source)
+    assert m.difference == apart.difference == pytest.approx(0.05)
+    assert m.separated and not apart.separated
+    assert m.interval[1] - m.interval[0] < 0.5 * (apart.interval[1] - apart.interval[0])
+    with pytest.raises(ValueError, match="as many seeds on each side"):
+        paired_difference(tuned, source[:1], matched=True)
+
+
 def test_different_image_counts_are_refused():
     with pytest.raises(ValueError, match="different numbers of images"):
         paired_difference([_robust(300, [1])], [_robust(200, [1])])

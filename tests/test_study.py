@@ -68,6 +68,20 @@ def test_the_rival_is_chosen_on_the_images_both_rows_share():
     assert check.difference.difference == pytest.approx(-0.04)
 
 
+def test_a_fine_tuned_row_is_paired_with_its_source_seed_by_seed():
+    def row(name, seeds, robust):  # robust: each seed's robust images of 200
+        per_image = [np.arange(200) < k for k in robust]
+        return Row(name=name, method=name, seeds=seeds, per_image={"all": per_image}, clean=[0.97] * len(seeds),
+                   passes=1.0, own_passes=1.0, seconds=1.0, own_seconds=1.0, images=200)
+
+    tuned, source = row("ft", [0, 1, 2], [60, 20, 160]), row("src", [0], [40])  # 30, 10 and 80% against 20%
+    matched = study.paired_rows(tuned, source, matched=True)  # seed 0 started from seed 0: the seeds both have
+    assert matched.seeds == (1, 1) and matched.difference == pytest.approx(0.10)
+    apart = study.paired_rows(tuned, source)  # two methods: every seed of each
+    assert apart.seeds == (3, 1) and apart.difference == pytest.approx(0.40 - 0.20)
+    assert study.paired_rows(tuned, row("src", [5], [40]), matched=True) is None  # no seed in common
+
+
 def test_a_method_at_zero_union_is_plotted(tmp_path, monkeypatch):
     """A row at 0% (AT in l_2 is at 0.0 union at the field's radii): its interval's lower end may come out a hair
     above 0 in floating point (the closed-form Wilson bound gave 4e-19), which made matplotlib refuse the error bar."""

@@ -46,9 +46,11 @@ class PairedDifference:
 
 
 def paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, resamples: int = RESAMPLES,
-                      seed: int = 0) -> PairedDifference:
+                      seed: int = 0, matched: bool = False) -> PairedDifference:
     """``a`` and ``b``: each seed's per-image robustness (bool, one entry per test image, the same images in the
-    same order for every seed of both). Returns acc(a) - acc(b) with its two-level bootstrap interval."""
+    same order for every seed of both). Returns acc(a) - acc(b) with its two-level bootstrap interval.
+    ``matched``: a's seed i belongs with b's seed i (a model fine-tuned from that seed of b), so each resample
+    draws one list of seed indices for both sides; else each side's seeds are drawn on their own."""
     if not a or not b:
         raise ValueError("each config needs at least one seed's per-image results")
     ra = np.stack([np.asarray(v, dtype=bool) for v in a]).astype(np.float64)  # (seeds, images)
@@ -56,6 +58,8 @@ def paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, resam
     if ra.shape[1] != rb.shape[1] or ra.shape[1] == 0:
         raise ValueError(f"the two configs were evaluated on different numbers of images ({ra.shape[1]}, "
                          f"{rb.shape[1]}); a paired difference needs the same images")
+    if matched and ra.shape[0] != rb.shape[0]:
+        raise ValueError(f"matched seeds need as many seeds on each side ({ra.shape[0]}, {rb.shape[0]})")
     n = ra.shape[1]
     rng = np.random.default_rng(seed)
     diffs = np.empty(resamples)
@@ -65,7 +69,7 @@ def paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, resam
         acc_a = counts @ ra.T / n  # (r, seeds): each seed's accuracy on each resample's images
         acc_b = counts @ rb.T / n
         pick_a = rng.integers(0, ra.shape[0], size=(r, ra.shape[0]))
-        pick_b = rng.integers(0, rb.shape[0], size=(r, rb.shape[0]))
+        pick_b = pick_a if matched else rng.integers(0, rb.shape[0], size=(r, rb.shape[0]))
         rows = np.arange(r)[:, None]
         diffs[chunk:chunk + r] = acc_a[rows, pick_a].mean(axis=1) - acc_b[rows, pick_b].mean(axis=1)
     lo, hi = np.quantile(diffs, [0.025, 0.975])

@@ -4,7 +4,8 @@ Many methods share one cost (every K+1 method trains 35,640 passes, a fine-tuned
 AT 106,920), so their points stack in columns and a label put simply to the right of its point lands on its
 neighbours. The placement here is greedy, in display pixels (the log axis makes data units a poor ruler): labels
 are placed from the top of the figure down, each at the nearest free spot to its point, trying the right and the
-left side at each height before moving further up or down. A leader line joins each label to its point.
+left side at each height before moving further up or down. A leader line joins each label to its point; the
+leader lines are not obstacles, so a label moved far from its point may be crossed by another's.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def place_labels(points: list[tuple[float, float]], sizes: list[tuple[float, flo
         (px, py), (w, h) = points[i], sizes[i]
         best: tuple[float, Placed] | None = None
         for shift in _shifts(reach):
-            y = py + shift * (h + 1.0)
+            y = py + shift * (h + 2.0)  # 2 px between stacked labels
             for side in (1, -1):
                 x = px + side * offset
                 box = Box(x, y - h / 2, x + w, y + h / 2) if side > 0 else Box(x - w, y - h / 2, x, y + h / 2)
@@ -65,7 +66,7 @@ def place_labels(points: list[tuple[float, float]], sizes: list[tuple[float, flo
                     break
             if best is not None and best[0] == 0.0:
                 break
-        if best is None:  # bigger than the axes: beside its point, clipped by the figure
+        if best is None:  # no spot inside the axes within reach: beside its point, clipped by the figure
             x = px + offset
             best = (0.0, Placed(1, x, py, Box(x, py - h / 2, x + w, py + h / 2), free=False))
         placed[i] = best[1]

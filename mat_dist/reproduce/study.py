@@ -23,6 +23,7 @@ seeds on more images) is reported from those; the others from their first-stage 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,8 +198,8 @@ class FrontCheck:
 
 def front_checks(rows: list[Row]) -> list[FrontCheck]:
     """Each row paired against its rival: of the other rows that cost no more passes, the one it falls
-    furthest below (or rises least above) on the test images and seeds the two share, so that rows evaluated
-    on different images and seeds (the second stage's) are compared as their paired difference says. The
+    furthest below (or rises least above) on the test images the two share (every seed of each), so that rows
+    evaluated on different images and seeds (the second stage's) are compared as their paired difference says. The
     point-estimate front (``cost_front``) can hinge on a point of difference; a row tied with its rival is on
     the front as far as the images and seeds can tell, a row separated below it is not."""
     checks = []
@@ -266,19 +267,24 @@ def verdict(d: PairedDifference) -> str:
     return "above" if d.difference > 0 else "below"
 
 
-def paired_rows(a: Row, b: Row, key: str = "all") -> PairedDifference | None:
+def paired_rows(a: Row, b: Row, key: str = "all", *, matched: bool = False) -> PairedDifference | None:
     """a - b on the test images both have, every seed of each (a second-stage row against a first-stage one: its
-    three seeds against the one, on the first stage's images). The bootstrap draws each side's seeds on its own,
-    so seeds pair nothing: a seed that only one row has still narrows that row's mean. None without a common
-    image."""
+    three seeds against the one, on the first stage's images); the bootstrap draws each side's seeds on its own.
+    ``matched``: a's seed s started from b's seed s (a fine-tuned row and its source), so only the seeds both
+    have count and each resample draws them for both sides alike. None without a common image (or, matched,
+    a common seed)."""
     seeds_a, seeds_b = a.seeds, b.seeds
+    if matched:
+        seeds_a = seeds_b = sorted(set(a.seeds) & set(b.seeds))
+        if not seeds_a:
+            return None
     ids_a = a.ids if a.ids is not None else np.arange(a.images)
     ids_b = b.ids if b.ids is not None else np.arange(b.images)
     _, in_a, in_b = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
     if in_a.size == 0:
         return None
     return paired_difference([a.per_image[key][a.seeds.index(s)][in_a] for s in seeds_a],
-                             [b.per_image[key][b.seeds.index(s)][in_b] for s in seeds_b])
+                             [b.per_image[key][b.seeds.index(s)][in_b] for s in seeds_b], matched=matched)
 
 
 def _paired(rows: dict[str, Row], a: str, b: str, key: str = "all") -> PairedDifference | None:
@@ -333,13 +339,26 @@ def _ci(lo_hi: tuple[float, float]) -> str:
     return f"[{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]"
 
 
+MARKER_SIZE, CAP_SIZE = 6.0, 3.0  # points (1/72 inch): matplotlib's default marker, the error bars' caps
+
+
 def _plot(rows: list[Row], path: Path, keys: tuple[str, ...], title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = study_figure(rows, keys, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def study_figure(rows: list[Row], keys: tuple[str, ...], title: str, dpi: float = 120) -> Any:
+    """One panel per accuracy key: each row's accuracy (with its interval) against its training passes, the
+    Pareto front, and the labels placed (``_label_points``) for a figure saved at ``dpi``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.6), squeeze=False, dpi=dpi)
     lines = []  # each panel's front, for its labels to keep off
     for ax, key in zip(axes[0], keys):
         points = [(r.passes, r.accuracy(key)) for r in rows]
@@ -348,7 +367,8 @@ def _plot(rows: list[Row], path: Path, keys: tuple[str, ...], title: str) -> Non
             lo, hi = r.interval(key)
             acc = r.accuracy(key)
             ax.errorbar(r.passes, 100 * acc, yerr=[[100 * max(acc - lo, 0.0)], [100 * max(hi - acc, 0.0)]], fmt="o",
-                        color="tab:red" if on_front else "tab:blue", capsize=3, alpha=0.9)
+                        color="tab:red" if on_front else "tab:blue", capsize=CAP_SIZE, markersize=MARKER_SIZE,
+                        alpha=0.9)
         line = sorted((p, 100 * a) for (p, a), f in zip(points, front) if f)
         ax.step([p for p, _ in line], [a for _, a in line], where="post", color="tab:red", lw=1,
                 label="Pareto front")
@@ -363,8 +383,7 @@ def _plot(rows: list[Row], path: Path, keys: tuple[str, ...], title: str) -> Non
     fig.tight_layout()
     for ax, key, line in zip(axes[0], keys, lines):
         _label_points(fig, ax, rows, key, line)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def _label_points(fig: Any, ax: Any, rows: list[Row], key: str, front: list[tuple[float, float]]) -> None:
@@ -374,10 +393,12 @@ def _label_points(fig: Any, ax: Any, rows: list[Row], key: str, front: list[tupl
     ax.set_ylim(ax.get_ylim())
     renderer = fig.canvas.get_renderer()
     to_px = ax.transData.transform
-    texts = [ax.text(0, 0, r.name, fontsize=7, va="center") for r in rows]
+    texts = [ax.text(0.5, 0.5, r.name, fontsize=7, va="center", transform=ax.transAxes) for r in rows]
     sizes = [(t.get_window_extent(renderer).width, t.get_window_extent(renderer).height) for t in texts]
     for t in texts:
         t.remove()
+    px_per_pt = fig.dpi / 72
+    marker, cap = px_per_pt * MARKER_SIZE / 2, px_per_pt * CAP_SIZE  # half-widths in pixels
     points, obstacles = [], []
     for r in rows:
         x, y = to_px((r.passes, 100 * r.accuracy(key)))
@@ -385,7 +406,8 @@ def _label_points(fig: Any, ax: Any, rows: list[Row], key: str, front: list[tupl
         _, y_lo = to_px((r.passes, 100 * lo))
         _, y_hi = to_px((r.passes, 100 * hi))
         points.append((x, y))
-        obstacles += [Box(x - 4, y - 4, x + 4, y + 4), Box(x - 3, y_lo, x + 3, y_hi)]  # marker, error bar and caps
+        obstacles += [Box(x - marker, y - marker, x + marker, y + marker),  # the marker
+                      Box(x - cap, y_lo, x + cap, y_hi)]                    # the error bar and its caps
     corners = [to_px(p) for p in front]
     for (x0, y0), (x1, y1) in zip(corners, corners[1:]):  # the step line: along, then up
         obstacles += [Box(x0, y0 - 1, x1, y0 + 1), Box(x1 - 1, min(y0, y1), x1 + 1, max(y0, y1))]
@@ -396,7 +418,12 @@ def _label_points(fig: Any, ax: Any, rows: list[Row], key: str, front: list[tupl
     frame = ax.get_window_extent(renderer)
     bounds = Box(frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
     to_data = ax.transData.inverted().transform
-    for r, spot in zip(rows, place_labels(points, sizes, obstacles, bounds)):
+    spots = place_labels(points, sizes, obstacles, bounds)
+    crowded = [r.name for r, spot in zip(rows, spots) if not spot.free]
+    if crowded:  # drawn anyway, overlapping the least: say so rather than hand over a figure that hides it
+        print(f"study figure ({key}): no free spot for the labels of {', '.join(crowded)}; they overlap other "
+              f"marks", file=sys.stderr)
+    for r, spot in zip(rows, spots):
         ax.annotate(r.name, (r.passes, 100 * r.accuracy(key)), xytext=tuple(to_data((spot.x, spot.y))),
                     textcoords="data", fontsize=7, ha="left" if spot.side > 0 else "right", va="center",
                     arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6", "shrinkA": 0, "shrinkB": 3})
@@ -430,7 +457,9 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
              f"so a slower epoch mostly measures other work on the shared machine, and a run crowded in every "
              f"epoch (a 3-epoch fine-tuning can be) reads high; seconds compare roughly and passes are the cost "
              f"axis. Paired: the difference to {REFERENCE} on the test images both have (every seed of each), "
-             f"95% bootstrap over images and seeds; a difference whose interval holds 0 is a tie.", ""]
+             f"95% bootstrap over images and seeds (a row of one seed counts as that one model: its seed-to-seed "
+             f"spread is not in the interval, and three seeds show that spread only roughly); a difference whose "
+             f"interval holds 0 is a tie.", ""]
     if not rows:
         lines += ["No method is finished yet."]
     else:
@@ -447,14 +476,15 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
     tuned = [r for r in rows if r.source in by_name]
     if tuned:
         lines += ["## Fine-tuning against its source", "",
-                  "Each fine-tuned model beside the model it started from, paired on the test images both have "
-                  "(every seed of each); the extra cost is the fine-tuning's alone.", "",
+                  "Each fine-tuned model beside the model it started from, paired on the test images and seeds "
+                  "both have (a fine-tuned seed s started from its source's seed s, and the bootstrap keeps them "
+                  "together); the extra cost is the fine-tuning's alone.", "",
                   "| method | source | union | source's union | paired difference [95%] | verdict | extra passes | "
                   "extra seconds | share of the source's passes |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
         for r in tuned:
             src = by_name[r.source]
-            d = paired_rows(r, src)
-            if d is None:  # evaluated on no common test image: nothing to pair
+            d = paired_rows(r, src, matched=True)
+            if d is None:  # evaluated on no common test image or seed: nothing to pair
                 continue
             lines.append(f"| {r.name} | {src.name} | {_pct(r.accuracy())} {_ci(r.interval())} | "
                          f"{_pct(src.accuracy())} {_ci(src.interval())} | {d.text()} | {verdict(d)} | "

@@ -316,3 +316,9 @@ def test_a_folder_begun_before_the_auto_default_goes_on_only_where_the_preset_pi
     (other / PRESET_FILE).write_text(json.dumps(old))
     with pytest.raises(UserError, match="with other settings"):
         _check_preset_file(other, unpinned, [], partial=True)
+
+
+def test_training_minutes_keep_their_digits_when_a_run_takes_seconds():
+    from mat_dist.reproduce.reproduction_report import _minutes
+
+    assert [_minutes(m) for m in (12.345, 0.25, 0.003, 0.0)] == ["12.35", "0.25", "0.003", "0"]

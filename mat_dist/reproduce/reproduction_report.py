@@ -142,6 +142,12 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _minutes(x: float) -> str:
+    """Two decimals, or two significant digits below 0.1 min: a tiny preset's training (a few seconds on a fast
+    machine) would read 0.00."""
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
+
+
 # ---------------------------------------------------------------- invariants
 
 def union_violations(summary: Mapping[str, Any]) -> list[str]:
@@ -328,7 +334,7 @@ def cost_table(preset: Preset, data: list[MethodData], paper: dict) -> Table:
         eval_s = (d.summary.get("meta") or {}).get("wall_time_s")
         table.rows.append([d.name, shape, str(d.steps), PASS_FORMULA.get(d.method, "?"), str(fwd), str(bwd),
                            str(len(times)), f"{statistics.median(times):.1f}" if times else "-",
-                           f"{sum(times) / 60:.2f}" if times else "-", _num(paper_min),
+                           _minutes(sum(times) / 60) if times else "-", _num(paper_min),
                            f"{eval_s:.0f}" if eval_s is not None else "-"])
     table.note = ("Passes per batch follow the paper's Table 6 formulas (N = candidate norms of MSD; an ensemble "
                   "counts each of its M networks). They are invariants of the code: tests/test_methods.py counts "

@@ -247,6 +247,8 @@ def test_the_report_uses_the_second_stage_for_the_close_methods(second_stage):
     union = [json.loads((out / "evals-60" / label / "summary.json").read_text())["all_attacks"]
              for label in ("mat_rotate", "mat_rotate-seed1")]
     assert rows["mat_rotate"]["union"] == pytest.approx(sum(union) / 2)
+    assert rows["mat_rotate"]["union_per_seed"] == pytest.approx(union)  # seed 0, then seed 1
+    assert rows["e_at"]["union_per_seed"] == [rows["e_at"]["union"]]
     # paired on the images both have, every seed of each: two close methods on 60 images x 2 seeds; a first-stage
     # one (1 seed) against a close one (2 seeds) on the first stage's 40 images
     assert (rows["ft_mat_rotate"]["paired_vs_reference"]["images"],
@@ -262,6 +264,11 @@ def test_the_report_uses_the_second_stage_for_the_close_methods(second_stage):
             "at_linf, e_at, avg. The close set (second stage, `--close`): the methods whose first-seed union on 40 "
             "images is within 100 points of the best") in text
     assert "and mat_rotate always: at_linf, ft_mat_rotate, mat_rotate, e_at, avg." in text
+    # The seed-to-seed section lists the rows of several seeds only, each seed's union on the same images.
+    section = text.split("## Seed to seed")[1].split("##")[0]
+    assert f"| mat_rotate | 0-1 | {100 * union[0]:.1f} / {100 * union[1]:.1f} | {100 * abs(union[0] - union[1]):.1f} |" \
+        in section
+    assert "| e_at |" not in section and "| ft_mat_rotate | 0-1 |" in section
 
 
 def test_close_list_prints_the_close_set_one_method_a_line(second_stage):

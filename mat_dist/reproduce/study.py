@@ -473,6 +473,7 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
                          " | ".join(_pct(r.accuracy(n)) for n in NORMS) +
                          f" | {r.passes:,.0f} | {r.seconds:,.0f} | {'yes' if r.front else ''} | {paired} |")
         lines += ["", evaluated_on(rows, close), ""]
+    lines += seed_to_seed(rows)
     tuned = [r for r in rows if r.source in by_name]
     if tuned:
         lines += ["## Fine-tuning against its source", "",
@@ -528,6 +529,7 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
         "name": r.name, "method": r.method, "seeds": r.seeds, "images": r.images, "close": r.close,
         "clean": float(np.mean(r.clean)),
         "union": r.accuracy(), "union_interval": r.interval(),
+        "union_per_seed": [float(v.mean()) for v in r.per_image["all"]],
         **{f"all_{n}": r.accuracy(n) for n in NORMS}, "passes": r.passes, "own_passes": r.own_passes,
         "seconds": r.seconds, "own_seconds": r.own_seconds, "source": r.source, "pareto": r.front,
         "paired_vs_reference": None if r.vs_reference is None else
@@ -540,6 +542,23 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
                   for c in checks]}
     write_atomic(target / "study.json", json.dumps(data, indent=1))
     return StudyReport(report=target / "study.md", figures=figures, rows=rows)
+
+
+def seed_to_seed(rows: list[Row]) -> list[str]:
+    """The section on how far one seed's union lies from another's, for the rows of several seeds: the noise
+    that a comparison resting on one seed cannot see."""
+    several = [r for r in rows if len(r.seeds) > 1]
+    if not several:
+        return []
+    lines = ["## Seed to seed", "",
+             "The union of each seed on the same test images, for the methods trained with several seeds; the spread "
+             "is the largest less the smallest, in points.", "",
+             "| method | seeds | union per seed | spread | clean per seed |", "|---|---|---:|---:|---:|"]
+    for r in several:
+        unions = [float(v.mean()) for v in r.per_image["all"]]
+        lines.append(f"| {r.name} | {seed_span(r.seeds)} | {' / '.join(_pct(u) for u in unions)} | "
+                     f"{100 * (max(unions) - min(unions)):.1f} | {' / '.join(_pct(c) for c in r.clean)} |")
+    return lines + [""]
 
 
 def _machine() -> str:

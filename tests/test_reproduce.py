@@ -280,18 +280,33 @@ def test_the_committed_study_rows_still_count_as_done_under_the_auto_default(mon
     from mat_dist.core.run_config import Precision, config_from_dict, read_yaml
     from mat_dist.reproduce.pipeline import _recorded, evaluation_fingerprint, preset_suite, run_configs
 
+    from mat_dist.reproduce.layout import close_evals, run_label
+
     monkeypatch.chdir(REPO)
     preset = PRESETS["mnist5k-study"]
     committed = sorted(p.name for p in (STUDY / "runs").iterdir() if (p / "config.yaml").is_file())
     assert {"at_linf", "mat_rotate"} <= set(committed)
-    configs = run_configs(preset, [(preset.method(name), 0) for name in committed], output=STUDY, overrides=[],
-                          tracking=False)
-    fingerprint = evaluation_fingerprint(configs, preset_suite(preset), preset.examples)
-    for name in committed:
-        on_disk = config_from_dict(read_yaml(STUDY / "runs" / name / "config.yaml"))
-        assert (on_disk.train.precision, on_disk.train.channels_last) == (Precision.FP32, False), name
-        assert configs[name] == on_disk, name  # every key, the switches included
-        assert _recorded(configs[name], STUDY / "runs" / name, STUDY / "evals" / name, fingerprint), name
+
+    def method_and_seed(label: str) -> tuple[str, int]:  # run_label's inverse: mat_rotate-seed1 -> (mat_rotate, 1)
+        name, _, seed = label.partition("-seed")
+        assert run_label(name, int(seed or 0)) == label
+        return name, int(seed or 0)
+
+    runs = {label: method_and_seed(label) for label in committed}
+    configs = run_configs(preset, [(preset.method(name), seed) for name, seed in runs.values()], output=STUDY,
+                          overrides=[], tracking=False)
+    suite = preset_suite(preset)
+    first_stage = evaluation_fingerprint(configs, suite, preset.examples)
+    second_stage = evaluation_fingerprint(configs, suite, preset.close_examples)  # seeds 1.. of the close set
+    second_evals = STUDY / close_evals(preset.close_examples)
+    for label, (_, seed) in runs.items():
+        on_disk = config_from_dict(read_yaml(STUDY / "runs" / label / "config.yaml"))
+        assert (on_disk.train.precision, on_disk.train.channels_last) == (Precision.FP32, False), label
+        assert configs[label] == on_disk, label  # every key, the switches included
+        if seed == 0:
+            assert _recorded(configs[label], STUDY / "runs" / label, STUDY / "evals" / label, first_stage), label
+        elif (second_evals / label).is_dir():  # a fine-tuned method's source seed is trained, not evaluated
+            assert _recorded(configs[label], STUDY / "runs" / label, second_evals / label, second_stage), label
 
 
 def test_a_folder_begun_before_the_auto_default_goes_on_only_where_the_preset_pins_fp32(tmp_path):

@@ -65,8 +65,12 @@ class Row:
     per_norm_fronts: dict[str, bool] = field(default_factory=dict)
     _intervals: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
 
+    def per_seed(self, key: str = "all") -> list[float]:
+        """Each seed's robust accuracy, in the order of ``seeds``."""
+        return [float(v.mean()) for v in self.per_image[key]]
+
     def accuracy(self, key: str = "all") -> float:
-        return float(np.mean([v.mean() for v in self.per_image[key]]))
+        return float(np.mean(self.per_seed(key)))
 
     def interval(self, key: str = "all") -> tuple[float, float]:
         """95%: one seed's Wilson interval; over several seeds the two-level bootstrap over images and seeds
@@ -394,7 +398,7 @@ def _label_points(fig: Any, ax: Any, rows: list[Row], key: str, front: list[tupl
     renderer = fig.canvas.get_renderer()
     to_px = ax.transData.transform
     texts = [ax.text(0.5, 0.5, r.name, fontsize=7, va="center", transform=ax.transAxes) for r in rows]
-    sizes = [(t.get_window_extent(renderer).width, t.get_window_extent(renderer).height) for t in texts]
+    sizes = [(box.width, box.height) for box in (t.get_window_extent(renderer) for t in texts)]
     for t in texts:
         t.remove()
     px_per_pt = fig.dpi / 72
@@ -529,7 +533,7 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
         "name": r.name, "method": r.method, "seeds": r.seeds, "images": r.images, "close": r.close,
         "clean": float(np.mean(r.clean)),
         "union": r.accuracy(), "union_interval": r.interval(),
-        "union_per_seed": [float(v.mean()) for v in r.per_image["all"]],
+        "union_per_seed": r.per_seed(),
         **{f"all_{n}": r.accuracy(n) for n in NORMS}, "passes": r.passes, "own_passes": r.own_passes,
         "seconds": r.seconds, "own_seconds": r.own_seconds, "source": r.source, "pareto": r.front,
         "paired_vs_reference": None if r.vs_reference is None else
@@ -555,7 +559,7 @@ def seed_to_seed(rows: list[Row]) -> list[str]:
              "is the largest less the smallest, in points.", "",
              "| method | seeds | union per seed | spread | clean per seed |", "|---|---|---:|---:|---:|"]
     for r in several:
-        unions = [float(v.mean()) for v in r.per_image["all"]]
+        unions = r.per_seed()
         lines.append(f"| {r.name} | {seed_span(r.seeds)} | {' / '.join(_pct(u) for u in unions)} | "
                      f"{100 * (max(unions) - min(unions)):.1f} | {' / '.join(_pct(c) for c in r.clean)} |")
     return lines + [""]

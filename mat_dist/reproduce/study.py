@@ -13,8 +13,8 @@ Reads a reproduction folder (``runs/<label>/metrics.jsonl``, ``evals/<label>/sum
     study_cost.png       union against training passes, the Pareto front marked
     study_cost_norms.png the same per norm
 
-A difference counts only when its 95% interval (bootstrap over images and seeds, ``evaluate.paired``)
-excludes 0; otherwise the report calls it a tie.
+A difference counts only when its 95% interval (over images and seeds, a t interval with each side's seed
+spread, ``evaluate.paired``) excludes 0; otherwise the report calls it a tie.
 
 A method of the close set with second-stage evaluations (``matd reproduce --close``: ``evals-<N>/``, more
 seeds on more images) is reported from those; the others from their first-stage ones (``evals/``).
@@ -73,7 +73,7 @@ class Row:
         return float(np.mean(self.per_seed(key)))
 
     def interval(self, key: str = "all") -> tuple[float, float]:
-        """95%: one seed's Wilson interval; over several seeds the two-level bootstrap over images and seeds
+        """95%: one seed's Wilson interval; over several seeds the t interval over images and seeds
         (``evaluate.paired.accuracy_interval``), computed once per key."""
         if key not in self._intervals:
             seeds = self.per_image[key]
@@ -273,9 +273,9 @@ def verdict(d: PairedDifference) -> str:
 
 def paired_rows(a: Row, b: Row, key: str = "all", *, matched: bool = False) -> PairedDifference | None:
     """a - b on the test images both have, every seed of each (a second-stage row against a first-stage one: its
-    three seeds against the one, on the first stage's images); the bootstrap draws each side's seeds on its own.
+    three seeds against the one, on the first stage's images); each side's seeds spread on their own.
     ``matched``: a's seed s started from b's seed s (a fine-tuned row and its source), so only the seeds both
-    have count and each resample draws them for both sides alike. None without a common image (or, matched,
+    have count, and the seed term is the spread of their per-seed differences. None without a common image (or, matched,
     a common seed)."""
     seeds_a, seeds_b = a.seeds, b.seeds
     if matched:
@@ -453,16 +453,18 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
              f"{preset.data_note}.", "",
              f"Machine: {machine or _machine()}. Seeds per method: as listed. Robust accuracy is the per-image "
              f"worst case over the suite's attacks (all norms for the union), in % with its 95% interval: "
-             f"Wilson for one seed, for several a bootstrap over images and seeds (the seeds share the "
-             f"images, so pooling them as independent trials would be too narrow). Passes: forward + backward passes of the network "
+             f"Wilson for one seed; for several a t interval over images and seeds (the image-to-image and the "
+             f"seed-to-seed variance added, a t quantile with the seeds' degrees of freedom: three seeds give "
+             f"wide intervals; the seeds share the images, so pooling them as independent trials would be "
+             f"too narrow). Passes: forward + backward passes of the network "
              f"(paper Table 6 per batch, times the batches trained; a fine-tuned method adds its source's). "
              f"Seconds: training wall time, the fastest epoch at the full radii (per-epoch check included) times "
              f"the epochs, an estimate of the idle machine's time: the training work of every epoch is the same, "
              f"so a slower epoch mostly measures other work on the shared machine, and a run crowded in every "
              f"epoch (a 3-epoch fine-tuning can be) reads high; seconds compare roughly and passes are the cost "
              f"axis. Paired: the difference to {REFERENCE} on the test images both have (every seed of each), "
-             f"95% bootstrap over images and seeds (a row of one seed counts as that one model: its seed-to-seed "
-             f"spread is not in the interval, and three seeds show that spread only roughly); a difference whose "
+             f"95% interval over images and each side's seeds (a row of one seed counts as that one model: its "
+             f"seed-to-seed spread is not in the interval); a difference whose "
              f"interval holds 0 is a tie.", ""]
     if not rows:
         lines += ["No method is finished yet."]
@@ -482,8 +484,8 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
     if tuned:
         lines += ["## Fine-tuning against its source", "",
                   "Each fine-tuned model beside the model it started from, paired on the test images and seeds "
-                  "both have (a fine-tuned seed s started from its source's seed s, and the bootstrap keeps them "
-                  "together); the extra cost is the fine-tuning's alone.", "",
+                  "both have (a fine-tuned seed s started from its source's seed s, so the seed term is the spread of "
+                  "the per-seed differences); the extra cost is the fine-tuning's alone.", "",
                   "| method | source | union | source's union | paired difference [95%] | verdict | extra passes | "
                   "extra seconds | share of the source's passes |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
         for r in tuned:

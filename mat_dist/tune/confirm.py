@@ -9,7 +9,7 @@ radii. It is a ``matd reproduce`` of a two-method preset built here
 searched values), so it resumes, skips finished work and writes that
 command's report too. The verdict reads the paired difference of all_attacks
 (tuned minus base on the same test images, mean over the seeds) and its 95%
-bootstrap interval over images and seeds: a difference counts only when that
+interval over images and seeds: a difference counts only when that
 interval excludes 0 (mat_dist.evaluate.paired).
 
     confirm/                 the reproduction's folder (runs/, evals/, report.md, base_config.yaml)
@@ -128,7 +128,7 @@ def confirm_table(data: Mapping[str, Any], *, suite_name: str, names: tuple[str,
     the reference).
 
     With ``unions`` (each config's per-seed, per-image all_attacks robustness on the same test images) the
-    table also gives each config's paired difference to the reference with its bootstrap interval
+    table also gives each config's paired difference to the reference with its interval over images and seeds
     (mat_dist.evaluate.paired), and the verdict reads that: a difference counts when its interval excludes 0.
     Without them, a difference counts only when the two configs' intervals do not overlap."""
     from mat_dist.evaluate.paired import paired_difference
@@ -136,7 +136,7 @@ def confirm_table(data: Mapping[str, Any], *, suite_name: str, names: tuple[str,
 
     paired = unions is not None
     delta_column = f"all_attacks minus {reference} [95%]"
-    rule = (f"the difference column is paired over the same test images, its interval a bootstrap over images "
+    rule = (f"the difference column is paired over the same test images, its interval over images "
             f"and seeds; a difference counts when that interval excludes 0" if paired else
             "a difference counts only when two configs' all_attacks intervals do not overlap")
     table = Table(title="confirmation on the test images",

@@ -8,7 +8,7 @@ Every config (the base, and each sweep's best: its searched values, and a PBT wi
 is trained at the base's budget with run seeds 0..N-1 and evaluated with one suite on the test images: a
 `matd reproduce` of a preset built here, so it resumes and skips finished work. Writes compare.json and
 compare.md (one table with intervals, each search's paired difference to the base on the same test images
-with its bootstrap interval over images and seeds, and each search's verdict against the base) to --report.
+with its interval over images and seeds, and each search's verdict against the base) to --report.
 """
 
 from __future__ import annotations

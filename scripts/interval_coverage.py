@@ -8,7 +8,7 @@ noise_si ~ N(0, noise_sd) per model and image (the images one seed happens to ho
 difference is that of the two methods' expected accuracies over images and seeds (a Monte Carlo of a million
 draws). Each trial draws a test set and three seeds per method and asks whether the 95% interval holds the truth.
 
-    python scripts/interval_coverage.py [--trials 400] [--report reports/interval-coverage/README.md]
+    python scripts/interval_coverage.py [--trials 400] [--report reports/interval-coverage/coverage.md]
 """
 
 from __future__ import annotations

@@ -95,6 +95,30 @@ def test_with_no_image_term_the_interval_is_welch_over_the_seeds():
     assert paired_difference(a, c, matched=True).interval == pytest.approx((paired_t.low, paired_t.high), abs=1e-12)
 
 
+def test_image_and_seed_terms_add_worked_by_hand():
+    from scipy import stats
+
+    a = [np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool)]  # 50% and 25%: per image 1, .5, 0, 0
+    b = [np.array([1, 0, 0, 1], bool)]                                # 50%
+    # per-image differences 0, .5, 0, -1: mean -1/8, sample variance 19/48, over 4 images 19/192 (df 3);
+    # a's seeds .5 and .25: sample variance 1/32, over 2 seeds 1/64 (df 1); b has one seed: no term.
+    v_img, v_a = 19 / 192, 1 / 64
+    df = (v_img + v_a) ** 2 / (v_img ** 2 / 3 + v_a ** 2 / 1)
+    half = stats.t.ppf(0.975, df) * (v_img + v_a) ** 0.5
+    d = paired_difference(a, b)
+    assert d.difference == pytest.approx(-1 / 8)
+    assert d.interval[1] == pytest.approx(-1 / 8 + half, abs=1e-12)
+    assert -1 / 8 - half < -1 and d.interval[0] == -1.0  # four images: so wide that it is cut at -100 points
+
+
+def test_an_accuracy_interval_stays_in_the_unit_range():
+    from mat_dist.evaluate.paired import accuracy_interval
+
+    low = [_robust(100, []), _robust(100, []), _robust(100, range(3))]  # 0, 0 and 3%: the t interval dips below 0
+    lo, hi = accuracy_interval(low)
+    assert lo == 0.0 and 0.01 < hi < 1.0
+
+
 def test_the_interval_covers_the_truth_when_the_seed_dominates():
     """Simulated studies of known truth (scripts/interval_coverage.py's model, its seed-dominated row): three
     seeds a side, each model's seed shifting its accuracy by about 4 points. The 95% interval must hold the true
@@ -180,7 +204,7 @@ def test_the_confirmation_verdict_reads_the_paired_difference():
 
 
 def test_the_interval_of_several_seeds_on_the_same_images_is_wider_than_pooling_them():
-    """Three seeds that agree image by image carry no more information than one: the bootstrap over images and
+    """Three seeds that agree image by image carry no more information than one: the interval over images and
     seeds keeps one seed's width, where a Wilson interval of the 3 x 300 pooled trials would shrink it."""
     from mat_dist.evaluate.metrics import wilson_interval
     from mat_dist.evaluate.paired import accuracy_interval

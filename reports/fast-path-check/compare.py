@@ -1,5 +1,5 @@
 """The fast path against fp32 on the main job's recipe: union accuracy of each (95% Wilson interval), their
-paired difference on the same test images (95% bootstrap interval, mat_dist.evaluate.paired), and seconds per
+paired difference on the same test images (95% interval, mat_dist.evaluate.paired), and seconds per
 training epoch. Copies the small result files (not the weights) next to this script.
 
     python reports/fast-path-check/compare.py FP32_RUN FP32_EVAL FAST_RUN FAST_EVAL
@@ -72,7 +72,7 @@ def main() -> None:
     lo_hi = {k: ", ".join(pct(v) for v in s["all_attacks_interval"]) for k, s in sides.items()}
     lines.append(f"| **all_attacks** (union) | {pct(sides['fp32']['all_attacks'])} [{lo_hi['fp32']}] | "
                  f"{pct(sides['fast']['all_attacks'])} [{lo_hi['fast']}] |")
-    lines.append(f"| union, fast - fp32 (paired, 95% bootstrap) | | {diff.text()} points |")
+    lines.append(f"| union, fast - fp32 (paired, 95%) | | {diff.text()} points |")
     print("\n".join(lines))
     print(json.dumps(result["images"]), json.dumps({k: s["epoch_s"] for k, s in sides.items()}))
 

@@ -2,7 +2,7 @@
 # The fast path's paired check (issue 22, item 2): the main job's recipe (mnist5k-paper-mat, seed 0, 30 epochs)
 # trained in fp32 and with the fast path (bf16 autocast + channels_last, what train.*=auto picks on a CPU with
 # AVX512-BF16 or AMX), both evaluated with the field suite on the same 1,000 MNIST-5k test images; the union's
-# paired difference with its bootstrap interval (compare.py -> compare.json, and the small result files here).
+# paired difference with its interval (compare.py -> compare.json, and the small result files here).
 #
 # Run from the repository root:  bash reports/fast-path-check/run.sh
 # Both trainings run in this process without tracking (train.diagnostics=true, as the study's mat_rotate row,

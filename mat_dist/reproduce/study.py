@@ -515,17 +515,21 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
                          f"{c.difference.text() if c.difference else '-'} | {c.standing} |")
         lines.append("")
     lines += ["## The claims, one by one", "",
-              "| claim | methods | paired difference [95%] | verdict | holds? |", "|---|---|---:|---|---|"]
+              "Images: the test images both methods have; seeds: each side's (a side of one seed brings no "
+              "seed-to-seed spread into the interval).", "",
+              "| claim | methods | images, seeds | paired difference [95%] | verdict | holds? |",
+              "|---|---|---:|---:|---|---|"]
     claim_data = []
     for c in claims():
         d = _paired(by_name, c.better, c.other)
         if d is None:
-            lines.append(f"| {c.text} | {c.better} - {c.other} | not yet measured | - | - |")
+            lines.append(f"| {c.text} | {c.better} - {c.other} | - | not yet measured | - | - |")
             claim_data.append({"claim": c.text, "measured": False})
             continue
         v = verdict(d)
         holds = _holds(c, v)
-        lines.append(f"| {c.text} | {c.better} - {c.other} | {d.text()} | {v} | {holds} |")
+        lines.append(f"| {c.text} | {c.better} - {c.other} | {d.images:,}, {d.seeds[0]} v {d.seeds[1]} | "
+                     f"{d.text()} | {v} | {holds} |")
         claim_data.append({"claim": c.text, "measured": True, "difference": d.difference, "interval": d.interval,
                            "verdict": v, "holds": holds, "images": d.images, "seeds": list(d.seeds)})
     if missing:

@@ -66,14 +66,18 @@ def run_evaluate(*, run: Path | None, checkpoint: Path | None, suite: str, examp
     if chosen.leaderboard is None:
         one(chosen.targets[0])
         return
-    from mat_dist.evaluate.leaderboard import LEADERBOARD_MD, evaluate_models, ranked
+    from mat_dist.evaluate.leaderboard import LEADERBOARD_MD, evaluate_models, per_image_unions, ranked, versus_above
 
     entries = evaluate_models(list(chosen.targets), suite=the_suite, output=chosen.leaderboard, workers=n_workers,
                               cluster=cluster, evaluate_one=one)
-    typer.echo("leaderboard (all_attacks, 95% interval):")
-    for i, e in enumerate(ranked(entries), 1):
+    typer.echo("leaderboard (all_attacks, 95% interval; paired difference to the model above, a tie when it "
+               "holds 0):")
+    order = ranked(entries)
+    for i, (e, d) in enumerate(zip(order, versus_above(order, per_image_unions(order))), 1):
         lo, hi = e.summary["intervals"]["all_attacks"]
-        typer.echo(f"  {i}. {e.source.label}: {100 * e.summary['all_attacks']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+        vs = f", vs above {d.text()}{'' if d.separated else ' (a tie)'}" if d is not None else ""
+        typer.echo(f"  {i}. {e.source.label}: {100 * e.summary['all_attacks']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+                   f"{vs}")
     typer.echo(f"done: {chosen.leaderboard / LEADERBOARD_MD}")
 
 

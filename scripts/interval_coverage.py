@@ -65,7 +65,8 @@ def simulate(seed_sd: tuple[float, float], noise_sd: float, *, trials: int, imag
         for name, (lo, hi) in intervals.items():
             hits[name] += lo <= truth <= hi
             width[name] += 100 * (hi - lo)
-    out = {"truth": 100 * truth, "a_seed_sd": spread, "paired": hits["paired"] / trials, "paired_width": width["paired"] / trials}
+    out = {"truth": 100 * truth, "a_seed_sd": spread,
+           "paired": hits["paired"] / trials, "paired_width": width["paired"] / trials}
     if bootstrap:
         out |= {"bootstrap": hits["bootstrap"] / trials, "bootstrap_width": width["bootstrap"] / trials}
     return out

@@ -254,6 +254,7 @@ def test_the_leaderboard_ranks_two_models_of_known_order(monkeypatch, capsys, tm
     assert board[0]["all_attacks_lo"] > board[1]["all_attacks_hi"]  # separated: not a tie
     text = (out / "leaderboard.md").read_text()
     assert text.index("| 1 | good |") < text.index("| 2 | make |")
+    assert "2. make: " in stdout and ", vs above -" in stdout  # the paired difference to the model above
     assert (out / "good" / "report.md").is_file() and (out / "make" / "report.md").is_file()
     # a model already evaluated is not attacked again
     code, stdout, _ = matd(monkeypatch, capsys, *args)

@@ -221,3 +221,34 @@ def test_the_interval_of_several_seeds_on_the_same_images_is_wider_than_pooling_
     other = rng.random(300) < 0.5
     lo2, hi2 = accuracy_interval([one, other, one])
     assert hi2 - lo2 > hi - lo
+
+
+def test_the_reproduction_commentary_reads_the_paired_difference(tmp_path):
+    """MAT holds every image standard training holds and 15 more of 300: the Wilson intervals overlap, the
+    paired difference separates them, and the commentary says MAT is above; without per-image results it
+    falls back to the overlap and calls the same figures a tie."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mat_dist.reproduce.presets import PRESETS
+    from mat_dist.reproduce.reproduction_report import MethodData, commentary
+
+    def data(name, held, keep_results=True):
+        v = _robust(300, held)
+        rows = {"example_id": list(range(300)), "attack": ["a"] * 300, "norm": ["linf"] * 300,
+                "success": (~v).tolist(), "clean_correct": [True] * 300}
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        if keep_results:
+            pq.write_table(pa.table(rows), folder / "results.parquet")
+        s = union_summary(rows)
+        return MethodData(name=name, method=name, paper_name=None, table7_name=None, num_members=1, steps=10,
+                          norms=["linf"], epochs=1, summary=s, metrics=[], seed_summaries=[s], eval_dirs=[folder])
+
+    preset = PRESETS["mnist5k-paper-radii"]
+    lines, facts = commentary(preset, [data("mat", range(0, 75)), data("standard", range(0, 60))], {})
+    assert facts["mat_beats"] == ["standard"] and facts["mat_ties"] == []
+    assert any("by more than the paired interval" in line for line in lines)
+    (tmp_path / "standard" / "results.parquet").unlink()
+    lines, facts = commentary(preset, [data("mat", range(0, 75)), data("standard", range(0, 60), False)], {})
+    assert facts["mat_beats"] == [] and facts["mat_ties"] == ["standard"]

@@ -80,6 +80,7 @@ class MethodData:
     summary: dict[str, Any]            # the first seed's evaluation (transfer tables, curves, cost)
     metrics: list[dict[str, Any]]
     seed_summaries: list[dict[str, Any]] = field(default_factory=list)  # every seed's, seed 0 first
+    eval_dirs: list[Path] = field(default_factory=list)  # every seed's evaluation folder (results.parquet)
 
     def values(self, metric: str) -> list[float]:
         """``metric`` (clean, an attack, all_<norm>, all_attacks) in every seed's evaluation."""
@@ -113,13 +114,60 @@ def collect(preset: Preset, outcomes: Sequence[Any], configs: Mapping[str, Any])
         summary = json.loads((o.eval_dir / "summary.json").read_text())
         if o.spec.name in out:
             out[o.spec.name].seed_summaries.append(summary)
+            out[o.spec.name].eval_dirs.append(o.eval_dir)
             continue
         out[o.spec.name] = MethodData(name=o.spec.name, method=o.spec.method, paper_name=o.spec.paper_name,
                                       table7_name=o.spec.table7_name, num_members=cfg.model.num_members,
                                       steps=cfg.attack.steps, norms=[n.value for n in cfg.attack.norms],
                                       epochs=cfg.train.epochs, summary=summary,
-                                      metrics=read_jsonl(o.run_dir / "metrics.jsonl"), seed_summaries=[summary])
+                                      metrics=read_jsonl(o.run_dir / "metrics.jsonl"), seed_summaries=[summary],
+                                      eval_dirs=[o.eval_dir])
     return list(out.values())
+
+
+def _per_image_unions(d: MethodData) -> tuple[Any, list[Any]] | None:
+    """(example ids, each seed's all_attacks per image) from the seeds' results.parquet; None when any is
+    unreadable or the seeds were attacked on other images."""
+    from mat_dist.evaluate.paired import union_per_image
+
+    try:
+        read = [union_per_image(p) for p in d.eval_dirs]
+    except (OSError, ValueError, KeyError):
+        return None
+    if not read or any(len(ids) != len(read[0][0]) or (ids != read[0][0]).any() for ids, _ in read):
+        return None
+    return read[0][0], [u for _, u in read]
+
+
+class Pairing:
+    """Whether two methods differ on all_attacks: their paired difference on the test images both were attacked
+    on (every seed of each, ``evaluate.paired``) where both have per-image results, else whether their
+    intervals stay apart."""
+
+    def __init__(self, data: Sequence[MethodData]):
+        self.by_name = {d.name: d for d in data}
+        self._unions = {d.name: _per_image_unions(d) for d in data}
+        self.paired = all(u is not None for u in self._unions.values())  # every comparison is paired
+
+    def difference(self, a: str, b: str):
+        """a - b (a PairedDifference), or None without per-image results on a common test image."""
+        import numpy as np
+
+        from mat_dist.evaluate.paired import paired_difference
+
+        ua, ub = self._unions.get(a), self._unions.get(b)
+        if ua is None or ub is None:
+            return None
+        _, in_a, in_b = np.intersect1d(ua[0], ub[0], assume_unique=True, return_indices=True)
+        if in_a.size == 0:
+            return None
+        return paired_difference([u[in_a] for u in ua[1]], [u[in_b] for u in ub[1]])
+
+    def apart(self, a: str, b: str) -> bool:
+        d = self.difference(a, b)
+        if d is not None:
+            return d.separated
+        return separated(self.by_name[a].interval("all_attacks"), self.by_name[b].interval("all_attacks"))
 
 
 def cell(d: MethodData, metric: str) -> str:
@@ -206,7 +254,8 @@ def main_table(preset: Preset, data: list[MethodData], paper: dict) -> Table:
                                                    else "of one trained model, ")
                   + "then its 95% interval [lo, hi]: the Wilson interval over the test images"
                   + (", widened to cover every seed's" if seeds > 1 else "")
-                  + ". Two methods whose intervals overlap are tied.")
+                  + ". The commentary below says whether two methods differ on all attacks from their paired "
+                  "difference on the same test images, which separates more than these intervals' overlap.")
     return table
 
 
@@ -348,12 +397,11 @@ def cost_table(preset: Preset, data: list[MethodData], paper: dict) -> Table:
 
 # ---------------------------------------------------------------- commentary
 
-def _kendall_pairs(ours: dict[str, float], theirs: dict[str, float],
-                   intervals: Mapping[str, tuple[float, float] | None] | None = None,
+def _kendall_pairs(ours: dict[str, float], theirs: dict[str, float], pairing: Pairing | None = None,
                    ) -> tuple[int, int, list[str], list[str]]:
     """(pairs ordered alike, pairs the paper orders, pairs we order the other way, pairs we tie).
 
-    With ``intervals``, a pair whose 95% intervals overlap is a tie, whatever the order of the means.
+    With ``pairing``, a pair it does not set apart is a tie, whatever the order of the means.
     """
     names = [n for n in ours if n in theirs]
     agree, total, flipped, tied = 0, 0, [], []
@@ -363,8 +411,7 @@ def _kendall_pairs(ours: dict[str, float], theirs: dict[str, float],
                 continue
             total += 1
             hi, lo = (a, b) if theirs[a] > theirs[b] else (b, a)
-            if ours[hi] == ours[lo] or (intervals is not None
-                                        and not separated(intervals.get(hi), intervals.get(lo))):
+            if ours[hi] == ours[lo] or (pairing is not None and not pairing.apart(hi, lo)):
                 tied.append(f"{hi} and {lo} ({100 * ours[hi]:.1f} vs {100 * ours[lo]:.1f})")
             elif ours[hi] > ours[lo]:
                 agree += 1
@@ -377,7 +424,9 @@ def _kendall_pairs(ours: dict[str, float], theirs: dict[str, float],
 def commentary(preset: Preset, data: list[MethodData], paper: dict) -> tuple[list[str], dict[str, Any]]:
     """Factual sentences comparing our numbers with the paper's; also returned as data.
 
-    Every comparison of ours counts a difference only when the two 95% intervals do not overlap."""
+    Every comparison of ours counts a difference only when its paired difference's 95% interval (on the same
+    test images, every seed of each) excludes 0; without per-image results, when the two methods' 95%
+    intervals do not overlap."""
     source, ds = MAIN_TABLE[preset.paper_dataset], preset.paper_dataset
     lines: list[str] = []
     facts: dict[str, Any] = {}
@@ -388,6 +437,8 @@ def commentary(preset: Preset, data: list[MethodData], paper: dict) -> tuple[lis
 
     ours_all = {d.name: d.mean("all_attacks") for d in data}
     intervals = {d.name: d.interval("all_attacks") for d in data}
+    pairing = Pairing(data)
+    rule = "paired on the same test images" if pairing.paired else "intervals overlap"
     order_ours = sorted(ours_all, key=lambda n: -ours_all[n])
     lines.append("- Ranking by *all attacks* (ours, best first, mean and 95% interval): "
                  + ", ".join(f"{n} {_pct(ours_all[n])}" + (f" [{_pct(intervals[n][0])}, {_pct(intervals[n][1])}]"
@@ -397,21 +448,20 @@ def commentary(preset: Preset, data: list[MethodData], paper: dict) -> tuple[lis
         order_paper = sorted(paper_all, key=lambda n: -paper_all[n])
         lines.append("- The paper's ranking of the methods it reports: "
                      + ", ".join(f"{n} {paper_all[n]:.1f}" for n in order_paper) + ".")
-        agree, total, flipped, tied = _kendall_pairs(ours_all, paper_all, intervals)
+        agree, total, flipped, tied = _kendall_pairs(ours_all, paper_all, pairing)
         facts["ranking_pairs_agree"], facts["ranking_pairs"], facts["ranking_pairs_tied"] = agree, total, len(tied)
         lines.append(f"- Of the {total} pairs of these methods that the paper orders, we order {agree} the same way "
-                     f"by more than the intervals"
-                     + (f", tie {len(tied)} (intervals overlap: {'; '.join(tied)})" if tied else "")
+                     f"by more than the {'paired interval' if pairing.paired else 'intervals'}"
+                     + (f", tie {len(tied)} ({rule}: {'; '.join(tied)})" if tied else "")
                      + (f", and order {len(flipped)} the other way: " + "; ".join(flipped) if flipped else "") + ".")
     if "mat" in ours_all:
-        beaten = [n for n in ours_all if n != "mat" and ours_all["mat"] > ours_all[n]
-                  and separated(intervals["mat"], intervals[n])]
-        below = [n for n in ours_all if n != "mat" and ours_all["mat"] < ours_all[n]
-                 and separated(intervals["mat"], intervals[n])]
+        beaten = [n for n in ours_all if n != "mat" and ours_all["mat"] > ours_all[n] and pairing.apart("mat", n)]
+        below = [n for n in ours_all if n != "mat" and ours_all["mat"] < ours_all[n] and pairing.apart("mat", n)]
         ties = [n for n in ours_all if n != "mat" and n not in beaten and n not in below]
         facts["mat_beats"], facts["mat_below"], facts["mat_ties"] = beaten, below, ties
         lines.append(f"- MAT's *all attacks* accuracy ({_pct(ours_all['mat'])}%) is above that of "
-                     f"{', '.join(beaten) or 'no other method'} by more than the intervals"
+                     f"{', '.join(beaten) or 'no other method'} by more than the "
+                     f"{'paired interval' if pairing.paired else 'intervals'}"
                      + (f"; below {', '.join(below)}" if below else "")
                      + (f"; tied with {', '.join(ties)}" if ties else "") + ".")
         if "mat" in paper_all:

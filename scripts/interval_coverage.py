@@ -6,7 +6,8 @@ Each simulated method's model of seed s holds test image i with probability
 difficulty ~ N(0, 2) per image (shared by both methods: the pairing), seed_s ~ N(0, seed_sd) per trained model,
 noise_si ~ N(0, noise_sd) per model and image (the images one seed happens to hold and another not). The true
 difference is that of the two methods' expected accuracies over images and seeds (a Monte Carlo of a million
-draws). Each trial draws a test set and three seeds per method and asks whether the 95% interval holds the truth.
+draws). Each trial draws a test set and the seeds of each method (three, or three against one) and asks whether
+the 95% interval holds the truth.
 
     python scripts/interval_coverage.py [--trials 400] [--report reports/interval-coverage/coverage.md]
 """
@@ -22,11 +23,13 @@ from scipy.special import expit
 from mat_dist.evaluate.paired import paired_difference
 
 SKILL = (-0.9, -1.1)  # logits of the two methods: about 33% and 30% union, the study's range
-SETTINGS = [  # (seed sd of a, seed sd of b, per-image noise sd), logits
-    (0.0, 0.0, 0.3),   # no seed effect
-    (0.1, 0.1, 0.3),   # a little of both
-    (0.2, 0.03, 0.3),  # one method's seeds spread (as MAT (rotated)'s 4.7 points), the other's do not
-    (0.3, 0.3, 0.1),   # the seed dominates
+SETTINGS = [  # (seed sd of a, seed sd of b, per-image noise sd: logits; seeds of a, seeds of b)
+    (0.0, 0.0, 0.3, 3, 3),   # no seed effect
+    (0.1, 0.1, 0.3, 3, 3),   # a little of both
+    (0.2, 0.03, 0.3, 3, 3),  # one method's seeds spread (as MAT (rotated)'s 4.7 points), the other's do not
+    (0.3, 0.3, 0.1, 3, 3),   # the seed dominates
+    (0.1, 0.1, 0.3, 3, 1),   # three seeds against one: the one-seed side brings no seed term
+    (0.2, 0.2, 0.3, 3, 1),
 ]
 
 
@@ -42,8 +45,8 @@ def bootstrap_interval(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, r
     return tuple(np.quantile(diffs, [0.025, 0.975]))
 
 
-def simulate(seed_sd: tuple[float, float], noise_sd: float, *, trials: int, images: int = 1_000, seeds: int = 3,
-             rng: np.random.Generator, bootstrap: bool = True) -> dict[str, float]:
+def simulate(seed_sd: tuple[float, float], noise_sd: float, *, trials: int, images: int = 1_000,
+             seeds: tuple[int, int] = (3, 3), rng: np.random.Generator, bootstrap: bool = True) -> dict[str, float]:
     """Coverage and mean width (points) of the paired interval (and of the bootstrap) over ``trials`` studies."""
     def expected(skill: float, sd: float) -> float:
         m = 1_000_000
@@ -56,8 +59,8 @@ def simulate(seed_sd: tuple[float, float], noise_sd: float, *, trials: int, imag
     for _ in range(trials):
         difficulty = rng.normal(0, 2, images)
         a, b = (np.stack([rng.random(images) < expit(difficulty + skill + rng.normal(0, sd)
-                                                      + rng.normal(0, noise_sd, images)) for _ in range(seeds)])
-                for skill, sd in zip(SKILL, seed_sd))
+                                                      + rng.normal(0, noise_sd, images)) for _ in range(k)])
+                for skill, sd, k in zip(SKILL, seed_sd, seeds))
         spread += 100 * float(a.mean(axis=1).std(ddof=1)) / trials
         intervals = {"paired": paired_difference(list(a), list(b)).interval}
         if bootstrap:
@@ -79,13 +82,13 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     lines = [f"Coverage of the true difference by the 95% interval, {args.trials} simulated studies per row "
-             "(1,000 test images, 3 seeds per method; widths in points):", "",
-             "| seed sd a, b (logit) | per-image noise sd | a's seed-to-seed sd (points) | true difference | "
-             "paired interval: coverage | width | former bootstrap: coverage | width |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for sd_a, sd_b, noise in SETTINGS:
-        r = simulate((sd_a, sd_b), noise, trials=args.trials, rng=rng)
-        lines.append(f"| {sd_a}, {sd_b} | {noise} | {r['a_seed_sd']:.1f} | {r['truth']:+.2f} | {r['paired']:.3f} | "
+             "(1,000 test images; widths in points):", "",
+             "| seeds a, b | seed sd a, b (logit) | per-image noise sd | a's seed-to-seed sd (points) | "
+             "true difference | paired interval: coverage | width | former bootstrap: coverage | width |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for sd_a, sd_b, noise, k_a, k_b in SETTINGS:
+        r = simulate((sd_a, sd_b), noise, trials=args.trials, seeds=(k_a, k_b), rng=rng)
+        lines.append(f"| {k_a}, {k_b} | {sd_a}, {sd_b} | {noise} | {r['a_seed_sd']:.1f} | {r['truth']:+.2f} | {r['paired']:.3f} | "
                      f"{r['paired_width']:.1f} | {r['bootstrap']:.3f} | {r['bootstrap_width']:.1f} |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"

@@ -40,7 +40,13 @@ publish() {  # copy the results of method $1 (every seed; in CLOSE mode its sour
   # into $PUBLISH, commit them there
   local m=$1 dest=$PUBLISH/$HERE what="$SEEDS seed(s)" runs=$1 r dirs=()
   mkdir -p "$dest"
-  cp $HERE/preset.json $HERE/invocations.jsonl $HERE/study.md $HERE/study.json $dest/ 2>/dev/null || true
+  cp $HERE/preset.json $HERE/study.md $HERE/study.json $dest/ 2>/dev/null || true
+  # invocations.jsonl: only the lines the clone lacks are appended. A worktree moved to a newer commit starts from
+  # that commit's file, so copying it whole would drop the lines published since.
+  if [ -f $HERE/invocations.jsonl ]; then
+    touch "$dest/invocations.jsonl"
+    grep -vxFf "$dest/invocations.jsonl" $HERE/invocations.jsonl >> "$dest/invocations.jsonl" || true
+  fi
   cp $HERE/study_cost.png $HERE/study_cost_norms.png $dest/ 2>/dev/null || true
   if [ -n "$CLOSE" ]; then
     what="second stage${CLOSE_SEEDS:+, seed(s) 0 to $((CLOSE_SEEDS - 1))}" runs="$m $(sources "$m")"

@@ -52,6 +52,6 @@ def test_without_per_image_results_the_wilson_overlap_decides(tmp_path):
 
 
 def _union(e: Entry):
-    from mat_dist.evaluate.paired import union_per_image
+    from mat_dist.evaluate.paired import read_seed_unions
 
-    return union_per_image(e.output)
+    return read_seed_unions([e.output])

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from mat_dist.evaluate.metrics import separated
+from mat_dist.evaluate.paired import PairedDifference, SeedUnions, paired_on_shared_images, read_seed_unions
 from mat_dist.evaluate.model_source import ModelSource
 from mat_dist.evaluate.eval_report import KIND_LABEL
 from mat_dist.evaluate.selection import Target, check_labels
@@ -68,33 +67,18 @@ def ranked(entries: list[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: (-e.summary["all_attacks"], e.source.label))
 
 
-Unions = dict[str, "tuple[np.ndarray, np.ndarray] | None"]  # label -> (example ids, all_attacks per image)
+Unions = dict[str, "SeedUnions | None"]  # label -> (example ids, all_attacks per image); None: unreadable
 
 
 def per_image_unions(entries: list[Entry]) -> Unions:
-    """Each model's (example ids, union robustness per image) from its results.parquet; None where unreadable."""
-    from mat_dist.evaluate.paired import union_per_image
-
-    out: Unions = {}
-    for e in entries:
-        try:
-            out[e.source.label] = union_per_image(e.output)
-        except (OSError, ValueError, KeyError):  # no results.parquet (or not ours): the Wilson fallback
-            out[e.source.label] = None
-    return out
+    """Each model's per-image all_attacks from its results.parquet; None where unreadable (the Wilson fallback)."""
+    return {e.source.label: read_seed_unions([e.output]) for e in entries}
 
 
-def paired_to(a: Entry, b: Entry, unions: Unions):
-    """a's all_attacks minus b's on the test images both were attacked on (a PairedDifference), or None."""
-    from mat_dist.evaluate.paired import paired_difference
-
+def paired_to(a: Entry, b: Entry, unions: Unions) -> PairedDifference | None:
+    """a's all_attacks minus b's on the test images both were attacked on, or None."""
     ua, ub = unions.get(a.source.label), unions.get(b.source.label)
-    if ua is None or ub is None:
-        return None
-    _, in_a, in_b = np.intersect1d(ua[0], ub[0], assume_unique=True, return_indices=True)
-    if in_a.size == 0:
-        return None
-    return paired_difference([ua[1][in_a]], [ub[1][in_b]])
+    return None if ua is None or ub is None else paired_on_shared_images(ua, ub)
 
 
 def ties(entry: Entry, others: list[Entry], unions: Unions | None = None) -> list[str]:

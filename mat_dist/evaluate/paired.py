@@ -113,6 +113,31 @@ def accuracy_interval(a: Sequence[np.ndarray]) -> tuple[float, float]:
     return max(lo, 0.0), min(hi, 1.0)  # an accuracy's interval stays in [0, 1]
 
 
+SeedUnions = tuple[np.ndarray, list[np.ndarray]]  # (example ids, each seed's robustness per image, in that order)
+
+
+def paired_on_shared_images(a: SeedUnions, b: SeedUnions, *, matched: bool = False) -> PairedDifference | None:
+    """``paired_difference`` on the test images both sides were attacked on (matched by example id); None when
+    they share none."""
+    _, in_a, in_b = np.intersect1d(a[0], b[0], assume_unique=True, return_indices=True)
+    if in_a.size == 0:
+        return None
+    return paired_difference([u[in_a] for u in a[1]], [u[in_b] for u in b[1]], matched=matched)
+
+
+def read_seed_unions(eval_dirs: Sequence[Path]) -> SeedUnions | None:
+    """(example ids, each folder's all_attacks per image) from the folders' results.parquet, one folder per seed;
+    None when a folder's per-image results cannot be read or the seeds were attacked on other images (callers
+    then fall back to comparing intervals)."""
+    try:
+        read = [union_per_image(d) for d in eval_dirs]
+    except (OSError, ValueError, KeyError):  # missing, corrupt or not an evaluation's results.parquet
+        return None
+    if not read or any(not np.array_equal(ids, read[0][0]) for ids, _ in read):
+        return None
+    return read[0][0], [u for _, u in read]
+
+
 def union_per_image(eval_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(example ids, all_attacks robustness per image) of one evaluation folder's results.parquet."""
     import pyarrow.parquet as pq

@@ -125,20 +125,6 @@ def collect(preset: Preset, outcomes: Sequence[Any], configs: Mapping[str, Any])
     return list(out.values())
 
 
-def _per_image_unions(d: MethodData) -> tuple[Any, list[Any]] | None:
-    """(example ids, each seed's all_attacks per image) from the seeds' results.parquet; None when any is
-    unreadable or the seeds were attacked on other images."""
-    from mat_dist.evaluate.paired import union_per_image
-
-    try:
-        read = [union_per_image(p) for p in d.eval_dirs]
-    except (OSError, ValueError, KeyError):
-        return None
-    if not read or any(len(ids) != len(read[0][0]) or (ids != read[0][0]).any() for ids, _ in read):
-        return None
-    return read[0][0], [u for _, u in read]
-
-
 class Pairing:
     """Whether two methods differ on all_attacks: their paired difference on the test images both were attacked
     on (every seed of each, ``evaluate.paired``) where both have per-image results, else whether their
@@ -146,22 +132,17 @@ class Pairing:
 
     def __init__(self, data: Sequence[MethodData]):
         self.by_name = {d.name: d for d in data}
-        self._unions = {d.name: _per_image_unions(d) for d in data}
+        from mat_dist.evaluate.paired import read_seed_unions
+
+        self._unions = {d.name: read_seed_unions(d.eval_dirs) for d in data}
         self.paired = all(u is not None for u in self._unions.values())  # every comparison is paired
 
     def difference(self, a: str, b: str):
         """a - b (a PairedDifference), or None without per-image results on a common test image."""
-        import numpy as np
-
-        from mat_dist.evaluate.paired import paired_difference
+        from mat_dist.evaluate.paired import paired_on_shared_images
 
         ua, ub = self._unions.get(a), self._unions.get(b)
-        if ua is None or ub is None:
-            return None
-        _, in_a, in_b = np.intersect1d(ua[0], ub[0], assume_unique=True, return_indices=True)
-        if in_a.size == 0:
-            return None
-        return paired_difference([u[in_a] for u in ua[1]], [u[in_b] for u in ub[1]])
+        return None if ua is None or ub is None else paired_on_shared_images(ua, ub)
 
     def apart(self, a: str, b: str) -> bool:
         d = self.difference(a, b)

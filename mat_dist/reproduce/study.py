@@ -34,7 +34,7 @@ from mat_dist.plumbing.atomic import read_jsonl, write_atomic
 from mat_dist.plumbing.console import plural
 from mat_dist.plumbing.errors import UserError
 from mat_dist.evaluate.metrics import wilson_interval
-from mat_dist.evaluate.paired import PairedDifference, accuracy_interval, paired_difference
+from mat_dist.evaluate.paired import PairedDifference, accuracy_interval, paired_on_shared_images
 from mat_dist.reproduce.figure_labels import Box, place_labels
 from mat_dist.reproduce.layout import CLOSE_FILE, EVALS, RUNS, close_evals, run_label
 from mat_dist.reproduce.presets import Preset
@@ -275,8 +275,8 @@ def paired_rows(a: Row, b: Row, key: str = "all", *, matched: bool = False) -> P
     """a - b on the test images both have, every seed of each (a second-stage row against a first-stage one: its
     three seeds against the one, on the first stage's images); each side's seeds spread on their own.
     ``matched``: a's seed s started from b's seed s (a fine-tuned row and its source), so only the seeds both
-    have count, and the seed term is the spread of their per-seed differences. None without a common image (or, matched,
-    a common seed)."""
+    have count, and the seed term is the spread of their per-seed differences. None without a common image
+    (or, matched, a common seed)."""
     seeds_a, seeds_b = a.seeds, b.seeds
     if matched:
         seeds_a = seeds_b = sorted(set(a.seeds) & set(b.seeds))
@@ -284,11 +284,8 @@ def paired_rows(a: Row, b: Row, key: str = "all", *, matched: bool = False) -> P
             return None
     ids_a = a.ids if a.ids is not None else np.arange(a.images)
     ids_b = b.ids if b.ids is not None else np.arange(b.images)
-    _, in_a, in_b = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
-    if in_a.size == 0:
-        return None
-    return paired_difference([a.per_image[key][a.seeds.index(s)][in_a] for s in seeds_a],
-                             [b.per_image[key][b.seeds.index(s)][in_b] for s in seeds_b], matched=matched)
+    return paired_on_shared_images((ids_a, [a.per_image[key][a.seeds.index(s)] for s in seeds_a]),
+                                   (ids_b, [b.per_image[key][b.seeds.index(s)] for s in seeds_b]), matched=matched)
 
 
 def _paired(rows: dict[str, Row], a: str, b: str, key: str = "all") -> PairedDifference | None:

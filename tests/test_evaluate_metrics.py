@@ -188,6 +188,8 @@ def test_paper_column_is_the_row_of_the_method_the_model_was_trained_with(traine
     lo, hi = wilson_interval(5, 10)
     assert f"| **All attacks** |  | 50.0 | [{100 * lo:.1f}, {100 * hi:.1f}] | {published['all_attacks']:.1f} |" in text
     assert "no full-strength AutoAttack" in text  # PGD alone: the report says its figures are upper bounds
+    # one model's figures share their images: the report must not read overlapping intervals as ties
+    assert "are a tie" not in text and "overlapping intervals do not make them a tie" in " ".join(text.split())
 
 
 def test_a_method_the_paper_did_not_run_gets_no_paper_column() -> None:

@@ -148,8 +148,10 @@ def render(*, summary: dict[str, Any], attack_info: dict[str, dict[str, Any]], m
         "Every adversarial example passed the gate (prediction flipped, ||delta||_p <= eps, inside [0, 1]); "
         "clean-misclassified images count as not robust. *All l_p attacks* is the per-example union of the "
         "norm's attacks, *All attacks* the union over all. Intervals are 95% Wilson intervals over the "
-        f"{summary['examples']} images (a union's from its own per-example results); two figures whose "
-        "intervals overlap are a tie.",
+        f"{summary['examples']} images (a union's from its own per-example results). Each interval is one "
+        "figure's uncertainty: two figures of this model rest on the same images, so overlapping intervals do "
+        "not make them a tie (compare them image by image in results.parquet); `matd evaluate` with several "
+        "models pairs models on the images they share.",
         "",
     ]
     lines += table4(summary, attack_info, paper, label)

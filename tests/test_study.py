@@ -82,6 +82,29 @@ def test_a_fine_tuned_row_is_paired_with_its_source_seed_by_seed():
     assert study.paired_rows(tuned, row("src", [5], [40]), matched=True) is None  # no seed in common
 
 
+def test_two_fine_tunings_of_the_same_source_seeds_are_paired_seed_by_seed():
+    """Seed s of two fine-tunings both start from the source's seed s: a weak source seed pulls both down. Counted
+    on each side on its own, that shared swing hides a steady lead; paired seed by seed it cancels."""
+    def row(name, robust, source="at_linf", seeds=(0, 1, 2)):  # robust: each seed's robust images of 400
+        per_image = [np.arange(400) < k for k in robust]
+        return Row(name=name, method=name, seeds=list(seeds), per_image={"all": per_image},
+                   clean=[0.97] * len(seeds), passes=1.0, own_passes=1.0, seconds=1.0, own_seconds=1.0, images=400,
+                   source=source)
+
+    a, b = row("ft_a", [160, 150, 100]), row("ft_b", [128, 120, 72])  # a leads by 8.0, 7.5 and 7.0 points
+    assert study.seed_matched(a, b)
+    together = study.paired_rows(a, b)
+    apart = study.paired_rows(a, b, matched=False)
+    assert together.matched and not apart.matched
+    assert together.difference == pytest.approx(apart.difference) == pytest.approx(0.075)
+    assert together.separated and not apart.separated  # the source's 15-point swing counted twice: a tie
+    # another source, or other seeds, and the seeds are not the same weights: each side counts its own
+    assert not study.seed_matched(a, row("ft_c", [128, 120, 72], source="at_l2"))
+    assert not study.seed_matched(a, row("ft_d", [128, 120], seeds=(0, 1)))
+    assert not study.paired_rows(a, row("e_at", [128, 120, 72], source=None)).matched
+    assert study.seed_matched(a, row("at_linf", [80, 70, 30], source=None))  # a fine-tuned row and its source
+
+
 def test_a_method_at_zero_union_is_plotted(tmp_path, monkeypatch):
     """A row at 0% (AT in l_2 is at 0.0 union at the field's radii): its interval's lower end may come out a hair
     above 0 in floating point (the closed-form Wilson bound gave 4e-19), which made matplotlib refuse the error bar."""

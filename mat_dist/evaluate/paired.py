@@ -46,6 +46,7 @@ class PairedDifference:
     interval: tuple[float, float]  # its 95% interval over images and seeds
     images: int
     seeds: tuple[int, int]       # (a's, b's)
+    matched: bool = False        # seed i of a paired with seed i of b (the seed term: their differences' spread)
 
     @property
     def separated(self) -> bool:
@@ -101,7 +102,7 @@ def paired_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *,
     difference = float(ra.mean() - rb.mean())
     lo, hi = _t_interval(difference, [image_term, *seed_terms])
     return PairedDifference(difference=difference, interval=(max(lo, -1.0), min(hi, 1.0)), images=n,
-                            seeds=(ra.shape[0], rb.shape[0]))
+                            seeds=(ra.shape[0], rb.shape[0]), matched=matched)
 
 
 def accuracy_interval(a: Sequence[np.ndarray]) -> tuple[float, float]:

@@ -271,12 +271,23 @@ def verdict(d: PairedDifference) -> str:
     return "above" if d.difference > 0 else "below"
 
 
-def paired_rows(a: Row, b: Row, key: str = "all", *, matched: bool = False) -> PairedDifference | None:
+def seed_matched(a: Row, b: Row) -> bool:
+    """True when seed s of a and seed s of b started from the same weights, for every seed of both: two
+    fine-tunings of one source (seed s of each from the source's seed s), or a fine-tuned row and its source.
+    Their seeds then swing together (a low source seed pulls both down), and pairing them seed by seed takes
+    that shared swing out of the difference instead of counting it on each side."""
+    related = (a.source is not None and a.source == b.source) or a.source == b.name or b.source == a.name
+    return related and a.seeds == b.seeds
+
+
+def paired_rows(a: Row, b: Row, key: str = "all", *, matched: bool | None = None) -> PairedDifference | None:
     """a - b on the test images both have, every seed of each (a second-stage row against a first-stage one: its
     three seeds against the one, on the first stage's images); each side's seeds spread on their own.
-    ``matched``: a's seed s started from b's seed s (a fine-tuned row and its source), so only the seeds both
-    have count, and the seed term is the spread of their per-seed differences. None without a common image
-    (or, matched, a common seed)."""
+    ``matched``: a's seed s started from the same weights as b's seed s (a fine-tuned row and its source), so
+    only the seeds both have count, and the seed term is the spread of their per-seed differences; by default
+    (None) whenever ``seed_matched`` says so. None without a common image (or, matched, a common seed)."""
+    if matched is None:
+        matched = seed_matched(a, b)
     seeds_a, seeds_b = a.seeds, b.seeds
     if matched:
         seeds_a = seeds_b = sorted(set(a.seeds) & set(b.seeds))
@@ -513,7 +524,9 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
         lines.append("")
     lines += ["## The claims, one by one", "",
               "Images: the test images both methods have; seeds: each side's (a side of one seed brings no "
-              "seed-to-seed spread into the interval).", "",
+              "seed-to-seed spread into the interval); *seed by seed*: two fine-tunings of the same source seeds, "
+              "paired seed s with seed s (the seed term is the spread of their per-seed differences: a source "
+              "seed's swing, which both share, cancels).", "",
               "| claim | methods | images, seeds | paired difference [95%] | verdict | holds? |",
               "|---|---|---:|---:|---|---|"]
     claim_data = []
@@ -525,10 +538,11 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
             continue
         v = verdict(d)
         holds = _holds(c, v)
-        lines.append(f"| {c.text} | {c.better} - {c.other} | {d.images:,}, {d.seeds[0]} v {d.seeds[1]} | "
+        lines.append(f"| {c.text} | {c.better} - {c.other} | {d.images:,}, {d.seeds[0]} v {d.seeds[1]}{' seed by seed' if d.matched else ''} | "
                      f"{d.text()} | {v} | {holds} |")
         claim_data.append({"claim": c.text, "measured": True, "difference": d.difference, "interval": d.interval,
-                           "verdict": v, "holds": holds, "images": d.images, "seeds": list(d.seeds)})
+                           "verdict": v, "holds": holds, "images": d.images, "seeds": list(d.seeds),
+                           "seed_by_seed": d.matched})
     if missing:
         lines += ["", f"Not finished yet ({len(missing)}): {', '.join(missing)}."]
     write_atomic(target / "study.md", "\n".join(lines) + "\n")

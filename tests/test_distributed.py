@@ -179,7 +179,7 @@ def test_killed_worker_restarts_from_checkpoint_and_each_epoch_once(ray_runtime,
 
     thread = threading.Thread(target=drive)
     thread.start()
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 900  # a hang guard, not a timing: a loaded machine runs it several times slower
     killed_after = None
     while thread.is_alive() and time.monotonic() < deadline:
         done = _registered_checkpoints(output)
@@ -219,5 +219,7 @@ def test_too_many_workers_for_the_runtime_fails_fast(ray_runtime, tmp_path: Path
         train_ray(tiny_config(tmp_path), tmp_path / "run", ClusterConfig(workers=WorkersConfig(num=4, cpus=1)))
     with pytest.raises(UserError, match="GPU"):
         train_ray(tiny_config(tmp_path), tmp_path / "run", ClusterConfig(workers=WorkersConfig(num=1, gpus=1)))
-    assert time.perf_counter() - start < 10
+    # a refusal before any placement group is asked for: waiting for CPUs that never come would not return at
+    # all, so a generous bound (a loaded machine is several times slower) still tells the two apart
+    assert time.perf_counter() - start < 60
     assert not (tmp_path / "run" / "config.yaml").exists()

@@ -510,7 +510,8 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
     if rows:
         lines += ["## The front, with its uncertainty", "",
                   "Each method paired against its rival: of the other methods that cost no more training passes, "
-                  "the one it falls furthest below on the test images both have (every seed of each). Above it: on "
+                  "the one it falls furthest below on the test images both have (every seed of each; seed by seed for "
+                  "two fine-tunings of the same source seeds). Above it: on "
                   "the front; a tie: on the front as far as these images and seeds can tell; below it: off the "
                   "front.", "",
                   "| method | passes | union | rival (no more passes) | rival's union | paired difference [95%] | "

@@ -511,9 +511,8 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
         lines += ["## The front, with its uncertainty", "",
                   "Each method paired against its rival: of the other methods that cost no more training passes, "
                   "the one it falls furthest below on the test images both have (every seed of each; seed by seed for "
-                  "two fine-tunings of the same source seeds). Above it: on "
-                  "the front; a tie: on the front as far as these images and seeds can tell; below it: off the "
-                  "front.", "",
+                  "two fine-tunings of the same source seeds). Above it: on the front; a tie: on the front as far as "
+                  "these images and seeds can tell; below it: off the front.", "",
                   "| method | passes | union | rival (no more passes) | rival's union | paired difference [95%] | "
                   "standing |", "|---|---:|---:|---|---:|---:|---|"]
         for c in checks:
@@ -539,8 +538,8 @@ def write_study(preset: Preset, output: Path, target: Path, *, seeds: int = 1,
             continue
         v = verdict(d)
         holds = _holds(c, v)
-        lines.append(f"| {c.text} | {c.better} - {c.other} | {d.images:,}, {d.seeds[0]} v {d.seeds[1]}{' seed by seed' if d.matched else ''} | "
-                     f"{d.text()} | {v} | {holds} |")
+        on = f"{d.images:,}, {d.seeds[0]} v {d.seeds[1]}" + (" seed by seed" if d.matched else "")
+        lines.append(f"| {c.text} | {c.better} - {c.other} | {on} | {d.text()} | {v} | {holds} |")
         claim_data.append({"claim": c.text, "measured": True, "difference": d.difference, "interval": d.interval,
                            "verdict": v, "holds": holds, "images": d.images, "seeds": list(d.seeds),
                            "seed_by_seed": d.matched})
